@@ -1,0 +1,51 @@
+"""Where every artifact of the pipeline lives (the same paths dvc.yaml names)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def cycle_dir(self, k: int) -> Path:
+        return self.root / "data" / "cycles" / str(k)
+
+    def labeled(self, k: int) -> Path:
+        return self.cycle_dir(k) / "labeled.parquet"
+
+    def pseudo(self, k: int) -> Path:
+        return self.cycle_dir(k) / "pseudo.parquet"
+
+    def instances(self, k: int) -> Path:
+        return self.cycle_dir(k) / "instances.parquet"
+
+    def images(self, k: int) -> Path:
+        return self.cycle_dir(k) / "images.parquet"
+
+    def model(self, k: int) -> Path:
+        return self.root / "models" / f"cycle_{k}" / "model.pt"
+
+    def live(self, k: int) -> Path:
+        return self.root / "models" / f"cycle_{k}" / "live"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics" / "cycles"
+
+    def metrics(self, k: int) -> Path:
+        return self.metrics_dir / f"{k}.json"
+
+    @property
+    def curve(self) -> Path:
+        return self.root / "metrics" / "curve.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "metrics" / "summary.json"

@@ -1,0 +1,81 @@
+"""Build the Mask R-CNN from params: a compact CPU default, ResNet-50-FPN for GPUs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+from salis.model.heads import SalisRoIHeads, SalisRPN
+from salis.params import ModelParams
+
+_BODIES = {
+    "resnet18": (resnet18, [64, 128, 256, 512]),
+    "resnet34": (resnet34, [64, 128, 256, 512]),
+    "resnet50": (resnet50, [256, 512, 1024, 2048]),
+}
+_LEVELS = ["0", "1", "2", "3"]
+
+
+def build_backbone(params: ModelParams) -> BackboneWithFPN:
+    """ResNet body (random init; weights come from a local file, never a download) plus FPN."""
+    make_body, in_channels = _BODIES[params.backbone]
+    norm_layer = FrozenBatchNorm2d if params.norm == "frozen" else nn.BatchNorm2d
+    body = make_body(weights=None, norm_layer=norm_layer)
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=in_channels,
+        out_channels=params.fpn_channels,
+    )
+
+
+def build_model(params: ModelParams, num_classes: int) -> MaskRCNN:
+    """Mask R-CNN with `num_classes` foreground classes (plus background)."""
+    backbone = build_backbone(params)
+    channels = params.fpn_channels
+    anchors = AnchorGenerator(
+        sizes=tuple((size,) for size in params.anchor_sizes),
+        aspect_ratios=((0.5, 1.0, 2.0),) * len(params.anchor_sizes),
+    )
+    mask_layers = [params.mask_head_channels] * params.mask_head_convs
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=params.min_size,
+        max_size=params.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=params.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=params.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=params.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=params.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=params.rpn_batch_size_per_image,
+        box_roi_pool=MultiScaleRoIAlign(_LEVELS, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, params.box_head_dim),
+        box_predictor=FastRCNNPredictor(params.box_head_dim, num_classes + 1),
+        box_batch_size_per_image=params.box_batch_size_per_image,
+        box_detections_per_img=params.detections_per_image,
+        box_score_thresh=params.box_score_thresh,
+        mask_roi_pool=MultiScaleRoIAlign(_LEVELS, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, mask_layers, dilation=1),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], params.mask_head_channels, num_classes + 1),
+    )
+    # MaskRCNN's constructor hard-codes the stock heads: swap in the subclasses, same submodules.
+    model.rpn = SalisRPN.from_stock(model.rpn)
+    model.roi_heads = SalisRoIHeads.from_stock(model.roi_heads)
+    return model
+
+
+def seeded_model(params: ModelParams, num_classes: int, seed: int) -> MaskRCNN:
+    """The same seed gives the same initial weights, byte for byte."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(params, num_classes)

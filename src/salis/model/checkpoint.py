@@ -1,0 +1,92 @@
+"""Checkpoints: plain dicts of tensors and primitives, always loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from salis.atomic import atomic_path
+from salis.errors import InputError
+from salis.params import ModelParams
+
+FORMAT = "salis-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, params: ModelParams, categories: list[dict], extra: dict | None = None
+) -> None:
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_params": dataclasses.asdict(params),
+        "categories": categories,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _read(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found")
+    try:
+        # Never unpickle arbitrary objects from a file we did not write ourselves.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types here: unpickling, zip, EOF
+        raise InputError(path, f"not a loadable weights file ({type(err).__name__}: {err})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    state = _read(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(path, "not a salis checkpoint (expected a dict with format='salis-checkpoint')")
+    return state
+
+
+def restore(model: nn.Module, path: str | Path) -> dict:
+    """Load a salis checkpoint into a model of the same architecture."""
+    state = load_checkpoint(path)
+    missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+    if unexpected:
+        raise InputError(path, f"checkpoint holds {len(unexpected)} tensors this model lacks, e.g. {unexpected[:3]}")
+    if missing:
+        # New heads (added in a later version) start fresh; say so instead of failing.
+        print(f"{path}: {len(missing)} tensors not in the checkpoint start fresh (e.g. {missing[:3]})")
+    return state
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> str:
+    """Load user weights: a salis checkpoint, a full Mask R-CNN state dict, or a ResNet backbone state dict."""
+    state = _read(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = state["state_dict"]
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, "expected a state dict (a mapping of names to tensors)")
+
+    own = model.state_dict()
+    body = model.backbone.body.state_dict()  # type: ignore[union-attr]
+    if any(k in own for k in state):
+        target, prefix = own, ""
+    elif any(k in body for k in state):
+        target, prefix = body, "backbone.body."
+    else:
+        raise InputError(path, "none of its tensor names match this model or its ResNet backbone")
+
+    usable = {prefix + k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    skipped = [k for k in state if k not in target or target[k].shape != state[k].shape]
+    if not usable:
+        raise InputError(path, "no tensor has a matching name and shape")
+    model.load_state_dict(usable, strict=False)
+    note = f"{path}: loaded {len(usable)} tensors into {'the backbone' if prefix else 'the model'}"
+    if skipped:
+        note += f"; skipped {len(skipped)} (e.g. {skipped[:3]})"
+    return note

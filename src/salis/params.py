@@ -1,0 +1,254 @@
+"""params.yaml as typed dataclasses: a wrong type or unknown key is a clear error, not a crash later."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from salis.errors import ParamsError
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticParams:
+    pool_images: int = 400
+    test_images: int = 100
+    image_size: int = 128
+    max_instances: int = 18
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoParams:
+    instances: str = ""
+    images: str = ""
+    test_instances: str | None = None
+    test_images: str | None = None
+    test_fraction: float = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    source: Literal["synthetic", "coco"] = "synthetic"
+    watch: str = "src/salis/data/synthetic.py"
+    synthetic: SyntheticParams = SyntheticParams()
+    coco: CocoParams = CocoParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    fpn_channels: int = 64
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    min_size: int = 128
+    max_size: int = 128
+    rpn_pre_nms_top_n_train: int = 300
+    rpn_post_nms_top_n_train: int = 150
+    rpn_pre_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = 150
+    rpn_batch_size_per_image: int = 128
+    box_batch_size_per_image: int = 64
+    box_head_dim: int = 256
+    mask_head_channels: int = 64
+    mask_head_convs: int = 2
+    detections_per_image: int = 100
+    box_score_thresh: float = 0.05
+    weights: str | None = None
+    norm: Literal["batch", "frozen"] = "batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    iterations: int = 500
+    batch_size: int = 4
+    pseudo_batch_size: int = 2
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_steps: tuple[float, ...] = (0.75, 0.9)
+    gamma: float = 0.1
+    warmup_iterations: int = 50
+    hflip: float = 0.5
+    semi_loss_weight: float = 0.01
+    warm_start: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    grad_clip: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreParams:
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectParams:
+    initial: int = 20
+    budget: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoParams:
+    score_thresh: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalParams:
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleParams:
+    k: int
+    prev: int
+    next: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    sampler: str = "random"
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    score: ScoreParams = ScoreParams()
+    select: SelectParams = SelectParams()
+    pseudo: PseudoParams = PseudoParams()
+    eval: EvalParams = EvalParams()
+    cycles: dict[str, CycleParams] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_cycles(self) -> int:
+        return len(self.cycles)
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a type annotation, converting lists to tuples and dicts to dataclasses."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ParamsError as err:
+                errors.append(str(err))
+        raise ParamsError(errors[0] if errors else f"{where}: unexpected {_describe(value)}")
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{where} must be one of {', '.join(map(repr, args))}, got {_describe(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where} must be a list, got {_describe(value)}")
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where} must be a mapping, got {_describe(value)}")
+        return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where} must be true or false, got {_describe(value)}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where} must be an integer, got {_describe(value)}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where} must be a number, got {_describe(value)}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where} must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} at {where}")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where or 'params'} must be a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ParamsError(
+            f"unknown key(s) {', '.join(prefix + str(u) for u in unknown)}; "
+            f"valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name in raw:
+            kwargs[field.name] = _convert(raw[field.name], hints[field.name], f"{where}.{field.name}".lstrip("."))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{where or 'params'} is missing the key {field.name!r}")
+    return cls(**kwargs)
+
+
+def _check_ranges(p: Params) -> None:
+    positive = {
+        "select.initial": p.select.initial,
+        "select.budget": p.select.budget,
+        "train.batch_size": p.train.batch_size,
+        "score.batch_size": p.score.batch_size,
+        "eval.batch_size": p.eval.batch_size,
+        "model.min_size": p.model.min_size,
+        "model.max_size": p.model.max_size,
+        "model.detections_per_image": p.model.detections_per_image,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ParamsError(f"{name} must be positive, got {value}")
+    if p.train.iterations < 0:
+        raise ParamsError(f"train.iterations must be >= 0, got {p.train.iterations}")
+    for name, value in {
+        "pseudo.score_thresh": p.pseudo.score_thresh,
+        "train.hflip": p.train.hflip,
+        "data.coco.test_fraction": p.data.coco.test_fraction,
+    }.items():
+        if not 0.0 <= value <= 1.0:
+            raise ParamsError(f"{name} must lie in [0, 1], got {value}")
+    if len(p.model.anchor_sizes) != 5:
+        raise ParamsError(f"model.anchor_sizes needs one size per FPN level (5), got {len(p.model.anchor_sizes)}")
+    for key, cycle in p.cycles.items():
+        if cycle.next != cycle.k + 1 or cycle.prev != cycle.k - 1:
+            raise ParamsError(f"cycles.{key} must satisfy prev = k - 1 and next = k + 1, got {cycle}")
+    ks = sorted(c.k for c in p.cycles.values())
+    if ks and ks != list(range(1, len(ks) + 1)):
+        raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    try:
+        params = _build(Params, raw if raw is not None else {}, "")
+        _check_ranges(params)
+    except ParamsError as err:
+        raise ParamsError(f"{source}: {err}") from None
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such file (run from the project root, where params.yaml lives)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,10 @@
+"""Acquisition functions. A sampler is a score plus an order (as in baal's heuristics).
+
+New samplers register themselves with `@register("name")` and plug into the select stage
+without touching it.
+"""
+
+from salis.samplers.base import SAMPLERS, SelectionContext, Sampler, get_sampler, register
+from salis.samplers import uncertainty as _uncertainty  # noqa: F401  (registers built-ins)
+
+__all__ = ["SAMPLERS", "SelectionContext", "Sampler", "get_sampler", "register"]

@@ -1,0 +1,32 @@
+"""Baselines that need only the per-image table: random and class entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from salis.samplers.base import Sampler, ScoreSampler, SelectionContext, register
+
+
+@register("random")
+class RandomSampler(Sampler):
+    """A seeded random order: the baseline every other sampler must beat."""
+
+    def rank(self, ctx: SelectionContext) -> list[int]:
+        ids = ctx.images["image_id"].to_numpy()
+        return ids[ctx.rng.permutation(len(ids))].tolist()
+
+
+@register("entropy")
+class ClassEntropySampler(ScoreSampler):
+    """Mean entropy of the detections' class posteriors, highest first.
+
+    An image with no detection at all gets the largest possible entropy, log(C + 1): the
+    model found nothing there it is sure of, and on data where every image holds objects,
+    such images are exactly the ones it misses.
+    """
+
+    highest_first = True
+
+    def score(self, ctx: SelectionContext) -> np.ndarray:
+        values = ctx.images["mean_entropy"].to_numpy(dtype=np.float64)
+        return np.where(np.isnan(values), np.log(ctx.num_classes + 1), values)

@@ -1,0 +1,99 @@
+"""Training samples: an image with its instances, from expert labels or from pseudo-labels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+from pycocotools import mask as mask_utils
+
+from salis.data.prepared import PreparedData, SimulatedOracle, target_arrays
+
+
+@dataclasses.dataclass
+class Sample:
+    image_id: int
+    image: np.ndarray  # H x W x 3 uint8
+    boxes: np.ndarray  # N x 4 float32, xyxy
+    labels: np.ndarray  # N int64, contiguous 1..C
+    masks: np.ndarray  # N x H x W uint8
+    positive_only: bool = False  # pseudo-labeled: classification loss on positives only
+
+    def flipped(self) -> "Sample":
+        width = self.image.shape[1]
+        boxes = self.boxes.copy()
+        boxes[:, [0, 2]] = width - self.boxes[:, [2, 0]]
+        return dataclasses.replace(
+            self,
+            image=np.ascontiguousarray(self.image[:, ::-1]),
+            boxes=boxes,
+            masks=np.ascontiguousarray(self.masks[:, :, ::-1]),
+        )
+
+    def to_model_input(self, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = torch.from_numpy(self.image).permute(2, 0, 1).to(device, torch.float32) / 255.0
+        target = {
+            "boxes": torch.from_numpy(self.boxes).to(device, torch.float32).reshape(-1, 4),
+            "labels": torch.from_numpy(self.labels).to(device, torch.int64),
+            "masks": torch.from_numpy(self.masks).to(device, torch.uint8),
+            "positive_only": torch.tensor(self.positive_only, device=device),
+        }
+        return image, target
+
+
+class LabeledSamples:
+    """Expert-labeled pool images; ground truth comes only through the oracle, only for these ids.
+
+    Samples are decoded once and kept: the labeled set is the small, expensive one.
+    """
+
+    def __init__(self, prepared: PreparedData, image_ids: list[int]) -> None:
+        self.prepared = prepared
+        self.image_ids = list(image_ids)
+        self.oracle = SimulatedOracle(prepared)
+        self._cache: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        if image_id not in self._cache:
+            image = self.prepared.load_image(image_id)
+            arrays = target_arrays(
+                self.oracle.annotations(image_id), image.shape[0], image.shape[1], self.prepared.label_of
+            )
+            self._cache[image_id] = Sample(image_id, image, **arrays)
+        return self._cache[image_id]
+
+    def num_instances(self) -> int:
+        return sum(len(self.oracle.annotations(i)) for i in self.image_ids)
+
+
+class PseudoSamples:
+    """Pseudo-labeled images from a pseudo table (one row per kept detection, mask as RLE).
+
+    Decoded on demand: the pseudo set can be most of the pool.
+    """
+
+    def __init__(self, prepared: PreparedData, table: pd.DataFrame) -> None:
+        self.prepared = prepared
+        self.groups = {int(k): g for k, g in table.groupby("image_id", sort=True)} if len(table) else {}
+        self.image_ids = sorted(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        rows = self.groups[image_id]
+        image = self.prepared.load_image(image_id)
+        height, width = image.shape[:2]
+        rles = [{"size": [height, width], "counts": c.encode()} for c in rows["rle"]]
+        masks = np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)).astype(np.uint8)
+        boxes = rows[["x", "y", "w", "h"]].to_numpy(np.float32).copy()
+        boxes[:, 2:] += boxes[:, :2]
+        labels = np.array([self.prepared.label_of(int(c)) for c in rows["category_id"]], dtype=np.int64)
+        return Sample(image_id, image, boxes, labels, masks, positive_only=True)

@@ -1,0 +1,88 @@
+"""infer_score: predict on every unlabeled pool image, stream per-instance and per-image tables.
+
+instances.parquet: one row per detection (scores, box, mask as RLE), written in row groups
+as the pool is scored, so memory stays flat however large the pool.
+images.parquet: one row per scored image (aggregates), images without detections included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
+
+from salis.atomic import atomic_path, write_parquet
+from salis.inference import Prediction, entropy
+from salis.tables import INSTANCE_SCHEMA
+
+ROWS_PER_GROUP = 4096
+
+
+def instance_rows(pred: Prediction) -> dict[str, list]:
+    """Columns for one image's detections (mask RLE-encoded)."""
+    n = len(pred)
+    height, width = pred.masks.shape[1:] if n else (0, 0)
+    rles = mask_utils.encode(np.asfortranarray(pred.masks.transpose(1, 2, 0).astype(np.uint8))) if n else []
+    xywh = pred.boxes.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    return {
+        "image_id": [pred.image_id] * n,
+        "det": list(range(n)),
+        "category_id": pred.category_ids.tolist(),
+        "score": pred.scores.tolist(),
+        "entropy": entropy(pred.posteriors).tolist(),
+        "x": xywh[:, 0].tolist(),
+        "y": xywh[:, 1].tolist(),
+        "w": xywh[:, 2].tolist(),
+        "h": xywh[:, 3].tolist(),
+        "area": [int(a) for a in pred.masks.reshape(n, -1).sum(axis=1)] if n else [],
+        "height": [int(height)] * n,
+        "width": [int(width)] * n,
+        "rle": [r["counts"].decode() for r in rles],
+    }
+
+
+def image_row(pred: Prediction) -> dict[str, float | int]:
+    """Per-image aggregates; NaN where an image has no detection (samplers decide what that means)."""
+    n = len(pred)
+    ent = entropy(pred.posteriors) if n else np.array([])
+    return {
+        "image_id": pred.image_id,
+        "num_detections": n,
+        "mean_score": float(pred.scores.mean()) if n else float("nan"),
+        "max_score": float(pred.scores.max()) if n else float("nan"),
+        "mean_entropy": float(ent.mean()) if n else float("nan"),
+        "max_entropy": float(ent.max()) if n else float("nan"),
+    }
+
+
+def write_score_tables(predictions: Iterable[Prediction], instances_path: Path, images_path: Path) -> pd.DataFrame:
+    """Stream predictions into instances.parquet; write images.parquet; both atomically."""
+    image_rows = []
+    buffer: dict[str, list] = {name: [] for name in INSTANCE_SCHEMA.names}
+    with atomic_path(instances_path) as tmp:
+        with pq.ParquetWriter(tmp, INSTANCE_SCHEMA) as writer:
+
+            def flush() -> None:
+                writer.write_table(pa.table(buffer, schema=INSTANCE_SCHEMA))
+                for column in buffer.values():
+                    column.clear()
+
+            for pred in predictions:
+                for name, values in instance_rows(pred).items():
+                    buffer[name].extend(values)
+                image_rows.append(image_row(pred))
+                if len(buffer["image_id"]) >= ROWS_PER_GROUP:
+                    flush()
+            flush()  # also writes the schema when there were no detections at all
+    images = pd.DataFrame(
+        image_rows,
+        columns=["image_id", "num_detections", "mean_score", "max_score", "mean_entropy", "max_entropy"],
+    ).astype({"image_id": "int64", "num_detections": "int64"})
+    write_parquet(images_path, images)
+    return images

@@ -1,0 +1,133 @@
+"""Iteration-based training of the Mask R-CNN on labeled plus pseudo-labeled images.
+
+L = L_sup + beta * L_semi: each step sums the losses of a labeled batch and, when there are
+pseudo-labeled images, of a pseudo batch whose images carry the positive-only flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from salis.device import autocast
+from salis.errors import SalisError
+from salis.params import TrainParams
+from salis.samples import Sample
+
+
+class SampleSource(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Endless batches: shuffled epochs, a batch never repeats an index unless n < batch_size."""
+    while True:
+        order = rng.permutation(n)
+        if n < batch_size:
+            order = np.resize(order, batch_size)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start : start + batch_size].tolist()
+
+
+def lr_factor(iteration: int, params: TrainParams) -> float:
+    """Linear warm-up, then step decay at the given fractions of the schedule."""
+    warm = 1.0
+    if iteration < params.warmup_iterations:
+        warm = 0.001 + (1 - 0.001) * iteration / params.warmup_iterations
+    steps = sum(iteration >= int(f * params.iterations) for f in params.lr_steps)
+    return warm * params.gamma**steps
+
+
+def _batch_loss(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    device: torch.device,
+    amp: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    images, targets = zip(*(s.to_model_input(device) for s in samples))
+    with autocast(device, amp):
+        losses = model(list(images), list(targets))
+    total = sum(losses.values())
+    return total, {k: float(v.detach()) for k, v in losses.items()}
+
+
+def train_model(
+    model: nn.Module,
+    labeled: SampleSource,
+    pseudo: SampleSource,
+    params: TrainParams,
+    seed: int,
+    device: torch.device,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Train in place; returns the mean of the last logged losses."""
+    if len(labeled) == 0:
+        raise SalisError("no labeled images to train on: the labeled table is empty")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=params.lr,
+        momentum=params.momentum,
+        weight_decay=params.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, params))
+    use_amp = params.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    labeled_batches = index_batches(len(labeled), params.batch_size, rng)
+    pseudo_batches = index_batches(len(pseudo), params.pseudo_batch_size, rng) if len(pseudo) else None
+    flip = lambda s: s.flipped() if rng.random() < params.hflip else s  # noqa: E731
+
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    skipped = 0
+    bar = tqdm(range(params.iterations), desc="train", unit="it", mininterval=2.0, leave=False)
+    for it in bar:
+        loss, parts = _batch_loss(model, [flip(labeled[i]) for i in next(labeled_batches)], device, use_amp)
+        if pseudo_batches is not None and params.semi_loss_weight > 0:
+            semi, semi_parts = _batch_loss(model, [flip(pseudo[i]) for i in next(pseudo_batches)], device, use_amp)
+            loss = loss + params.semi_loss_weight * semi
+            parts.update({f"semi_{k}": v for k, v in semi_parts.items()})
+        parts["loss"] = float(loss.detach())
+
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(parts["loss"]):
+            skipped += 1
+            if skipped > max(5, params.iterations // 20):
+                raise SalisError(
+                    f"training diverged: {skipped} non-finite losses by iteration {it}; lower train.lr"
+                )
+            scheduler.step()
+            continue
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        for k, v in parts.items():
+            window.setdefault(k, []).append(v)
+        if (it + 1) % log_every == 0 or it + 1 == params.iterations:
+            means = {k: float(np.mean(v)) for k, v in window.items()}
+            means["lr"] = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+            if log is not None:
+                log(it + 1, means)
+            window = {}
+            last = means
+    bar.close()
+    model.eval()
+    result = dict(last)
+    result["skipped_steps"] = float(skipped)
+    return result

@@ -1,0 +1,9 @@
+"""DVC stage `select` of one cycle (not named select.py: that would shadow the stdlib module)."""
+
+import sys
+
+from salis.pipeline import stage_select
+from salis.stage_runner import run_stage
+
+if __name__ == "__main__":
+    sys.exit(run_stage("select", stage_select, with_cycle=True))

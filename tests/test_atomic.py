@@ -1,0 +1,38 @@
+import pytest
+
+from salis.atomic import atomic_dir, atomic_path, write_json
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_interrupt_before_first_write_leaves_nothing(tmp_path):
+    target = tmp_path / "sub" / "table.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target):
+            raise KeyboardInterrupt
+    assert not target.exists()
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_atomic_dir_replaces_whole_folder(tmp_path):
+    target = tmp_path / "prepared"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as tmp:
+            (tmp / "c.txt").write_text("3")
+            raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

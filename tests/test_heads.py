@@ -1,0 +1,97 @@
+"""Positive-only classification for pseudo-labeled images, at the hooks and through the loss."""
+
+import torch
+
+from salis.model.build import seeded_model
+from salis.params import ModelParams
+
+SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
+                    rpn_batch_size_per_image=64, box_batch_size_per_image=32)
+
+
+def target(positive_only: bool) -> dict:
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    return {
+        "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]),
+        "labels": torch.tensor([1]),
+        "masks": masks,
+        "positive_only": torch.tensor(positive_only),
+    }
+
+
+def test_roi_targets_background_becomes_ignore_only_for_flagged_images():
+    model = seeded_model(SMALL, 2, seed=0)
+    heads = model.roi_heads
+    # proposal 0 matches the GT box, proposal 1 is far away (background)
+    proposals = [torch.tensor([[8.0, 8.0, 40.0, 40.0], [50.0, 50.0, 60.0, 60.0]])] * 2
+    gt_boxes = [torch.tensor([[8.0, 8.0, 40.0, 40.0]])] * 2
+    gt_labels = [torch.tensor([2])] * 2
+    heads._flags = [False, True]
+    _, labels = heads.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+    assert labels[0].tolist() == [2, 0]  # labeled image: background stays a negative
+    assert labels[1].tolist() == [2, -1]  # pseudo image: background is ignored
+
+
+def test_rpn_targets_background_becomes_ignore_only_for_flagged_images():
+    model = seeded_model(SMALL, 2, seed=0)
+    rpn = model.rpn
+    anchors = [torch.tensor([[8.0, 8.0, 40.0, 40.0], [50.0, 50.0, 60.0, 60.0]])] * 2
+    rpn._flags = [True, False]
+    labels, _ = rpn.assign_targets_to_anchors(anchors, [target(True), target(False)])
+    assert labels[0].tolist() == [1.0, -1.0]
+    assert labels[1].tolist() == [1.0, 0.0]
+
+
+def _proposals(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(200, 2, generator=g) * 48
+    wh = 4 + torch.rand(200, 2, generator=g) * 16
+    return torch.cat([xy, xy + wh], 1)
+
+
+def test_pseudo_image_samples_no_background_roi_and_leaves_labeled_image_unchanged():
+    heads = seeded_model(SMALL, 2, seed=0).train().roi_heads
+    torch.manual_seed(0)
+    alone = heads.select_training_samples([_proposals(1)], [target(False)])
+    torch.manual_seed(0)
+    mixed = heads.select_training_samples([_proposals(1), _proposals(2)], [target(False), target(True)])
+    _, _, labels_alone, _ = alone
+    proposals_mixed, _, labels_mixed, _ = mixed
+    # the labeled image (first in both batches) gets the same RoIs, background included
+    assert torch.equal(labels_alone[0], labels_mixed[0])
+    assert torch.equal(alone[0][0], proposals_mixed[0])
+    assert (labels_mixed[0] == 0).any()
+    # the pseudo image contributes positives only (its GT box is always among the proposals)
+    assert len(labels_mixed[1]) > 0 and (labels_mixed[1] >= 1).all()
+
+
+def test_pseudo_image_gets_no_background_anchor_in_the_rpn_loss():
+    rpn = seeded_model(SMALL, 2, seed=0).train().rpn
+    anchors = [_proposals(3), _proposals(3)]
+    rpn._flags = [False, True]
+    labels, _ = rpn.assign_targets_to_anchors(anchors, [target(False), target(True)])
+    pos, neg = rpn.fg_bg_sampler(labels)
+    assert neg[0].sum() > 0  # labeled image: negatives sampled
+    assert neg[1].sum() == 0 and pos[1].sum() > 0  # pseudo image: positives only
+
+
+def test_loss_runs_for_a_mixed_batch():
+    model = seeded_model(SMALL, 2, seed=0).train()
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    losses = model(images, [target(False), target(True)])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_inference_returns_a_posterior_per_detection():
+    model = seeded_model(SMALL, 2, seed=0).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    n = len(out["scores"])
+    assert out["class_posterior"].shape == (n, 3)
+    if n:
+        assert torch.allclose(out["class_posterior"].sum(1), torch.ones(n), atol=1e-5)
+        # the reported score is the posterior of the reported label
+        picked = out["class_posterior"][torch.arange(n), out["labels"]]
+        assert torch.allclose(picked, out["scores"], atol=1e-6)

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from salis.errors import ParamsError
+from salis.params import Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_load_with_five_cycles():
+    params = load_params(ROOT / "params.yaml")
+    assert params.num_cycles == 5
+    assert params.cycles["c3"].next == 4 and params.cycles["c3"].prev == 2
+    assert params.model.anchor_sizes == (8, 16, 32, 64, 128)
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ParamsError, match=r"train\.lr must be a number, got 'fast' \(str\)"):
+        parse_params({"train": {"lr": "fast"}})
+
+
+def test_bool_is_not_an_integer():
+    with pytest.raises(ParamsError, match=r"select\.budget must be an integer"):
+        parse_params({"select": {"budget": True}})
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ParamsError, match=r"unknown key\(s\) train\.lrate; valid keys here: .*lr,"):
+        parse_params({"train": {"lrate": 0.1}})
+
+
+def test_choice_out_of_set():
+    with pytest.raises(ParamsError, match=r"model\.backbone must be one of 'resnet18'"):
+        parse_params({"model": {"backbone": "vgg"}})
+
+
+def test_range_checks():
+    with pytest.raises(ParamsError, match=r"select\.budget must be positive, got 0"):
+        parse_params({"select": {"budget": 0}})
+    with pytest.raises(ParamsError, match=r"pseudo\.score_thresh must lie in \[0, 1\]"):
+        parse_params({"pseudo": {"score_thresh": 1.5}})
+
+
+def test_cycle_chain_must_be_consistent():
+    with pytest.raises(ParamsError, match=r"prev = k - 1 and next = k \+ 1"):
+        parse_params({"cycles": {"c1": {"k": 1, "prev": 0, "next": 3}}})
+    with pytest.raises(ParamsError, match=r"without gaps"):
+        parse_params({"cycles": {"c2": {"k": 2, "prev": 1, "next": 3}}})
+
+
+def test_ints_become_floats_and_lists_tuples():
+    params = parse_params({"train": {"lr": 1, "lr_steps": [0.5]}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.train.lr_steps == (0.5,)
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(ParamsError, match="no such file"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({}))
+    assert load_params(path) == Params()

@@ -1,0 +1,51 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pycocotools import mask as mask_utils
+
+from salis.inference import Prediction, entropy
+from salis.scoring import write_score_tables
+from salis.tables import INSTANCE_SCHEMA
+
+
+def prediction(image_id: int, n: int) -> Prediction:
+    masks = np.zeros((n, 16, 20), dtype=bool)
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    for i in range(n):
+        masks[i, 2 + i : 6 + i, 3:9] = True  # 4 x 6 = 24 pixels
+        boxes[i] = [3, 2 + i, 9, 6 + i]
+    posteriors = np.tile(np.array([[0.1, 0.7, 0.2]], dtype=np.float32), (n, 1))
+    return Prediction(image_id, boxes, np.full(n, 0.7, np.float32), np.full(n, 5, np.int64), masks, posteriors)
+
+
+def test_entropy_hand_values():
+    assert entropy(np.array([[1.0, 0.0]]))[0] == pytest.approx(0.0, abs=1e-9)
+    assert entropy(np.array([[0.25] * 4]))[0] == pytest.approx(math.log(4))
+
+
+def test_tables_hold_every_image_and_round_trip_masks(tmp_path):
+    preds = [prediction(1, 2), prediction(2, 0), prediction(3, 1)]
+    images = write_score_tables(iter(preds), tmp_path / "inst.parquet", tmp_path / "img.parquet")
+    assert images["image_id"].tolist() == [1, 2, 3]
+    assert images["num_detections"].tolist() == [2, 0, 1]
+    assert np.isnan(images.loc[1, "mean_entropy"])  # no detection: NaN, decided by the sampler
+    expected_h = -(0.1 * math.log(0.1) + 0.7 * math.log(0.7) + 0.2 * math.log(0.2))
+    assert images.loc[0, "mean_entropy"] == pytest.approx(expected_h, rel=1e-6)
+    assert pd.read_parquet(tmp_path / "img.parquet").equals(images)
+
+    inst = pd.read_parquet(tmp_path / "inst.parquet")
+    assert list(inst.columns) == INSTANCE_SCHEMA.names
+    assert inst["image_id"].tolist() == [1, 1, 3]
+    assert inst["area"].tolist() == [24, 24, 24]
+    assert inst[["x", "y", "w", "h"]].iloc[1].tolist() == [3.0, 3.0, 6.0, 4.0]
+    row = inst.iloc[1]
+    decoded = mask_utils.decode({"size": [int(row.height), int(row.width)], "counts": row.rle.encode()})
+    assert np.array_equal(decoded.astype(bool), preds[0].masks[1])
+
+
+def test_no_detection_anywhere_still_writes_a_readable_table(tmp_path):
+    write_score_tables(iter([prediction(1, 0)]), tmp_path / "i.parquet", tmp_path / "m.parquet")
+    assert pd.read_parquet(tmp_path / "i.parquet").empty
+    assert len(pd.read_parquet(tmp_path / "m.parquet")) == 1
