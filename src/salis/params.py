@@ -62,7 +62,7 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    iterations: int = 500
+    iterations: int = 200
     batch_size: int = 4
     pseudo_batch_size: int = 2
     lr: float = 0.02

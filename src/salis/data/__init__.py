@@ -1,0 +1,1 @@
+"""Data layer: the synthetic generator, COCO import and validation, and the prepared layout."""
