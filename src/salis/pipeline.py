@@ -154,10 +154,11 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     metrics = coco_metrics(prepared.test_coco(), detections)
     labeled_ids = read_table(layout.labeled(cycle), "select")["image_id"].tolist()
     pseudo = read_table(layout.pseudo(cycle), "pseudo_label")
+    oracle = SimulatedOracle(prepared)
     metrics.update(
         cycle=cycle,
         labeled_images=len(labeled_ids),
-        labeled_instances=sum(len(SimulatedOracle(prepared).annotations(i)) for i in labeled_ids),
+        labeled_instances=sum(len(oracle.annotations(i)) for i in labeled_ids),
         pseudo_images=int(pseudo["image_id"].nunique()),
         pseudo_instances=len(pseudo),
     )

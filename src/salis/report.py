@@ -102,13 +102,17 @@ def _curve_row(metrics: dict) -> dict:
     return row
 
 
+FINAL_KEYS = ("cycle", "labeled_images", "pseudo_images", "mask_AP", "mask_AP50", "mask_AP75", "box_AP")
+
+
 def _summary(ordered: list[dict]) -> dict:
     first, last = ordered[0], ordered[-1]
     # max() keeps the first maximum, so a tie goes to the earliest cycle.
     best = max(ordered, key=lambda m: m["mask_AP50"])
     return {
         "cycles": len(ordered),
-        "final": dict(last),
+        # a few headline numbers only: per-cycle files already hold the rest
+        "final": {k: last[k] for k in FINAL_KEYS if k in last},
         "best_mask_AP50": best["mask_AP50"],
         "best_mask_AP50_cycle": best["cycle"],
         "mask_AP50_gain": last["mask_AP50"] - first["mask_AP50"],
