@@ -1,0 +1,150 @@
+"""The annotation cost model (hand-computed values) and the label-savings comparison."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from salis.annotation.cost import CostModel, instances_per_image, label_savings
+from salis.errors import ParamsError
+
+
+def test_defaults_are_the_literature_values():
+    model = CostModel()
+    assert model.mask_seconds_per_instance == 79.0
+    assert model.seconds_per_category_checked == 1.0
+    assert model.box_seconds == 7.0
+    assert model.point_seconds == 2.4
+    assert model.image_label_seconds_per_category == 1.0
+    assert model.hourly_rate == 0.0
+    assert model.kind == "mask"
+
+
+@pytest.mark.parametrize(
+    ("kind", "instances", "categories", "seconds"),
+    [
+        ("mask", 3, 2, 79 * 3 + 2),  # 239 s
+        ("mask", 0, 3, 3.0),  # an empty image still costs the category check
+        ("box", 3, 2, 7 * 3 + 2),
+        ("point", 3, 2, 2.4 * 3 + 2),
+        ("image", 3, 2, 2.0),  # image-level labels: only the categories count
+    ],
+)
+def test_image_seconds(kind, instances, categories, seconds):
+    assert CostModel(kind=kind).image_seconds(instances, categories) == pytest.approx(seconds)
+
+
+def test_image_seconds_uses_the_configured_rates():
+    model = CostModel(mask_seconds_per_instance=60.0, seconds_per_category_checked=2.0)
+    assert model.image_seconds(2, 3) == 126.0
+
+
+def test_cost_table_one_row_per_image_sorted_by_id():
+    table = CostModel().cost_table({5: 3, 2: 0, 9: 1}, num_categories=2)
+    assert list(table.columns) == ["image_id", "instances", "seconds"]
+    assert table["image_id"].tolist() == [2, 5, 9]
+    assert table["instances"].tolist() == [0, 3, 1]
+    assert table["seconds"].tolist() == [2.0, 239.0, 81.0]
+
+
+def test_cumulative_hours_and_money_per_cycle():
+    costs = pd.DataFrame({"cycle": [1, 1, 2, 4], "seconds": [3600.0, 1800.0, 1800.0, 3600.0]})
+    out = CostModel(hourly_rate=30.0).cumulative_hours_and_money(costs, cycles=[1, 2, 3, 4])
+    assert out["cycle"].tolist() == [1, 2, 3, 4]
+    assert out["images"].tolist() == [2, 1, 0, 1]  # cycle 3 added nothing but keeps a row
+    assert out["annotation_hours"].tolist() == pytest.approx([1.5, 0.5, 0.0, 1.0])
+    assert out["cumulative_annotation_hours"].tolist() == pytest.approx([1.5, 2.0, 2.0, 3.0])
+    assert out["money"].tolist() == pytest.approx([45.0, 15.0, 0.0, 30.0])
+    assert out["cumulative_money"].tolist() == pytest.approx([45.0, 60.0, 60.0, 90.0])
+
+
+def test_cost_table_feeds_the_cumulative_totals():
+    model = CostModel(hourly_rate=36.0)
+    table = model.cost_table({1: 3, 2: 1}, num_categories=2)  # 239 s + 81 s = 320 s
+    table["cycle"] = 1
+    out = model.cumulative_hours_and_money(table)
+    assert out["cumulative_annotation_hours"].tolist() == pytest.approx([320 / 3600])
+    assert out["cumulative_money"].tolist() == pytest.approx([3.2])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"mask_seconds_per_instance": -1.0}, {"hourly_rate": float("nan")}, {"box_seconds": True}, {"kind": "polygon"}],
+)
+def test_bad_cost_params_are_refused(kwargs):
+    with pytest.raises(ParamsError):
+        CostModel(**kwargs)
+
+
+def test_instances_per_image_counts_zeros_and_ignores_other_images():
+    anns = [{"image_id": 1}, {"image_id": 1}, {"image_id": 3}, {"image_id": 7}]
+    assert instances_per_image(anns, [1, 2, 3]) == {1: 2, 2: 0, 3: 1}
+
+
+# --- label savings -------------------------------------------------------------------------
+
+
+def _curve(*rows):
+    return [{"labeled_images": n, "annotation_hours": h, "mask_AP50": ap} for n, h, ap in rows]
+
+
+CURVES = {
+    "random": _curve((10, 1.0, 0.2), (20, 2.0, 0.3), (30, 3.0, 0.4)),
+    "entropy": _curve((10, 1.1, 0.25), (20, 2.2, 0.35), (30, 3.3, 0.45)),
+    "lucky": _curve((10, 0.5, 0.5), (20, 1.0, 0.6)),
+    "never": _curve((10, 1.0, 0.1), (20, 2.0, float("nan")), (30, 3.0, 0.39)),
+}
+
+
+def test_label_savings_interpolates_between_cycles():
+    out = label_savings(CURVES)["entropy"]
+    # 0.4 lies halfway between 0.35 (20 images, 2.2 h) and 0.45 (30 images, 3.3 h).
+    assert out["target"] == pytest.approx(0.4)
+    assert out["reached"] is True
+    assert out["labeled_images"] == pytest.approx(25.0)
+    assert out["annotation_hours"] == pytest.approx(2.75)
+    assert out["labels_saved"] == pytest.approx(5.0)
+    assert out["labels_saved_fraction"] == pytest.approx(5 / 30)
+    assert out["hours_saved"] == pytest.approx(0.25)
+    assert out["hours_saved_fraction"] == pytest.approx(0.25 / 3.0)
+    assert out["reference_labeled_images"] == 30.0
+
+
+def test_label_savings_first_cycle_reaching_the_target_counts_as_is():
+    out = label_savings(CURVES)["lucky"]
+    assert (out["labeled_images"], out["annotation_hours"]) == (10.0, 0.5)
+    assert out["labels_saved"] == 20.0
+
+
+def test_label_savings_reference_against_itself_saves_nothing():
+    out = label_savings(CURVES)["random"]
+    assert (out["labeled_images"], out["labels_saved"], out["hours_saved"]) == (30.0, 0.0, 0.0)
+
+
+def test_label_savings_never_reached_is_none():
+    out = label_savings(CURVES)["never"]  # the NaN row is skipped, 0.39 < 0.4
+    assert out["reached"] is False
+    assert out["labeled_images"] is None and out["annotation_hours"] is None
+    assert out["labels_saved"] is None and out["hours_saved_fraction"] is None
+
+
+def test_label_savings_without_hours_reports_labels_only():
+    curves = {"random": [{"labeled_images": 10, "mask_AP50": 0.3}], "b": [{"labeled_images": 5, "mask_AP50": 0.3}]}
+    out = label_savings(curves)["b"]
+    assert out["labeled_images"] == 5.0 and out["annotation_hours"] is None and out["hours_saved"] is None
+
+
+def test_label_savings_needs_a_reference_run():
+    assert label_savings({"entropy": CURVES["entropy"]}) == {}
+    assert label_savings({"random": [{"labeled_images": 10, "mask_AP50": math.nan}]}) == {}
+
+
+def test_label_savings_other_metric_and_reference():
+    curves = {
+        "base": [{"labeled_images": 10, "box_AP": 0.2}, {"labeled_images": 20, "box_AP": 0.4}],
+        "new": [{"labeled_images": 10, "box_AP": 0.3}, {"labeled_images": 20, "box_AP": 0.5}],
+    }
+    out = label_savings(curves, reference="base", metric="box_AP")["new"]
+    assert out["labeled_images"] == pytest.approx(15.0)
