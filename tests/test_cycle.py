@@ -60,24 +60,46 @@ def test_select_refuses_images_outside_pool_and_small_pools():
         select_next(labeled, images_table(unl), None, pool, "random", 3, 1, 0, 1)
 
 
-def test_pseudo_labels_keep_confident_detections_of_unlabeled_images(tmp_path):
-    rows = {
-        "image_id": [1, 1, 2, 3],
-        "det": [0, 1, 0, 0],
-        "category_id": [1, 2, 1, 1],
-        "score": [0.95, 0.5, 0.99, 0.91],
-        "entropy": [0.1, 0.9, 0.05, 0.2],
-        "x": [0.0] * 4, "y": [0.0] * 4, "w": [2.0] * 4, "h": [2.0] * 4,
-        "area": [4] * 4, "height": [8] * 4, "width": [8] * 4, "rle": ["0"] * 4,
-    }
-    path = tmp_path / "instances.parquet"
+def instance_table(path, **columns):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = len(columns["image_id"])
+    rows = {
+        "det": list(range(n)), "category_id": [1] * n, "entropy": [0.1] * n,
+        "box_iou": [0.95] * n, "mask_iou": [0.85] * n, "tsp_score": [0.9] * n,
+        "x": [0.0] * n, "y": [0.0] * n, "w": [2.0] * n, "h": [2.0] * n,
+        "area": [4] * n, "height": [8] * n, "width": [8] * n, "rle": ["0"] * n,
+    }
+    rows.update(columns)
     pq.write_table(pa.table(rows, schema=INSTANCE_SCHEMA), path, row_group_size=2)
+    return path
+
+
+def test_pseudo_labels_keep_confident_detections_of_unlabeled_images(tmp_path):
+    path = instance_table(tmp_path / "i.parquet", image_id=[1, 1, 2, 3], score=[0.95, 0.5, 0.99, 0.91])
     table = pseudo_labels(path, frozenset({3}), score_thresh=0.9)
     # image 3 was just labeled by the oracle; image 1's 0.5 detection is below threshold
-    assert list(zip(table["image_id"], table["det"])) == [(1, 0), (2, 0)]
+    assert list(zip(table["image_id"], table["det"])) == [(1, 0), (2, 2)]
     assert pseudo_labels(path, frozenset(), 0.999).empty
     assert list(empty_pseudo().columns) == INSTANCE_SCHEMA.names
     assert np.issubdtype(table["score"].dtype, np.floating)
+
+
+def test_pseudo_labels_need_all_three_scores_above_their_thresholds(tmp_path):
+    path = instance_table(
+        tmp_path / "i.parquet",
+        image_id=[1, 2, 3, 4, 5],
+        score=[0.95, 0.95, 0.95, 0.85, 0.95],
+        box_iou=[0.95, 0.85, 0.95, 0.95, 0.91],
+        mask_iou=[0.85, 0.85, 0.75, 0.85, 0.81],
+    )
+    table = pseudo_labels(path, frozenset(), 0.9, 0.9, 0.8)
+    # 2 fails b, 3 fails m, 4 fails c; 1 and 5 pass all three
+    assert table["image_id"].tolist() == [1, 5]
+
+
+def test_pseudo_labels_without_iou_heads_fall_back_to_the_class_score(tmp_path):
+    nan = float("nan")
+    path = instance_table(tmp_path / "i.parquet", image_id=[1, 2], score=[0.95, 0.5], box_iou=[nan, nan], mask_iou=[nan, nan])
+    assert pseudo_labels(path, frozenset(), 0.9, 0.9, 0.8)["image_id"].tolist() == [1]

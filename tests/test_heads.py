@@ -80,7 +80,10 @@ def test_loss_runs_for_a_mixed_batch():
     model = seeded_model(SMALL, 2, seed=0).train()
     images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     losses = model(images, [target(False), target(True)])
-    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert set(losses) == {
+        "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg",
+        "loss_box_iou", "loss_mask_iou",
+    }
     assert all(torch.isfinite(v) for v in losses.values())
 
 

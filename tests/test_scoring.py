@@ -17,7 +17,11 @@ def prediction(image_id: int, n: int) -> Prediction:
         masks[i, 2 + i : 6 + i, 3:9] = True  # 4 x 6 = 24 pixels
         boxes[i] = [3, 2 + i, 9, 6 + i]
     posteriors = np.tile(np.array([[0.1, 0.7, 0.2]], dtype=np.float32), (n, 1))
-    return Prediction(image_id, boxes, np.full(n, 0.7, np.float32), np.full(n, 5, np.int64), masks, posteriors)
+    box_ious = np.full(n, 0.8, np.float32)
+    mask_ious = np.linspace(0.3, 0.6, n).astype(np.float32) if n else np.zeros(0, np.float32)
+    return Prediction(
+        image_id, boxes, np.full(n, 0.7, np.float32), np.full(n, 5, np.int64), masks, posteriors, box_ious, mask_ious
+    )
 
 
 def test_entropy_hand_values():
@@ -34,6 +38,11 @@ def test_tables_hold_every_image_and_round_trip_masks(tmp_path):
     expected_h = -(0.1 * math.log(0.1) + 0.7 * math.log(0.7) + 0.2 * math.log(0.2))
     assert images.loc[0, "mean_entropy"] == pytest.approx(expected_h, rel=1e-6)
     assert pd.read_parquet(tmp_path / "img.parquet").equals(images)
+    # TSP: image 1 has (c, b, m) = (0.7, 0.8, 0.3) and (0.7, 0.8, 0.6)
+    s = [math.exp(-np.std(t)) * np.mean(t) for t in ([0.7, 0.8, 0.3], [0.7, 0.8, 0.6])]
+    assert images.loc[0, "tsp_score"] == pytest.approx(math.exp(-np.std(s)) * np.mean(s), rel=1e-5)
+    assert images.loc[1, "tsp_score"] == 0.0  # no detection: S = 0, labeled first by tsp
+    assert images.loc[0, "mean_mask_iou"] == pytest.approx(0.45, rel=1e-6)
 
     inst = pd.read_parquet(tmp_path / "inst.parquet")
     assert list(inst.columns) == INSTANCE_SCHEMA.names

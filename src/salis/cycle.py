@@ -67,6 +67,9 @@ def select_next(
     cycle: int,
     seed: int,
     num_classes: int,
+    beta: float = 0.5,
+    tsp_components: tuple[str, ...] = ("class", "box", "mask"),
+    oracle: object | None = None,
 ) -> pd.DataFrame:
     """Cycle k+1's labeled table: everything labeled so far plus `budget` images the sampler picks."""
     sampler = get_sampler(sampler_name)
@@ -85,6 +88,9 @@ def select_next(
         labeled_ids=already,
         rng=cycle_rng(seed, cycle, "select"),
         num_classes=num_classes,
+        beta=beta,
+        tsp_components=tsp_components,
+        oracle=oracle,
     )
     chosen = sampler.select(ctx, budget)
     new = labeled_frame(chosen, cycle=cycle + 1, source="simulated_oracle", sampler=sampler.name)
@@ -97,8 +103,16 @@ def empty_pseudo() -> pd.DataFrame:
     return INSTANCE_SCHEMA.empty_table().to_pandas()
 
 
-def pseudo_labels(instances_path: Path, labeled_ids: frozenset[int], score_thresh: float) -> pd.DataFrame:
-    """Detections of still-unlabeled images with class score above the threshold.
+def pseudo_labels(
+    instances_path: Path,
+    labeled_ids: frozenset[int],
+    score_thresh: float,
+    box_iou_thresh: float = 0.0,
+    mask_iou_thresh: float = 0.0,
+) -> pd.DataFrame:
+    """Detections of still-unlabeled images with c > score_thresh, b > box_iou_thresh and
+    m > mask_iou_thresh (TSP's triplet). A model without IoU heads has NaN b and m: then
+    only the class score decides, and the select stage says so.
 
     Read one row group at a time, so the full instance table never sits in memory.
     """
@@ -107,6 +121,9 @@ def pseudo_labels(instances_path: Path, labeled_ids: frozenset[int], score_thres
     for batch in pq.ParquetFile(instances_path).iter_batches():
         table = pa.Table.from_batches([batch])
         keep = pc.and_(pc.greater(table["score"], score_thresh), pc.invert(pc.is_in(table["image_id"], excluded)))
+        for column, thresh in (("box_iou", box_iou_thresh), ("mask_iou", mask_iou_thresh)):
+            passes = pc.or_(pc.is_nan(table[column]), pc.greater(table[column], thresh))
+            keep = pc.and_(keep, passes)
         parts.append(table.filter(keep))
     if not parts:
         return empty_pseudo()

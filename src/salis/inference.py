@@ -24,6 +24,8 @@ class Prediction:
     category_ids: np.ndarray  # N int64
     masks: np.ndarray  # N x H x W bool
     posteriors: np.ndarray  # N x (C+1) float32, column 0 is background
+    box_ious: np.ndarray  # N float32: predicted box IoU b (NaN without IoU heads)
+    mask_ious: np.ndarray  # N float32: predicted mask IoU m (NaN without IoU heads)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -31,6 +33,7 @@ class Prediction:
 
 def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: PreparedData) -> Prediction:
     labels = output["labels"].cpu().numpy()
+    missing = np.full(len(labels), np.nan, dtype=np.float32)
     return Prediction(
         image_id=image_id,
         boxes=output["boxes"].float().cpu().numpy(),
@@ -38,6 +41,8 @@ def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: Pre
         category_ids=np.array([prepared.category_of(int(label)) for label in labels], dtype=np.int64),
         masks=(output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy(),
         posteriors=output["class_posterior"].float().cpu().numpy(),
+        box_ious=output["box_iou"].float().cpu().numpy() if "box_iou" in output else missing,
+        mask_ious=output["mask_iou"].float().cpu().numpy() if "mask_iou" in output else missing,
     )
 
 

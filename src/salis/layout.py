@@ -42,6 +42,13 @@ class Layout:
     def metrics(self, k: int) -> Path:
         return self.metrics_dir / f"{k}.json"
 
+    def iou_pairs(self, k: int) -> Path:
+        return self.root / "metrics" / "iou" / f"{k}.csv"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "metrics" / "mask_iou_calibration.csv"
+
     @property
     def curve(self) -> Path:
         return self.root / "metrics" / "curve.csv"

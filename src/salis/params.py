@@ -58,6 +58,10 @@ class ModelParams:
     box_score_thresh: float = 0.05
     weights: str | None = None
     norm: Literal["batch", "frozen"] = "batch"
+    iou_heads: bool = True
+    iou_head_channels: int = 64
+    iou_mask_threshold: float = 0.3
+    iou_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +92,15 @@ class ScoreParams:
 class SelectParams:
     initial: int = 20
     budget: int = 20
+    beta: float = 0.5
+    tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
 class PseudoParams:
     score_thresh: float = 0.9
+    box_iou_thresh: float = 0.9
+    mask_iou_thresh: float = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,11 +227,17 @@ def _check_ranges(p: Params) -> None:
         raise ParamsError(f"train.iterations must be >= 0, got {p.train.iterations}")
     for name, value in {
         "pseudo.score_thresh": p.pseudo.score_thresh,
+        "pseudo.box_iou_thresh": p.pseudo.box_iou_thresh,
+        "pseudo.mask_iou_thresh": p.pseudo.mask_iou_thresh,
+        "select.beta": p.select.beta,
+        "model.iou_mask_threshold": p.model.iou_mask_threshold,
         "train.hflip": p.train.hflip,
         "data.coco.test_fraction": p.data.coco.test_fraction,
     }.items():
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")
+    if not p.select.tsp_components or len(set(p.select.tsp_components)) != len(p.select.tsp_components):
+        raise ParamsError(f"select.tsp_components must list class, box and/or mask once each, got {p.select.tsp_components}")
     if len(p.model.anchor_sizes) != 5:
         raise ParamsError(f"model.anchor_sizes needs one size per FPN level (5), got {len(p.model.anchor_sizes)}")
     for key, cycle in p.cycles.items():
@@ -232,6 +246,14 @@ def _check_ranges(p: Params) -> None:
     ks = sorted(c.k for c in p.cycles.values())
     if ks and ks != list(range(1, len(ks) + 1)):
         raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
+
+
+def parse_model_params(raw: Any, source: str) -> ModelParams:
+    """Model params stored in a checkpoint; keys added since then take their defaults."""
+    try:
+        return _build(ModelParams, raw, "model")
+    except ParamsError as err:
+        raise ParamsError(f"{source}: {err}") from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from salis.atomic import atomic_dir, write_json, write_parquet
+from salis.atomic import atomic_dir, write_json, write_parquet, write_text
 from salis.cycle import check_budget, empty_pseudo, initial_labeled, pseudo_labels, select_next
 from salis.data.prepare import prepare_dataset
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError
 from salis.layout import Layout
-from salis.params import ModelParams, Params
+from salis.params import Params, parse_model_params
 from salis.report import write_report
 
 # torch-dependent modules are imported inside the stages that need them: the bookkeeping
@@ -59,7 +59,7 @@ def model_from_checkpoint(path: Path) -> tuple[object, dict]:
     from salis.model.checkpoint import load_checkpoint, restore
 
     state = load_checkpoint(path)
-    model_params = ModelParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["model_params"].items()})
+    model_params = parse_model_params(state["model_params"], str(path))
     model = build_model(model_params, len(state["categories"]))
     restore(model, path)
     return model, state
@@ -127,6 +127,8 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     merged = select_next(
         labeled, images, layout.instances(cycle), prepared.pool_ids(), params.sampler,
         params.select.budget, cycle, params.seed, len(prepared.categories),
+        beta=params.select.beta, tsp_components=params.select.tsp_components,
+        oracle=SimulatedOracle(prepared),
     )
     write_parquet(layout.labeled(cycle + 1), merged)
     return merged
@@ -134,13 +136,18 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
 
 def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     next_labeled = frozenset(read_table(layout.labeled(cycle + 1), "select")["image_id"].tolist())
-    table = pseudo_labels(layout.instances(cycle), next_labeled, params.pseudo.score_thresh)
+    p = params.pseudo
+    table = pseudo_labels(layout.instances(cycle), next_labeled, p.score_thresh, p.box_iou_thresh, p.mask_iou_thresh)
+    if len(table) and table["mask_iou"].isna().all():
+        print("pseudo_label: the scoring model has no IoU heads; only pseudo.score_thresh was applied")
+    print(f"cycle {cycle}: {len(table)} pseudo-labels on {table['image_id'].nunique()} images for cycle {cycle + 1}")
     write_parquet(layout.pseudo(cycle + 1), table)
     return table
 
 
 def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     """COCO metrics of cycle k's model on the test split, plus what it was trained on."""
+    from salis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
     from salis.device import pick_device
     from salis.evaluation import coco_metrics, detections_from_prediction
     from salis.inference import predict
@@ -148,13 +155,21 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     prepared = PreparedData(layout.prepared)
     model, _ = model_from_checkpoint(layout.model(cycle))
     device = pick_device(params.train.device)
-    detections = []
+    test_gt: dict[int, list[dict]] = {i: [] for i in prepared.test_ids()}
+    for ann in prepared.test_coco()["annotations"]:
+        test_gt[int(ann["image_id"])].append(ann)
+    detections, pairs = [], []
     for pred in predict(model, prepared, prepared.test_ids(), params.eval.batch_size, device, params.train.amp, "test"):
         detections += detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
+        pairs.append(matched_iou_pairs(pred, test_gt[pred.image_id]))
     metrics = coco_metrics(prepared.test_coco(), detections)
+    pairs_table = pd.concat([p for p in pairs if len(p)] or pairs, ignore_index=True)
+    metrics.update(iou_head_metrics(pairs_table))
+    write_text(layout.iou_pairs(cycle), pairs_table.to_csv(index=False, float_format="%.5f"))
     labeled_ids = read_table(layout.labeled(cycle), "select")["image_id"].tolist()
     pseudo = read_table(layout.pseudo(cycle), "pseudo_label")
     oracle = SimulatedOracle(prepared)
+    metrics.update(pseudo_label_quality(pseudo, oracle.annotations))
     metrics.update(
         cycle=cycle,
         labeled_images=len(labeled_ids),
@@ -168,3 +183,9 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
 
 def stage_report(params: Params, layout: Layout) -> None:
     write_report(layout.metrics_dir, layout.curve, layout.summary)
+    # predicted vs true mask IoU of the last cycle, for `dvc plots`
+    last = max(c.k for c in params.cycles.values())
+    source = layout.iou_pairs(last)
+    if not source.is_file():
+        raise InputError(source, f"missing; it is written by evaluate@c{last}")
+    write_text(layout.calibration, source.read_text())

@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 
 from salis.atomic import atomic_path, write_parquet
 from salis.inference import Prediction, entropy
+from salis.samplers.tsp import image_score, instance_scores
 from salis.tables import INSTANCE_SCHEMA
 
 ROWS_PER_GROUP = 4096
@@ -36,6 +37,9 @@ def instance_rows(pred: Prediction) -> dict[str, list]:
         "category_id": pred.category_ids.tolist(),
         "score": pred.scores.tolist(),
         "entropy": entropy(pred.posteriors).tolist(),
+        "box_iou": pred.box_ious.tolist(),
+        "mask_iou": pred.mask_ious.tolist(),
+        "tsp_score": tsp_instance_scores(pred).tolist(),
         "x": xywh[:, 0].tolist(),
         "y": xywh[:, 1].tolist(),
         "w": xywh[:, 2].tolist(),
@@ -47,10 +51,17 @@ def instance_rows(pred: Prediction) -> dict[str, list]:
     }
 
 
+def tsp_instance_scores(pred: Prediction) -> np.ndarray:
+    """s = exp(-std(c, b, m)) * mean(c, b, m) per detection; NaN without IoU heads."""
+    return instance_scores(np.column_stack([pred.scores, pred.box_ious, pred.mask_ious]))
+
+
 def image_row(pred: Prediction) -> dict[str, float | int]:
-    """Per-image aggregates; NaN where an image has no detection (samplers decide what that means)."""
+    """Per-image aggregates; NaN where an image has no detection (samplers decide what that means),
+    except the TSP score S, which the method defines as 0 for an image without detections."""
     n = len(pred)
     ent = entropy(pred.posteriors) if n else np.array([])
+    s = tsp_instance_scores(pred)
     return {
         "image_id": pred.image_id,
         "num_detections": n,
@@ -58,6 +69,9 @@ def image_row(pred: Prediction) -> dict[str, float | int]:
         "max_score": float(pred.scores.max()) if n else float("nan"),
         "mean_entropy": float(ent.mean()) if n else float("nan"),
         "max_entropy": float(ent.max()) if n else float("nan"),
+        "mean_box_iou": float(pred.box_ious.mean()) if n else float("nan"),
+        "mean_mask_iou": float(pred.mask_ious.mean()) if n else float("nan"),
+        "tsp_score": image_score(s),
     }
 
 
@@ -82,7 +96,10 @@ def write_score_tables(predictions: Iterable[Prediction], instances_path: Path, 
             flush()  # also writes the schema when there were no detections at all
     images = pd.DataFrame(
         image_rows,
-        columns=["image_id", "num_detections", "mean_score", "max_score", "mean_entropy", "max_entropy"],
+        columns=[
+            "image_id", "num_detections", "mean_score", "max_score", "mean_entropy", "max_entropy",
+            "mean_box_iou", "mean_mask_iou", "tsp_score",
+        ],
     ).astype({"image_id": "int64", "num_detections": "int64"})
     write_parquet(images_path, images)
     return images

@@ -70,7 +70,14 @@ def build_model(params: ModelParams, num_classes: int) -> MaskRCNN:
     )
     # MaskRCNN's constructor hard-codes the stock heads: swap in the subclasses, same submodules.
     model.rpn = SalisRPN.from_stock(model.rpn)
-    model.roi_heads = SalisRoIHeads.from_stock(model.roi_heads)
+    model.roi_heads = SalisRoIHeads.from_stock(
+        model.roi_heads,
+        iou_heads=params.iou_heads,
+        in_channels=channels,
+        hidden=params.iou_head_channels,
+        mask_threshold=params.iou_mask_threshold,
+        iou_loss_weight=params.iou_loss_weight,
+    )
     return model
 
 

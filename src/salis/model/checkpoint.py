@@ -57,8 +57,9 @@ def restore(model: nn.Module, path: str | Path) -> dict:
     if unexpected:
         raise InputError(path, f"checkpoint holds {len(unexpected)} tensors this model lacks, e.g. {unexpected[:3]}")
     if missing:
-        # New heads (added in a later version) start fresh; say so instead of failing.
-        print(f"{path}: {len(missing)} tensors not in the checkpoint start fresh (e.g. {missing[:3]})")
+        # e.g. a checkpoint of a model without IoU heads: the new heads start fresh; say so.
+        modules = sorted({".".join(k.split(".")[:2]) for k in missing})
+        print(f"{path}: loaded; {len(missing)} tensors it lacks start from random init ({', '.join(modules)})")
     return state
 
 

@@ -5,6 +5,7 @@ without touching it.
 """
 
 from salis.samplers.base import SAMPLERS, SelectionContext, Sampler, get_sampler, register
-from salis.samplers import uncertainty as _uncertainty  # noqa: F401  (registers built-ins)
+from salis.samplers import tsp as _tsp  # noqa: F401  (registers built-ins)
+from salis.samplers import uncertainty as _uncertainty  # noqa: F401
 
 __all__ = ["SAMPLERS", "SelectionContext", "Sampler", "get_sampler", "register"]

@@ -6,6 +6,7 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ class SelectionContext:
     labeled_ids: frozenset[int]
     rng: np.random.Generator  # seeded from params.seed and the cycle
     num_classes: int = 1
+    beta: float = 0.5  # target mean mask IoU of beta_iou / oracle_iou
+    tsp_components: tuple[str, ...] = ("class", "box", "mask")
+    oracle: Any = None  # SimulatedOracle for analysis samplers; None when labels come from humans
 
 
 class Sampler(abc.ABC):

@@ -1,0 +1,72 @@
+"""TSP's IoU heads: predict, for a detection, the IoU of its box and of its mask with the truth.
+
+Each head: two 3x3 stride-2 convolutions, global average pooling, one fully connected layer,
+sigmoid (Wang et al., BMVC 2020). The box-IoU head reads the box branch's RoI features, the
+mask-IoU head the mask branch's input features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou, roi_align
+
+
+class IoUHead(nn.Module):
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(hidden, 1)
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, roi_features: Tensor) -> Tensor:
+        """N x C x S x S RoI features -> N predicted IoUs in (0, 1)."""
+        pooled = self.convs(roi_features).mean(dim=(2, 3))
+        return torch.sigmoid(self.fc(pooled)).squeeze(1)
+
+
+@torch.no_grad()
+def box_iou_targets(pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+    """IoU of each predicted box with its own matched ground-truth box (row i with row i)."""
+    if len(pred_boxes) == 0:
+        return pred_boxes.new_zeros(0)
+    return box_iou(pred_boxes, gt_boxes).diagonal().clone()
+
+
+@torch.no_grad()
+def mask_iou_targets(
+    mask_probs: Tensor,
+    rois: Tensor,
+    gt_masks: Tensor,
+    matched_idxs: Tensor,
+    threshold: float,
+) -> Tensor:
+    """IoU of each predicted RoI mask (binarised at `threshold`) with its full ground-truth mask.
+
+    mask_probs: N x M x M probabilities on the RoI grid; rois: N x 4 boxes (image coords);
+    gt_masks: K x H x W, the image's ground-truth masks; matched_idxs: N indices into them.
+    Intersection and predicted area are measured on the RoI grid and scaled to pixels; the
+    ground-truth area is the whole mask's, so ground truth outside the RoI is not ignored
+    (a box that cuts an object in half cannot score IoU 1).
+    """
+    n, m = mask_probs.shape[0], mask_probs.shape[-1]
+    if n == 0:
+        return mask_probs.new_zeros(0)
+    rois = rois.to(mask_probs.dtype)
+    indexed = torch.cat([matched_idxs.to(rois)[:, None], rois], 1)
+    gt_on_roi = roi_align(gt_masks[:, None].to(rois), indexed, (m, m), 1.0)[:, 0]
+    pred = (mask_probs >= threshold).to(rois)
+    cell_area = ((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])).clamp(min=0) / (m * m)
+    intersection = (pred * (gt_on_roi >= 0.5)).sum(dim=(1, 2)) * cell_area
+    pred_area = pred.sum(dim=(1, 2)) * cell_area
+    gt_area = gt_masks.flatten(1).sum(1).to(rois)[matched_idxs]
+    union = pred_area + gt_area - intersection
+    return torch.where(union > 0, intersection / union.clamp(min=1e-6), torch.zeros_like(union))

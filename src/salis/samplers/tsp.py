@@ -1,0 +1,157 @@
+"""Samplers of the seed papers: Triplet Scoring Predictions and mask-guided selection.
+
+- `tsp` (Wang et al., BMVC 2020): per detection s = exp(-std(c, b, m)) * mean(c, b, m) from
+  the class score c and the predicted box and mask IoUs b, m; per image
+  S = exp(-std(s)) * mean(s); the lowest S (least confident) is labeled first. Which of
+  c, b, m enter s is `select.tsp_components`, for the paper's ablation.
+- `beta_iou` (Bellver et al.): the images whose mean predicted mask IoU is closest to
+  `select.beta`.
+- `oracle_iou`: the same with the true mask IoU against the pool's ground truth; an
+  analysis tool, refused when labels come from humans.
+
+Standard deviations are population ones (ddof = 0): for a single component s = c.
+An image with no detection scores S = 0 (nothing confident was found, so it is labeled
+first by `tsp`) and mean mask IoU 0 (no mask overlaps anything).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
+
+from salis.errors import SalisError
+from salis.samplers.base import ScoreSampler, SelectionContext, register
+
+COMPONENT_COLUMNS = {"class": "score", "box": "box_iou", "mask": "mask_iou"}
+
+
+def instance_scores(components: np.ndarray) -> np.ndarray:
+    """N x k matrix of per-detection scores in [0, 1] -> N values of exp(-std) * mean."""
+    components = np.asarray(components, dtype=np.float64)
+    return np.exp(-components.std(axis=1)) * components.mean(axis=1)
+
+
+def image_score(values: np.ndarray) -> float:
+    """exp(-std(s)) * mean(s) over one image's detections; 0 when it has none."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    return float(np.exp(-values.std()) * values.mean())
+
+
+class _Moments:
+    """Streaming count, sum and sum of squares per image: S without holding every row."""
+
+    def __init__(self) -> None:
+        self.n: dict[int, int] = defaultdict(int)
+        self.total: dict[int, float] = defaultdict(float)
+        self.squares: dict[int, float] = defaultdict(float)
+
+    def add(self, image_ids: np.ndarray, values: np.ndarray) -> None:
+        for image_id, value in zip(image_ids.tolist(), values.tolist()):
+            self.n[image_id] += 1
+            self.total[image_id] += value
+            self.squares[image_id] += value * value
+
+    def mean(self, image_id: int) -> float:
+        n = self.n.get(image_id, 0)
+        return self.total[image_id] / n if n else float("nan")
+
+    def image_score(self, image_id: int) -> float:
+        n = self.n.get(image_id, 0)
+        if n == 0:
+            return 0.0
+        mean = self.total[image_id] / n
+        std = np.sqrt(max(self.squares[image_id] / n - mean * mean, 0.0))
+        return float(np.exp(-std) * mean)
+
+
+def _require_columns(ctx: SelectionContext, columns: list[str], sampler: str) -> None:
+    names = set(pq.ParquetFile(ctx.instances_path).schema_arrow.names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise SalisError(
+            f"{ctx.instances_path}: sampler {sampler!r} needs the columns {missing}; "
+            "re-run infer_score with a model that has IoU heads (model.iou_heads: true)"
+        )
+
+
+def tsp_image_scores(ctx: SelectionContext, components: tuple[str, ...]) -> np.ndarray:
+    """S for every row of ctx.images, streamed over the instance table one row group at a time."""
+    if not components or any(c not in COMPONENT_COLUMNS for c in components):
+        raise SalisError(f"select.tsp_components must be a non-empty subset of {sorted(COMPONENT_COLUMNS)}")
+    columns = [COMPONENT_COLUMNS[c] for c in components]
+    _require_columns(ctx, columns, "tsp")
+    moments = _Moments()
+    for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=["image_id", *columns]):
+        values = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns])
+        if np.isnan(values).any():
+            raise SalisError(f"{ctx.instances_path}: NaN in {columns}; the scoring model lacks IoU heads")
+        moments.add(batch.column("image_id").to_numpy(), instance_scores(values))
+    return np.array([moments.image_score(i) for i in ctx.images["image_id"].tolist()])
+
+
+@register("tsp")
+class TSPSampler(ScoreSampler):
+    """Triplet Scoring Predictions: lowest image score S = exp(-std(s)) * mean(s) first."""
+
+    highest_first = False
+
+    def score(self, ctx: SelectionContext) -> np.ndarray:
+        return tsp_image_scores(ctx, ctx.tsp_components)
+
+
+def _closest_to_beta(mean_iou: np.ndarray, beta: float) -> np.ndarray:
+    return np.abs(np.nan_to_num(np.asarray(mean_iou, dtype=np.float64), nan=0.0) - beta)
+
+
+@register("beta_iou")
+class BetaIoUSampler(ScoreSampler):
+    """Mask-guided selection: mean predicted mask IoU closest to select.beta first."""
+
+    highest_first = False
+
+    def score(self, ctx: SelectionContext) -> np.ndarray:
+        if "mean_mask_iou" not in ctx.images:
+            raise SalisError("sampler 'beta_iou' needs mean_mask_iou from a model with IoU heads")
+        return _closest_to_beta(ctx.images["mean_mask_iou"].to_numpy(), ctx.beta)
+
+
+def true_mask_ious(rles: list[dict], gt_rles: list[dict]) -> np.ndarray:
+    """Each detection's best mask IoU with any ground-truth mask of its image (0 without any)."""
+    if not rles:
+        return np.zeros(0)
+    if not gt_rles:
+        return np.zeros(len(rles))
+    ious = mask_utils.iou(rles, gt_rles, [0] * len(gt_rles))
+    return np.asarray(ious).max(axis=1)
+
+
+@register("oracle_iou")
+class OracleIoUSampler(ScoreSampler):
+    """Mask-guided selection with the true mask IoU (needs pool ground truth; analysis only)."""
+
+    highest_first = False
+
+    def score(self, ctx: SelectionContext) -> np.ndarray:
+        if ctx.oracle is None:
+            raise SalisError(
+                "sampler 'oracle_iou' reads the pool's ground truth, which does not exist when "
+                "labels come from human annotators (oracle: human); use beta_iou"
+            )
+        wanted = set(ctx.images["image_id"].tolist())
+        moments = _Moments()
+        columns = ["image_id", "rle", "height", "width"]
+        for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=columns):
+            rows = batch.to_pandas()
+            for image_id, group in rows[rows["image_id"].isin(wanted)].groupby("image_id", sort=False):
+                h, w = int(group["height"].iloc[0]), int(group["width"].iloc[0])
+                rles = [{"size": [h, w], "counts": c.encode()} for c in group["rle"]]
+                gt = [a["segmentation"] for a in ctx.oracle.annotations(int(image_id))]
+                gt = [{"size": g["size"], "counts": g["counts"].encode()} for g in gt]
+                moments.add(np.full(len(rles), image_id), true_mask_ious(rles, gt))
+        means = np.array([moments.mean(i) for i in ctx.images["image_id"].tolist()])
+        return _closest_to_beta(means, ctx.beta)

@@ -1,0 +1,96 @@
+"""TSP's IoU heads: hand-computed targets, loss masking for pseudo images, inference outputs."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from salis.model.build import seeded_model
+from salis.model.checkpoint import restore, save_checkpoint
+from salis.model.iou_heads import IoUHead, box_iou_targets, mask_iou_targets
+from salis.params import ModelParams
+
+SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
+                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8)
+
+
+def test_box_iou_targets_pair_rows():
+    pred = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    gt = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 0.0, 15.0, 10.0]])
+    assert box_iou_targets(pred, gt).tolist() == pytest.approx([0.5, 50 / 150])
+
+
+def _gt_wider_than_roi() -> torch.Tensor:
+    gt = torch.zeros(1, 16, 24)
+    gt[0, 0:8, 0:16] = 1  # 128 px; the RoI [0, 0, 8, 8] sees only its left half
+    return gt
+
+
+def test_mask_iou_target_counts_ground_truth_outside_the_roi():
+    roi = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    full = torch.ones(1, 4, 4)  # predicted mask fills the RoI: 64 px, all inside the GT
+    iou = mask_iou_targets(full, roi, _gt_wider_than_roi(), torch.tensor([0]), threshold=0.3)
+    assert iou.tolist() == pytest.approx([64 / 128])  # not 1.0: the GT half outside the RoI counts
+
+
+def test_mask_iou_target_binarises_at_the_threshold():
+    roi = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    probs = torch.full((1, 4, 4), 0.1)
+    probs[0, :2] = 0.9  # top half above 0.3: 32 px predicted, all inside the GT
+    iou = mask_iou_targets(probs, roi, _gt_wider_than_roi(), torch.tensor([0]), threshold=0.3)
+    assert iou.tolist() == pytest.approx([32 / 128])
+    below = mask_iou_targets(torch.full((1, 4, 4), 0.25), roi, _gt_wider_than_roi(), torch.tensor([0]), 0.3)
+    assert below.tolist() == [0.0]
+
+
+def test_iou_head_shape_and_range():
+    head = IoUHead(16, 8)
+    out = head(torch.randn(5, 16, 14, 14))
+    assert out.shape == (5,) and ((out > 0) & (out < 1)).all()
+    assert head(torch.randn(0, 16, 7, 7)).shape == (0,)
+
+
+def _target(positive_only: bool) -> dict:
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    return {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+            "masks": masks, "positive_only": torch.tensor(positive_only)}
+
+
+def test_pseudo_images_give_no_iou_loss_and_labeled_ones_do():
+    model = seeded_model(SMALL, 2, seed=0).train()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    pseudo = model(image, [_target(True)])
+    labeled = model(image, [_target(False)])
+    assert pseudo["loss_box_iou"].item() == 0.0 and pseudo["loss_mask_iou"].item() == 0.0
+    assert labeled["loss_box_iou"].item() > 0.0 and labeled["loss_mask_iou"].item() > 0.0
+
+
+def test_iou_losses_do_not_train_the_predictions_they_judge():
+    model = seeded_model(SMALL, 2, seed=0).train()
+    losses = model([torch.rand(3, 64, 64)], [_target(False)])
+    (losses["loss_box_iou"] + losses["loss_mask_iou"]).backward()
+    heads = model.roi_heads
+    for module in (heads.box_predictor, heads.mask_predictor, heads.mask_head):
+        assert all(p.grad is None or not p.grad.any() for p in module.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in heads.mask_iou_head.parameters())
+
+
+def test_inference_gives_box_and_mask_iou_per_detection():
+    model = seeded_model(SMALL, 2, seed=0).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    n = len(out["scores"])
+    assert out["box_iou"].shape == (n,) and out["mask_iou"].shape == (n,)
+    assert ((out["mask_iou"] >= 0) & (out["mask_iou"] <= 1)).all()
+
+
+def test_plain_checkpoint_loads_into_a_model_with_iou_heads(tmp_path, capsys):
+    plain = seeded_model(dataclasses.replace(SMALL, iou_heads=False), 2, seed=0)
+    path = tmp_path / "plain.pt"
+    save_checkpoint(path, plain, dataclasses.replace(SMALL, iou_heads=False), [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    with_heads = seeded_model(SMALL, 2, seed=1)
+    restore(with_heads, path)
+    message = capsys.readouterr().out
+    assert "roi_heads.box_iou_head" in message and "roi_heads.mask_iou_head" in message and "random init" in message
+    assert torch.equal(with_heads.roi_heads.box_predictor.cls_score.weight, plain.roi_heads.box_predictor.cls_score.weight)
