@@ -3,7 +3,16 @@ import pandas as pd
 import pytest
 
 from salis.atomic import write_parquet
-from salis.cycle import check_budget, empty_pseudo, initial_labeled, pseudo_labels, select_next
+from salis.cycle import (
+    add_labeled,
+    check_budget,
+    empty_labeled,
+    empty_pseudo,
+    initial_selection,
+    pseudo_labels,
+    select_batch,
+    selected_frame,
+)
 from salis.errors import SalisError
 from salis.tables import INSTANCE_SCHEMA
 
@@ -21,43 +30,59 @@ def test_budget_refused_with_the_numbers():
 
 def test_initial_set_is_seeded_sized_and_from_the_pool():
     pool = list(range(1, 51))
-    a = initial_labeled(pool, 10, seed=3)
-    assert a.equals(initial_labeled(list(reversed(pool)), 10, seed=3))  # order of input irrelevant
+    a = initial_selection(pool, 10, seed=3)
+    assert a.equals(initial_selection(list(reversed(pool)), 10, seed=3))  # order of input irrelevant
     assert len(a) == 10 and a["image_id"].is_unique and set(a["image_id"]) <= set(pool)
-    assert (a["cycle"] == 1).all() and (a["source"] == "simulated_oracle").all()
-    assert not a.equals(initial_labeled(pool, 10, seed=4))
+    assert (a["cycle"] == 0).all() and (a["sampler"] == "initial_random").all()
+    assert not a.equals(initial_selection(pool, 10, seed=4))
 
 
-def test_select_keeps_every_labeled_image_and_adds_budget():
+def labeled_after_init(pool, n, seed=0):
+    selected = initial_selection(pool, n, seed)
+    ids = set(selected["image_id"].tolist())
+    return add_labeled(empty_labeled(), selected, ids, {i: 80.0 for i in ids}, 1, "simulated_oracle")
+
+
+def test_select_picks_budget_unlabeled_images_by_the_sampler():
     pool = list(range(1, 21))
-    labeled = initial_labeled(pool, 5, seed=0)
+    labeled = labeled_after_init(pool, 5)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
-    nxt = select_next(labeled, images, None, pool, "entropy", 4, cycle=1, seed=0, num_classes=1)
-    assert len(nxt) == 9 and nxt["image_id"].is_unique
-    assert nxt.iloc[:5].equals(labeled)
-    new = nxt.iloc[5:]
+    batch = select_batch(labeled, images, None, pool, "entropy", 4, cycle=1, seed=0, num_classes=1)
     # entropy grows with position in `images`: the last four are the most uncertain
-    assert new["image_id"].tolist() == images["image_id"].tolist()[::-1][:4]
-    assert (new["cycle"] == 2).all() and (new["sampler"] == "entropy").all()
+    assert batch["image_id"].tolist() == images["image_id"].tolist()[::-1][:4]
+    assert (batch["cycle"] == 1).all() and (batch["sampler"] == "entropy").all()
+    assert batch["rank"].tolist() == [0, 1, 2, 3]
 
 
-def test_select_is_byte_identical_for_same_params(tmp_path):
+def test_add_labeled_keeps_everything_and_sends_unlabeled_back():
+    pool = list(range(1, 21))
+    labeled = labeled_after_init(pool, 5)
+    batch = selected_frame([11, 12, 13], cycle=1, sampler="tsp")
+    merged = add_labeled(labeled, batch, {11, 13}, {11: 100.0, 13: 20.0}, cycle=2, source="human")
+    assert merged.iloc[:5].equals(labeled)
+    assert merged["image_id"].tolist()[5:] == [11, 13]  # 12 was not labeled: back to the pool
+    assert merged["seconds"].tolist()[5:] == [100.0, 20.0] and (merged["cycle"].iloc[5:] == 2).all()
+    with pytest.raises(SalisError, match="already labeled"):
+        add_labeled(merged, selected_frame([11], 2, "tsp"), {11}, {11: 1.0}, 3, "human")
+
+
+def test_selection_is_byte_identical_for_same_params(tmp_path):
     pool = list(range(1, 31))
-    labeled = initial_labeled(pool, 5, seed=1)
+    labeled = labeled_after_init(pool, 5, seed=1)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
     for name in ("a", "b"):
-        write_parquet(tmp_path / f"{name}.parquet", select_next(labeled, images, None, pool, "random", 6, 1, 1, 1))
+        write_parquet(tmp_path / f"{name}.parquet", select_batch(labeled, images, None, pool, "random", 6, 1, 1, 1))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
 def test_select_refuses_images_outside_pool_and_small_pools():
     pool = [1, 2, 3, 4]
-    labeled = initial_labeled(pool, 2, seed=0)
+    labeled = labeled_after_init(pool, 2)
     with pytest.raises(SalisError, match="outside the pool"):
-        select_next(labeled, images_table([3, 4, 99]), None, pool, "random", 1, 1, 0, 1)
+        select_batch(labeled, images_table([3, 4, 99]), None, pool, "random", 1, 1, 0, 1)
     unl = [i for i in pool if i not in set(labeled["image_id"])]
     with pytest.raises(SalisError, match="only 2 unlabeled images are left for a budget of 3"):
-        select_next(labeled, images_table(unl), None, pool, "random", 3, 1, 0, 1)
+        select_batch(labeled, images_table(unl), None, pool, "random", 3, 1, 0, 1)
 
 
 def instance_table(path, **columns):

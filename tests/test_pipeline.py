@@ -33,21 +33,22 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def run(args: list[str], cwd: Path) -> str:
+def run(args: list[str], cwd: Path, expect_ok: bool = True) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("PYTHONPATH", None)  # stages must import the installed salis
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    if expect_ok:
+        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"{' '.join(args)} should have failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "stages", "src"):
+def new_project(work: Path, extra: dict) -> Path:
+    for name in ("dvc.yaml", "stages", "src", "labels"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY), extra)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], work)
     run(["git", "config", "user.email", "ci@salis.local"], work)
@@ -55,6 +56,12 @@ def project(tmp_path_factory) -> Path:
     run(["dvc", "init", "-q"], work)
     run(["git", "add", "-A"], work)
     run(["git", "commit", "-qm", "tiny project"], work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    work = new_project(tmp_path_factory.mktemp("project"), {})
     run(["dvc", "repro"], work)
     return work
 
@@ -63,12 +70,17 @@ def test_repro_writes_every_cycle_and_keeps_the_test_split_out(project: Path):
     prepared = project / "data" / "prepared"
     test_ids = {im["id"] for im in json.loads((prepared / "test.json").read_text())["images"]}
     sizes = []
-    for k in (1, 2, 3):
+    for k in (1, 2):
         labeled = pd.read_parquet(project / "data" / "cycles" / str(k) / "labeled.parquet")
         sizes.append(len(labeled))
         assert not set(labeled["image_id"]) & test_ids
         assert labeled["image_id"].is_unique
-    assert sizes == [4, 7, 10]
+        assert (labeled["source"] == "simulated_oracle").all() and (labeled["seconds"] > 0).all()
+    assert sizes == [4, 7]
+    last_batch = pd.read_parquet(project / "data" / "cycles" / "2" / "selected.parquet")
+    assert len(last_batch) == 3 and not set(last_batch["image_id"]) & (test_ids | set(labeled["image_id"]))
+    request = json.loads((project / "data" / "requests" / "cycle_2" / "request.json").read_text())
+    assert sorted(im["id"] for im in request["images"]) == sorted(last_batch["image_id"])
     for k in (1, 2):
         scored = pd.read_parquet(project / "data" / "cycles" / str(k) / "images.parquet")
         assert not set(scored["image_id"]) & test_ids
@@ -76,6 +88,7 @@ def test_repro_writes_every_cycle_and_keeps_the_test_split_out(project: Path):
         metrics = json.loads((project / "metrics" / "cycles" / f"{k}.json").read_text())
         assert metrics["cycle"] == k and metrics["labeled_images"] == sizes[k - 1]
         assert 0.0 <= metrics["mask_AP50"] <= 1.0
+        assert metrics["annotation_hours"] > 0
     curve = pd.read_csv(project / "metrics" / "curve.csv")
     assert curve["cycle"].tolist() == [1, 2] and curve["labeled_images"].tolist() == [4, 7]
     assert (project / "models" / "cycle_2" / "live" / "metrics.json").is_file()
@@ -90,8 +103,39 @@ def test_changing_the_sampler_keeps_cycle_one_training_and_scoring_cached(projec
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
     out = run(["dvc", "exp", "run", "-S", "sampler=entropy"], project)
-    for cached in ("train@c1", "infer_score@c1", "evaluate@c1", "init", "prepare"):
+    for cached in ("train@c1", "infer_score@c1", "evaluate@c1", "annotate@c1", "init", "prepare"):
         assert f"'{cached}' didn't change" in out or f"'{cached}' is cached" in out, out
     assert "Running stage 'select@c1'" in out
     labeled = pd.read_parquet(project / "data" / "cycles" / "2" / "labeled.parquet")
     assert (labeled["sampler"].iloc[4:] == "entropy").all()
+
+
+def test_human_annotators_in_the_loop(tmp_path):
+    """A test plays the annotator: dvc repro waits for labels, an import lets it go on."""
+    work = new_project(tmp_path, {"oracle": "human", "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
+    out = run(["dvc", "repro"], work, expect_ok=False)
+    assert "waiting for the labels of request batch 0" in out and "salis labels import --cycle 0" in out
+    assert not (work / "models" / "cycle_1").exists()
+
+    # the annotator labels the requested images (here: with the dataset's hidden ground truth)
+    request = json.loads((work / "data" / "requests" / "cycle_0" / "request.json").read_text())
+    pool = json.loads((work / "data" / "prepared" / "pool.json").read_text())
+    wanted = {im["id"] for im in request["images"]}
+    export = {
+        "images": request["images"],
+        "categories": [{"id": c["id"] + 10, "name": c["name"]} for c in pool["categories"]],
+        "annotations": [
+            dict(a, category_id=a["category_id"] + 10) for a in pool["annotations"] if a["image_id"] in wanted
+        ],
+    }
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    out = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export.json")], work)
+    assert "cycle 0: 4 images" in out
+    again = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export.json")], work, expect_ok=False)
+    assert "already imported" in again
+
+    run(["dvc", "repro"], work)
+    labeled = pd.read_parquet(work / "data" / "cycles" / "1" / "labeled.parquet")
+    assert sorted(labeled["image_id"]) == sorted(wanted) and (labeled["source"] == "human").all()
+    status = run(["salis", "status"], work)
+    assert "awaiting labels: request batch 1, 3 images" in status

@@ -14,6 +14,8 @@ from salis.layout import Layout
 from salis.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+labels_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Human labels for request batches.")
+app.add_typer(labels_app, name="labels")
 
 
 def _fail(err: Exception) -> None:
@@ -31,7 +33,7 @@ def _count(path: Path, column: str = "image_id") -> tuple[int, int] | None:
 
 @app.command()
 def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file")) -> None:
-    """Pool sizes, labels spent per cycle, test metrics so far, and what `dvc repro` does next."""
+    """Per cycle: labeled, pseudo-labeled and unlabeled counts, hours, AP; what awaits labels; budget left."""
     try:
         params = load_params(params_file)
     except SalisError as err:
@@ -46,32 +48,102 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
     total_budget = params.select.initial + params.select.budget * params.num_cycles
     typer.echo(f"dataset: {meta['source']}, pool {pool} images, test {meta['num_test_images']} images "
                f"(never trained on, scored or selected)")
-    typer.echo(f"sampler: {params.sampler}; budget: {params.select.initial} initial + "
+    typer.echo(f"sampler: {params.sampler}; oracle: {params.oracle}; budget: {params.select.initial} initial + "
                f"{params.num_cycles} cycles x {params.select.budget} = {total_budget} of {pool} pool images")
-    typer.echo(f"{'cycle':>5} {'labeled':>8} {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'mask AP50':>9}")
-    next_step = None
+    header = f"{'cycle':>5} {'labeled':>8} {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'hours':>7} {'mask AP50':>9}"
+    typer.echo(header)
+    spent = 0
     for k in sorted(c.k for c in params.cycles.values()):
-        labeled = _count(layout.labeled(k))
+        labeled_path = layout.labeled(k)
+        if not labeled_path.is_file():
+            typer.echo(f"{k:>5} {'-':>8} {'-':>10} {'-':>11} {'-':>9} {'-':>7} {'-':>9}")
+            continue
+        labeled = pd.read_parquet(labeled_path, columns=["image_id", "seconds"])
+        spent = len(labeled)
         pseudo = _count(layout.pseudo(k))
         metrics_path = layout.metrics(k)
         ap50 = json.loads(metrics_path.read_text())["mask_AP50"] if metrics_path.is_file() else None
-        if labeled is None:
-            next_step = next_step or f"cycle {k}: waiting for cycle {k - 1}'s selection"
-            typer.echo(f"{k:>5} {'-':>8} {'-':>10} {'-':>11} {'-':>9} {'-':>9}")
-            continue
-        if next_step is None and not layout.model(k).is_file():
-            next_step = f"train cycle {k} on {labeled[0]} labeled + {pseudo[0] if pseudo else 0} pseudo-labeled images"
-        elif next_step is None and not layout.labeled(k + 1).is_file():
-            next_step = f"score the unlabeled pool with cycle {k}'s model, then select {params.select.budget} " \
-                        f"images with '{params.sampler}'"
         typer.echo(
-            f"{k:>5} {labeled[0]:>8} {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
-            f"{pool - labeled[0]:>9} {'-' if ap50 is None else f'{ap50:.3f}':>9}"
+            f"{k:>5} {len(labeled):>8} {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
+            f"{pool - len(labeled):>9} {labeled['seconds'].sum() / 3600:>7.2f} "
+            f"{'-' if ap50 is None else f'{ap50:.3f}':>9}"
         )
-    spent = _count(layout.labeled(params.num_cycles + 1)) or _count(layout.labeled(params.num_cycles))
-    if spent:
-        typer.echo(f"labels spent: {spent[0]} of {total_budget} images")
-    typer.echo(f"next: {next_step or 'all cycles done; add cycles in params.yaml to go on'}")
+    for batch in range(0, params.num_cycles + 1):
+        selected = layout.selected(batch)
+        if selected.is_file() and not (batch + 1 <= params.num_cycles and layout.labeled(batch + 1).is_file()):
+            ids = pd.read_parquet(selected, columns=["image_id"])["image_id"].tolist()
+            if params.oracle == "human" and not layout.imported_labels(batch).is_file():
+                typer.echo(f"awaiting labels: request batch {batch}, {len(ids)} images ({layout.requests(batch)}); "
+                           f"then: salis labels import --cycle {batch} <export.json>")
+            elif batch == params.num_cycles:
+                typer.echo(f"next request: batch {batch}, {len(ids)} images ({layout.requests(batch)}), "
+                           "for a cycle beyond the configured ones")
+    typer.echo(f"labels spent: {spent} of {total_budget} images; budget left: {total_budget - spent} images")
+
+
+@labels_app.command("import")
+def labels_import(
+    export: Path = typer.Argument(..., help="COCO export from CVAT or Label Studio (polygons or RLE)"),
+    cycle: int = typer.Option(..., "--cycle", help="the request batch this export answers (data/requests/cycle_K)"),
+    replace: bool = typer.Option(False, "--replace", help="replace an earlier import (the old file is kept as a backup)"),
+    partial: bool = typer.Option(False, "--partial", help="allow requested images left unlabeled; they go back to the pool"),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="an image exported without annotations holds no object"),
+    dvc_add: bool = typer.Option(True, "--dvc-add/--no-dvc-add", help="track the labels file with `dvc add`"),
+) -> None:
+    """Validate an annotation export against its request batch and store it for the next cycle."""
+    import subprocess
+
+    from salis.annotation.importer import import_labels
+
+    layout = Layout()
+    request = layout.requests(cycle) / "request.json"
+    if not request.is_file():
+        _fail(SalisError(f"{request}: no request batch for cycle {cycle}; `dvc repro` writes it at the select stage"))
+    try:
+        summary = import_labels(export, request, layout.imported_labels(cycle), replace, partial, allow_empty)
+    except SalisError as err:
+        _fail(err)
+    returned = summary["partial_unlabeled"]
+    typer.echo(
+        f"cycle {cycle}: {summary['images_labeled']} images, {summary['instances']} instances -> {summary['labels_path']}"
+        + (f"; {len(returned)} images go back to the pool" if returned else "")
+        + (f"; previous labels kept in {summary['backup']}" if summary["backup"] else "")
+    )
+    if dvc_add and Path(".dvc").is_dir():
+        done = subprocess.run(["dvc", "add", "-q", summary["labels_path"]], capture_output=True, text=True)
+        if done.returncode != 0:
+            typer.echo(f"`dvc add {summary['labels_path']}` failed: {done.stderr.strip()}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"tracked with DVC: commit {summary['labels_path']}.dvc, then `dvc repro` goes on")
+    else:
+        typer.echo("now `dvc repro` goes on from this cycle")
+
+
+@app.command()
+def savings(metric: str = typer.Option("mask_AP50", help="the metric whose random-sampler final value is the target")) -> None:
+    """Labels and annotation hours each experiment needed to reach the random sampler's final AP."""
+    from salis.savings import savings_table
+
+    try:
+        reference, table = savings_table(Path("."), metric)
+    except SalisError as err:
+        _fail(err)
+    if reference is None:
+        typer.echo("no run with sampler=random to compare with: `dvc exp run -S sampler=random` first")
+        return
+    target = next(iter(table.values()))["target"]
+    typer.echo(f"target: {metric} {target:.3f}, the final value of '{reference}' (random)")
+    typer.echo(f"{'experiment':<24} {'sampler':<12} {'images':>8} {'hours':>8} {'images saved':>13} {'hours saved':>12}")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for name, row in sorted(table.items(), key=lambda kv: (kv[1]["labeled_images"] is None, kv[1]["labeled_images"] or 0)):
+        typer.echo(
+            f"{name:<24} {row['sampler']:<12} {fmt(row['labeled_images'], '8.1f')} {fmt(row['annotation_hours'], '8.2f')} "
+            f"{fmt(row['labels_saved_fraction'], '12.0%')} {fmt(row['hours_saved_fraction'], '11.0%')}"
+            + ("" if row["reached"] else "   (never reached)")
+        )
 
 
 @app.command()

@@ -20,7 +20,15 @@ from salis.errors import SalisError
 from salis.samplers import SelectionContext, get_sampler
 from salis.tables import INSTANCE_SCHEMA
 
-LABELED_COLUMNS = {"image_id": "int64", "cycle": "int64", "source": "object", "sampler": "object", "rank": "int64"}
+SELECTED_COLUMNS = {"image_id": "int64", "cycle": "int64", "sampler": "object", "rank": "int64"}
+LABELED_COLUMNS = {
+    "image_id": "int64",
+    "cycle": "int64",  # the first cycle whose training uses the image
+    "source": "object",  # simulated_oracle | human
+    "sampler": "object",  # what picked it (initial_random for the initial set)
+    "rank": "int64",  # its place in that pick
+    "seconds": "float64",  # annotation time, from the cost model
+}
 
 
 def cycle_rng(seed: int, cycle: int, purpose: str) -> np.random.Generator:
@@ -38,26 +46,54 @@ def check_budget(pool_size: int, initial: int, budget: int, num_cycles: int) -> 
         )
 
 
-def initial_labeled(pool_ids: Sequence[int], initial: int, seed: int) -> pd.DataFrame:
-    """Cycle 1's labeled set: `initial` pool images drawn at random (no sampler involved)."""
-    ids = np.array(sorted(pool_ids), dtype=np.int64)
-    chosen = ids[cycle_rng(seed, 0, "initial").permutation(len(ids))[:initial]]
-    return labeled_frame(chosen.tolist(), cycle=1, source="simulated_oracle", sampler="initial_random")
-
-
-def labeled_frame(ids: Sequence[int], cycle: int, source: str, sampler: str) -> pd.DataFrame:
+def selected_frame(ids: Sequence[int], cycle: int, sampler: str) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "image_id": np.asarray(ids, dtype=np.int64),
             "cycle": np.full(len(ids), cycle, dtype=np.int64),
-            "source": [source] * len(ids),
             "sampler": [sampler] * len(ids),
             "rank": np.arange(len(ids), dtype=np.int64),
         }
-    ).astype(LABELED_COLUMNS)
+    ).astype(SELECTED_COLUMNS)
 
 
-def select_next(
+def initial_selection(pool_ids: Sequence[int], initial: int, seed: int) -> pd.DataFrame:
+    """The images to label before cycle 1: `initial` pool images at random (no sampler involved)."""
+    ids = np.array(sorted(pool_ids), dtype=np.int64)
+    chosen = ids[cycle_rng(seed, 0, "initial").permutation(len(ids))[:initial]]
+    return selected_frame(chosen.tolist(), cycle=0, sampler="initial_random")
+
+
+def empty_labeled() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in LABELED_COLUMNS.items()})
+
+
+def add_labeled(
+    labeled: pd.DataFrame,
+    selected: pd.DataFrame,
+    labeled_ids: set[int],
+    seconds: dict[int, float],
+    cycle: int,
+    source: str,
+) -> pd.DataFrame:
+    """labeled@cycle: everything labeled before plus the selected images that came back labeled.
+
+    Selected images without labels (a partial import) are not added: they go back to the pool.
+    """
+    already = set(labeled["image_id"].tolist())
+    overlap = already & set(selected["image_id"].tolist())
+    if overlap:
+        raise SalisError(f"{len(overlap)} selected images were already labeled, e.g. {sorted(overlap)[:5]}")
+    new = selected[selected["image_id"].isin(labeled_ids)].copy()
+    new["cycle"] = cycle
+    new["source"] = source
+    new["seconds"] = [float(seconds[int(i)]) for i in new["image_id"]]
+    merged = pd.concat([labeled.astype(LABELED_COLUMNS), new[list(LABELED_COLUMNS)].astype(LABELED_COLUMNS)], ignore_index=True)
+    assert already <= set(merged["image_id"].tolist()), "a labeled image left the labeled set"
+    return merged
+
+
+def select_batch(
     labeled: pd.DataFrame,
     images: pd.DataFrame,
     instances_path: Path | None,
@@ -71,7 +107,7 @@ def select_next(
     tsp_components: tuple[str, ...] = ("class", "box", "mask"),
     oracle: object | None = None,
 ) -> pd.DataFrame:
-    """Cycle k+1's labeled table: everything labeled so far plus `budget` images the sampler picks."""
+    """The `budget` unlabeled pool images the sampler wants labeled after cycle `cycle`."""
     sampler = get_sampler(sampler_name)
     pool = set(int(i) for i in pool_ids)
     already = frozenset(int(i) for i in labeled["image_id"])
@@ -92,11 +128,7 @@ def select_next(
         tsp_components=tsp_components,
         oracle=oracle,
     )
-    chosen = sampler.select(ctx, budget)
-    new = labeled_frame(chosen, cycle=cycle + 1, source="simulated_oracle", sampler=sampler.name)
-    merged = pd.concat([labeled.astype(LABELED_COLUMNS), new], ignore_index=True)
-    assert already <= set(merged["image_id"].tolist()), "a labeled image left the labeled set"
-    return merged
+    return selected_frame(sampler.select(ctx, budget), cycle=cycle, sampler=sampler.name)
 
 
 def empty_pseudo() -> pd.DataFrame:

@@ -29,6 +29,26 @@ class Layout:
     def images(self, k: int) -> Path:
         return self.cycle_dir(k) / "images.parquet"
 
+    def selected(self, k: int) -> Path:
+        """Images picked at cycle k (init's random set for k = 0), awaiting their labels."""
+        return self.cycle_dir(k) / "selected.parquet"
+
+    def annotations(self, k: int) -> Path:
+        """Ground truth of every image labeled for cycle k (cumulative, COCO-like JSON)."""
+        return self.cycle_dir(k) / "annotations.json"
+
+    def requests(self, k: int) -> Path:
+        """The request batch of cycle k's selection, for annotators."""
+        return self.root / "data" / "requests" / f"cycle_{k}"
+
+    @property
+    def labels_dir(self) -> Path:
+        """Human labels, one file per request batch, written by `salis labels import`."""
+        return self.root / "labels"
+
+    def imported_labels(self, k: int) -> Path:
+        return self.labels_dir / f"cycle_{k}.json"
+
     def model(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "model.pt"
 

@@ -104,6 +104,19 @@ class PseudoParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class CostParams:
+    """Annotation cost model (salis.annotation.cost.CostModel); defaults from the literature."""
+
+    kind: Literal["mask", "box", "point", "image"] = "mask"
+    mask_seconds_per_instance: float = 79.0
+    seconds_per_category_checked: float = 1.0
+    box_seconds: float = 7.0
+    point_seconds: float = 2.4
+    image_label_seconds_per_category: float = 1.0
+    hourly_rate: float = 50.0
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalParams:
     batch_size: int = 8
 
@@ -119,6 +132,7 @@ class CycleParams:
 class Params:
     seed: int = 0
     sampler: str = "random"
+    oracle: Literal["simulated", "human"] = "simulated"
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -126,6 +140,7 @@ class Params:
     select: SelectParams = SelectParams()
     pseudo: PseudoParams = PseudoParams()
     eval: EvalParams = EvalParams()
+    cost: CostParams = CostParams()
     cycles: dict[str, CycleParams] = dataclasses.field(default_factory=dict)
 
     @property

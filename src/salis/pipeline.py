@@ -8,13 +8,35 @@ from pathlib import Path
 import pandas as pd
 
 from salis.atomic import atomic_dir, write_json, write_parquet, write_text
-from salis.cycle import check_budget, empty_pseudo, initial_labeled, pseudo_labels, select_next
+import dataclasses
+
+from salis.annotation.cost import CostModel
+from salis.annotation.export import write_request_batch
+from salis.cycle import (
+    add_labeled,
+    check_budget,
+    empty_labeled,
+    empty_pseudo,
+    initial_selection,
+    pseudo_labels,
+    select_batch,
+)
 from salis.data.prepare import prepare_dataset
 from salis.data.prepared import PreparedData, SimulatedOracle
-from salis.errors import InputError
+from salis.errors import InputError, SalisError
+from salis.labels import (
+    annotations_by_image,
+    awaiting_message,
+    empty_store,
+    extend_store,
+    human_batch,
+    read_store,
+    simulated_batch,
+)
 from salis.layout import Layout
 from salis.params import Params, parse_model_params
 from salis.report import write_report
+from salis.tables import INSTANCE_SCHEMA
 
 # torch-dependent modules are imported inside the stages that need them: the bookkeeping
 # stages (init, select, pseudo_label, report) then start in a fraction of a second.
@@ -30,14 +52,53 @@ def stage_prepare(params: Params, layout: Layout) -> dict:
 
 
 def stage_init(params: Params, layout: Layout) -> pd.DataFrame:
-    """Cycle 1's random labeled set; refuses impossible budgets before any training."""
+    """The random initial batch (request batch 0); refuses impossible budgets before any training."""
     prepared = PreparedData(layout.prepared)
     pool_ids = prepared.pool_ids()
     check_budget(len(pool_ids), params.select.initial, params.select.budget, params.num_cycles)
-    labeled = initial_labeled(pool_ids, params.select.initial, params.seed)
-    write_parquet(layout.labeled(1), labeled)
+    selected = initial_selection(pool_ids, params.select.initial, params.seed)
+    write_parquet(layout.selected(0), selected)
+    write_parquet(layout.labeled(0), empty_labeled())
+    write_json(layout.annotations(0), empty_store(prepared.categories))
     write_parquet(layout.pseudo(1), empty_pseudo())
-    return labeled
+    no_predictions = INSTANCE_SCHEMA.empty_table().to_pandas()
+    write_request_batch(layout.requests(0), prepared, selected["image_id"].tolist(), no_predictions, cycle=0)
+    return selected
+
+
+def cost_model(params: Params) -> CostModel:
+    return CostModel(**dataclasses.asdict(params.cost))
+
+
+def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
+    """labeled@k and its label store: cycle k-1's labeled set plus the batch selected after it.
+
+    Labels come from the simulated oracle, or from humans through `salis labels import`; until
+    those exist this stage stops the pipeline with the command to run.
+    """
+    prepared = PreparedData(layout.prepared)
+    batch_cycle = cycle - 1
+    selected = read_table(layout.selected(batch_cycle), "select")
+    labeled = read_table(layout.labeled(batch_cycle), "annotate")
+    store = read_store(layout.annotations(batch_cycle))
+    ids = selected["image_id"].tolist()
+    if params.oracle == "simulated":
+        batch, returned, source = simulated_batch(prepared, ids), [], "simulated_oracle"
+    else:
+        labels_path = layout.imported_labels(batch_cycle)
+        if not labels_path.is_file():
+            raise SalisError(awaiting_message(batch_cycle, layout.requests(batch_cycle), labels_path))
+        batch, returned = human_batch(labels_path, ids, set(prepared.category_ids))
+        source = "human"
+    cost = cost_model(params)
+    seconds = {i: cost.image_seconds(len(anns), len(prepared.categories)) for i, anns in batch.items()}
+    merged = add_labeled(labeled, selected, set(batch), seconds, cycle, source)
+    infos = [prepared.image_info(i) for i in batch]
+    write_json(layout.annotations(cycle), extend_store(store, infos, batch))
+    write_parquet(layout.labeled(cycle), merged)
+    note = f"; {len(returned)} returned to the pool unlabeled" if returned else ""
+    print(f"cycle {cycle}: {len(batch)} images labeled by {source}{note}; {len(merged)} labeled in all")
+    return merged
 
 
 def stage_init_model(params: Params, layout: Layout) -> str:
@@ -78,8 +139,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     start = layout.model(cycle - 1) if params.train.warm_start else layout.model(0)
     model = build_model(params.model, len(prepared.categories))
     restore(model, start)
-    labeled_ids = read_table(layout.labeled(cycle), "select")["image_id"].tolist()
-    labeled = LabeledSamples(prepared, labeled_ids)
+    labeled_ids = read_table(layout.labeled(cycle), "annotate")["image_id"].tolist()
+    labeled = LabeledSamples(prepared, labeled_ids, annotations_by_image(read_store(layout.annotations(cycle))))
     pseudo = PseudoSamples(prepared, read_table(layout.pseudo(cycle), "pseudo_label"))
     device = pick_device(params.train.device)
     print(f"cycle {cycle}: training on {len(labeled)} labeled + {len(pseudo)} pseudo-labeled images, {device}")
@@ -111,7 +172,7 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     from salis.scoring import write_score_tables
 
     prepared = PreparedData(layout.prepared)
-    labeled = set(read_table(layout.labeled(cycle), "select")["image_id"].tolist())
+    labeled = set(read_table(layout.labeled(cycle), "annotate")["image_id"].tolist())
     unlabeled = [i for i in prepared.pool_ids() if i not in labeled]
     assert not set(unlabeled) & set(prepared.test_ids()), "test images must never be scored"
     model, _ = model_from_checkpoint(layout.model(cycle))
@@ -121,21 +182,27 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
 
 
 def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
+    """Pick the next batch and write it as a request batch (with the model's predictions)."""
     prepared = PreparedData(layout.prepared)
-    labeled = read_table(layout.labeled(cycle), "select")
+    labeled = read_table(layout.labeled(cycle), "annotate")
     images = read_table(layout.images(cycle), "infer_score")
-    merged = select_next(
+    selected = select_batch(
         labeled, images, layout.instances(cycle), prepared.pool_ids(), params.sampler,
         params.select.budget, cycle, params.seed, len(prepared.categories),
         beta=params.select.beta, tsp_components=params.select.tsp_components,
-        oracle=SimulatedOracle(prepared),
+        oracle=SimulatedOracle(prepared) if params.oracle == "simulated" else None,
     )
-    write_parquet(layout.labeled(cycle + 1), merged)
-    return merged
+    ids = selected["image_id"].tolist()
+    predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])
+    write_parquet(layout.selected(cycle), selected)
+    write_request_batch(layout.requests(cycle), prepared, ids, predictions, cycle=cycle)
+    return selected
 
 
 def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
-    next_labeled = frozenset(read_table(layout.labeled(cycle + 1), "select")["image_id"].tolist())
+    # images labeled or about to be labeled never get pseudo-labels
+    labeled = read_table(layout.labeled(cycle), "annotate")["image_id"].tolist()
+    next_labeled = frozenset(labeled + read_table(layout.selected(cycle), "select")["image_id"].tolist())
     p = params.pseudo
     table = pseudo_labels(layout.instances(cycle), next_labeled, p.score_thresh, p.box_iou_thresh, p.mask_iou_thresh)
     if len(table) and table["mask_iou"].isna().all():
@@ -166,16 +233,22 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     pairs_table = pd.concat([p for p in pairs if len(p)] or pairs, ignore_index=True)
     metrics.update(iou_head_metrics(pairs_table))
     write_text(layout.iou_pairs(cycle), pairs_table.to_csv(index=False, float_format="%.5f"))
-    labeled_ids = read_table(layout.labeled(cycle), "select")["image_id"].tolist()
+    labeled = read_table(layout.labeled(cycle), "annotate")
+    store = read_store(layout.annotations(cycle))
     pseudo = read_table(layout.pseudo(cycle), "pseudo_label")
-    oracle = SimulatedOracle(prepared)
-    metrics.update(pseudo_label_quality(pseudo, oracle.annotations))
+    if params.oracle == "simulated":  # the hidden pool ground truth exists only then
+        metrics.update(pseudo_label_quality(pseudo, SimulatedOracle(prepared).annotations))
+    else:
+        metrics.update(pseudo_precision=None, pseudo_mask_iou=None)
+    seconds = float(labeled["seconds"].sum())
     metrics.update(
         cycle=cycle,
-        labeled_images=len(labeled_ids),
-        labeled_instances=sum(len(oracle.annotations(i)) for i in labeled_ids),
+        labeled_images=len(labeled),
+        labeled_instances=len(store["annotations"]),
         pseudo_images=int(pseudo["image_id"].nunique()),
         pseudo_instances=len(pseudo),
+        annotation_hours=seconds / 3600.0,
+        annotation_money=cost_model(params).money(seconds),
     )
     write_json(layout.metrics(cycle), metrics)
     return metrics

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from pycocotools import mask as mask_utils
 
-from salis.data.prepared import PreparedData, SimulatedOracle, target_arrays
+from salis.data.prepared import PreparedData, target_arrays
 
 
 @dataclasses.dataclass
@@ -44,15 +44,18 @@ class Sample:
 
 
 class LabeledSamples:
-    """Expert-labeled pool images; ground truth comes only through the oracle, only for these ids.
+    """Expert-labeled pool images with their labels from the cycle's label store.
 
     Samples are decoded once and kept: the labeled set is the small, expensive one.
     """
 
-    def __init__(self, prepared: PreparedData, image_ids: list[int]) -> None:
+    def __init__(self, prepared: PreparedData, image_ids: list[int], labels: dict[int, list[dict]]) -> None:
+        missing = [i for i in image_ids if int(i) not in labels]
+        if missing:
+            raise ValueError(f"no labels for labeled images {missing[:5]}")
         self.prepared = prepared
         self.image_ids = list(image_ids)
-        self.oracle = SimulatedOracle(prepared)
+        self.labels = labels
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -62,14 +65,9 @@ class LabeledSamples:
         image_id = self.image_ids[index]
         if image_id not in self._cache:
             image = self.prepared.load_image(image_id)
-            arrays = target_arrays(
-                self.oracle.annotations(image_id), image.shape[0], image.shape[1], self.prepared.label_of
-            )
+            arrays = target_arrays(self.labels[int(image_id)], image.shape[0], image.shape[1], self.prepared.label_of)
             self._cache[image_id] = Sample(image_id, image, **arrays)
         return self._cache[image_id]
-
-    def num_instances(self) -> int:
-        return sum(len(self.oracle.annotations(i)) for i in self.image_ids)
 
 
 class PseudoSamples:
