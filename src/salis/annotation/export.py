@@ -60,8 +60,8 @@ def write_request_batch(
     """
     ids = _checked_ids(prepared, image_ids)
     _check_template(image_url)
-    if cycle < 1:
-        raise ValueError(f"cycle must be at least 1, got {cycle}")
+    if cycle < 0:  # batch 0 is the random initial set, requested before any model exists
+        raise ValueError(f"cycle must be >= 0, got {cycle}")
     images = [_image_entry(prepared, i) for i in ids]
     categories = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": ""} for c in prepared.categories]
     by_image, counts = _predictions(instances, {img["id"]: img for img in images}, min_score)
