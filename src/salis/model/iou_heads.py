@@ -22,10 +22,15 @@ class IoUHead(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(hidden, 1)
-        for layer in self.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        for layer in self.convs:
+            if isinstance(layer, nn.Conv2d):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
+        # A small output layer starts every prediction near 0.5: a sigmoid that starts
+        # saturated (Kaiming init of a 1-output layer gives logits in the tens) never
+        # receives a gradient through the L2 loss again.
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, roi_features: Tensor) -> Tensor:
         """N x C x S x S RoI features -> N predicted IoUs in (0, 1)."""
