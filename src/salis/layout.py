@@ -29,6 +29,9 @@ class Layout:
     def images(self, k: int) -> Path:
         return self.cycle_dir(k) / "images.parquet"
 
+    def embeddings(self, k: int) -> Path:
+        return self.cycle_dir(k) / "embeddings"
+
     def model(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "model.pt"
 
