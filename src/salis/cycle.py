@@ -70,6 +70,8 @@ def select_next(
     beta: float = 0.5,
     tsp_components: tuple[str, ...] = ("class", "box", "mask"),
     oracle: object | None = None,
+    aggregation: str = "default",
+    embeddings_path: Path | None = None,
 ) -> pd.DataFrame:
     """Cycle k+1's labeled table: everything labeled so far plus `budget` images the sampler picks."""
     sampler = get_sampler(sampler_name)
@@ -91,6 +93,8 @@ def select_next(
         beta=beta,
         tsp_components=tsp_components,
         oracle=oracle,
+        aggregation=aggregation,
+        embeddings_path=embeddings_path,
     )
     chosen = sampler.select(ctx, budget)
     new = labeled_frame(chosen, cycle=cycle + 1, source="simulated_oracle", sampler=sampler.name)
