@@ -20,8 +20,9 @@ from salis.embeddings import open_embeddings
 from salis.errors import SalisError
 from salis.samplers.base import Sampler, SelectionContext, register
 
-CHUNK_ROWS = 8192  # rows of the embedding matrix in RAM at a time (8192 x 1024 float32 = 32 MiB)
-CENTER_BLOCK = 256  # labeled centers compared at once when the distances are initialised
+CHUNK_ROWS = 8192  # rows of the memory-mapped matrix multiplied at a time
+CENTER_BLOCK = 64  # labeled centers compared at once when the distances are initialised
+# so the largest temporary is CHUNK_ROWS x CENTER_BLOCK distances (8192 x 64 x 12 bytes = 6 MiB)
 
 
 def _chunks(n: int, size: int):
@@ -46,8 +47,8 @@ def k_center_greedy(
     n = vectors.shape[0]
     squares = np.empty(n, dtype=np.float64)
     for start, end in _chunks(n, chunk_rows):
-        block = np.asarray(vectors[start:end], dtype=np.float64)
-        squares[start:end] = np.einsum("ij,ij->i", block, block)
+        block = vectors[start:end]  # a view of the memory map: pages, not a heap copy
+        squares[start:end] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
 
     # distance to the nearest center for candidates; -inf elsewhere, so they are never picked
     nearest = np.where(candidates, np.inf, -np.inf)
@@ -60,9 +61,10 @@ def k_center_greedy(
             live = candidates[start:end]
             if not live.any():
                 continue
-            block = np.asarray(vectors[start:end], dtype=np.float32)
-            dots = (block @ c.T).astype(np.float64)  # chunk x centers
-            d = squares[start:end, None] - 2.0 * dots + c_squares[None, :]
+            d = (vectors[start:end] @ c.T).astype(np.float64)  # chunk x centers: x.c
+            d *= -2.0
+            d += squares[start:end, None]
+            d += c_squares[None, :]  # |x|^2 - 2 x.c + |c|^2, in place
             closest = np.maximum(d.min(axis=1), 0.0)  # rounding can go slightly below 0
             nearest[start:end] = np.where(live, np.minimum(nearest[start:end], closest), -np.inf)
 
