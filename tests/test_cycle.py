@@ -16,6 +16,8 @@ from salis.cycle import (
 from salis.errors import SalisError
 from salis.tables import INSTANCE_SCHEMA
 
+MC_COLUMNS = ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement")
+
 
 def images_table(ids, entropy=None):
     entropy = entropy if entropy is not None else [0.1 * i for i in range(len(ids))]
@@ -93,6 +95,7 @@ def instance_table(path, **columns):
     rows = {
         "det": list(range(n)), "category_id": [1] * n, "entropy": [0.1] * n,
         "box_iou": [0.95] * n, "mask_iou": [0.85] * n, "tsp_score": [0.9] * n,
+        **{c: [float("nan")] * n for c in MC_COLUMNS},
         "x": [0.0] * n, "y": [0.0] * n, "w": [2.0] * n, "h": [2.0] * n,
         "area": [4] * n, "height": [8] * n, "width": [8] * n, "rle": ["0"] * n,
     }

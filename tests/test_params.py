@@ -69,3 +69,20 @@ def test_empty_file_gives_defaults(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({}))
     assert load_params(path) == Params()
+
+
+def test_acquisition_params_defaults_and_ranges():
+    params = load_params(ROOT / "params.yaml")
+    assert params.score.mc_passes == 0 and params.model.mc_dropout_p == 0.5
+    assert params.model.learning_loss is False and params.select.aggregation == "default"
+    assert params.train.learning_loss_stop_grad_after == 0.6
+    with pytest.raises(ParamsError, match=r"score\.mc_passes must be >= 0"):
+        parse_params({"score": {"mc_passes": -1}})
+    with pytest.raises(ParamsError, match=r"model\.mc_dropout_p must lie in \[0, 1\)"):
+        parse_params({"model": {"mc_dropout_p": 1.0}})
+    with pytest.raises(ParamsError, match=r"train\.learning_loss_stop_grad_after must lie in \[0, 1\]"):
+        parse_params({"train": {"learning_loss_stop_grad_after": 1.5}})
+    with pytest.raises(ParamsError, match=r"model\.learning_loss_weight must be >= 0"):
+        parse_params({"model": {"learning_loss_weight": -0.1}})
+    with pytest.raises(ParamsError, match=r"model\.learning_loss must be true or false"):
+        parse_params({"model": {"learning_loss": "yes"}})

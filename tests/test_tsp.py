@@ -42,6 +42,7 @@ def write_instances(path, rows: list[tuple]) -> None:
         "image_id": [r[0] for r in rows], "det": list(range(n)), "category_id": [1] * n,
         "score": [r[1] for r in rows], "entropy": [0.0] * n, "box_iou": [r[2] for r in rows],
         "mask_iou": [r[3] for r in rows], "tsp_score": [0.0] * n,
+        **{c: [float("nan")] * n for c in ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement")},
         "x": [0.0] * n, "y": [0.0] * n, "w": [1.0] * n, "h": [1.0] * n, "area": [1] * n,
         "height": [10] * n, "width": [10] * n, "rle": [r[4]["counts"] for r in rows],
     }

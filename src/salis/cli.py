@@ -151,9 +151,10 @@ def samplers() -> None:
     """List the acquisition functions `sampler:` in params.yaml accepts."""
     from salis.samplers import SAMPLERS
 
+    width = max(len(name) for name in SAMPLERS)
     for name, cls in sorted(SAMPLERS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        typer.echo(f"{name:<12} {doc}")
+        typer.echo(f"{name:<{width}}  {doc}")
 
 
 @app.command()

@@ -106,6 +106,8 @@ def select_batch(
     beta: float = 0.5,
     tsp_components: tuple[str, ...] = ("class", "box", "mask"),
     oracle: object | None = None,
+    aggregation: str = "default",
+    embeddings_path: Path | None = None,
 ) -> pd.DataFrame:
     """The `budget` unlabeled pool images the sampler wants labeled after cycle `cycle`."""
     sampler = get_sampler(sampler_name)
@@ -127,6 +129,8 @@ def select_batch(
         beta=beta,
         tsp_components=tsp_components,
         oracle=oracle,
+        aggregation=aggregation,
+        embeddings_path=embeddings_path,
     )
     return selected_frame(sampler.select(ctx, budget), cycle=cycle, sampler=sampler.name)
 

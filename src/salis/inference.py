@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from salis.data.prepared import PreparedData
 from salis.device import autocast
+from salis.errors import SalisError
 
 MASK_THRESHOLD = 0.5  # torchvision's mask probabilities are binarised here, as in its references
 
@@ -26,12 +27,23 @@ class Prediction:
     posteriors: np.ndarray  # N x (C+1) float32, column 0 is background
     box_ious: np.ndarray  # N float32: predicted box IoU b (NaN without IoU heads)
     mask_ious: np.ndarray  # N float32: predicted mask IoU m (NaN without IoU heads)
+    # MC dropout, per detection (None when scored without MC passes): see SalisRoIHeads._mc_dropout
+    mc_class_var: np.ndarray | None = None  # N float32: class posterior variance summed over classes
+    mc_box_disagreement: np.ndarray | None = None  # N float32: 1 - mean box IoU with the deterministic box
+    mc_mask_disagreement: np.ndarray | None = None  # N float32: 1 - mean mask IoU with the deterministic mask
+    mc_passes: int = 0
+    embedding: np.ndarray | None = None  # D float32: the FPN levels average-pooled and concatenated
+    predicted_loss: float = float("nan")  # learning loss's prediction (NaN without the module)
 
     def __len__(self) -> int:
         return len(self.scores)
 
 
-def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: PreparedData) -> Prediction:
+def _numpy(output: dict[str, torch.Tensor], key: str) -> np.ndarray | None:
+    return output[key].float().cpu().numpy() if key in output else None
+
+
+def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: PreparedData, mc_passes: int) -> Prediction:
     labels = output["labels"].cpu().numpy()
     missing = np.full(len(labels), np.nan, dtype=np.float32)
     return Prediction(
@@ -43,7 +55,20 @@ def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: Pre
         posteriors=output["class_posterior"].float().cpu().numpy(),
         box_ious=output["box_iou"].float().cpu().numpy() if "box_iou" in output else missing,
         mask_ious=output["mask_iou"].float().cpu().numpy() if "mask_iou" in output else missing,
+        mc_class_var=_numpy(output, "mc_class_var"),
+        mc_box_disagreement=_numpy(output, "mc_box_disagreement"),
+        mc_mask_disagreement=_numpy(output, "mc_mask_disagreement"),
+        mc_passes=mc_passes if "mc_class_var" in output else 0,
+        embedding=_numpy(output, "embedding"),
+        predicted_loss=float(output["predicted_loss"]) if "predicted_loss" in output else float("nan"),
     )
+
+
+def _load_batch(prepared: PreparedData, image_ids: Sequence[int], device: torch.device) -> list[torch.Tensor]:
+    return [
+        torch.from_numpy(prepared.load_image(i)).permute(2, 0, 1).to(device, torch.float32) / 255.0
+        for i in image_ids
+    ]
 
 
 @torch.inference_mode()
@@ -55,20 +80,61 @@ def predict(
     device: torch.device,
     amp: bool = True,
     desc: str = "predict",
+    mc_passes: int = 0,
+    seed: int = 0,
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per image, in order; only one batch is held in memory at a time."""
+    """Yield one Prediction per image, in order; only one batch is held in memory at a time.
+
+    mc_passes > 0 adds the MC-dropout disagreement of every detection; each batch's dropout
+    masks come from a generator seeded with (seed, batch start), so scores are reproducible
+    and the global random state is left as it was.
+    """
+    model.to(device).eval()
+    heads = model.roi_heads
+    if mc_passes and not hasattr(heads, "mc_samples"):
+        raise SalisError("MC dropout needs salis's RoI heads (salis.model.build.build_model)")
+    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = list(image_ids[start : start + batch_size])
+            images = _load_batch(prepared, batch_ids, device)
+            with autocast(device, amp):
+                if mc_passes:
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        torch.manual_seed(seed * 1_000_003 + start)
+                        heads.mc_samples = mc_passes
+                        try:
+                            outputs = model(images)
+                        finally:
+                            heads.mc_samples = 0
+                else:
+                    outputs = model(images)
+            for image_id, output in zip(batch_ids, outputs):
+                yield _to_prediction(image_id, output, prepared, mc_passes)
+            bar.update(len(batch_ids))
+
+
+@torch.inference_mode()
+def embed(
+    model: nn.Module,
+    prepared: PreparedData,
+    image_ids: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    amp: bool = True,
+    desc: str = "embed",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(image_id, embedding) per image: the backbone and FPN only, pooled as in inference
+    (SalisRoIHeads.image_features), for images that need a vector but no scores."""
     model.to(device).eval()
     with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
         for start in range(0, len(image_ids), batch_size):
             batch_ids = list(image_ids[start : start + batch_size])
-            images = [
-                torch.from_numpy(prepared.load_image(i)).permute(2, 0, 1).to(device, torch.float32) / 255.0
-                for i in batch_ids
-            ]
             with autocast(device, amp):
-                outputs = model(images)
-            for image_id, output in zip(batch_ids, outputs):
-                yield _to_prediction(image_id, output, prepared)
+                batch, _ = model.transform(_load_batch(prepared, batch_ids, device))
+                features = model.backbone(batch.tensors)
+                vectors = torch.cat(model.roi_heads.image_features(features, batch.image_sizes), dim=1)
+            for image_id, vector in zip(batch_ids, vectors.float().cpu().numpy()):
+                yield image_id, vector
             bar.update(len(batch_ids))
 
 

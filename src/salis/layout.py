@@ -49,6 +49,9 @@ class Layout:
     def imported_labels(self, k: int) -> Path:
         return self.labels_dir / f"cycle_{k}.json"
 
+    def embeddings(self, k: int) -> Path:
+        return self.cycle_dir(k) / "embeddings"
+
     def model(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "model.pt"
 

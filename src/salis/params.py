@@ -62,6 +62,12 @@ class ModelParams:
     iou_head_channels: int = 64
     iou_mask_threshold: float = 0.3
     iou_loss_weight: float = 1.0
+    mc_dropout_p: float = 0.5
+    mc_dropout_train: bool = False
+    learning_loss: bool = False
+    learning_loss_channels: int = 128
+    learning_loss_margin: float = 1.0
+    learning_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +87,13 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     grad_clip: float = 10.0
+    learning_loss_stop_grad_after: float = 0.6
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreParams:
     batch_size: int = 8
+    mc_passes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +102,7 @@ class SelectParams:
     budget: int = 20
     beta: float = 0.5
     tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")
+    aggregation: Literal["default", "mean", "min", "max", "tsp"] = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +249,18 @@ def _check_ranges(p: Params) -> None:
             raise ParamsError(f"{name} must be positive, got {value}")
     if p.train.iterations < 0:
         raise ParamsError(f"train.iterations must be >= 0, got {p.train.iterations}")
+    if p.score.mc_passes < 0:
+        raise ParamsError(f"score.mc_passes must be >= 0 (0 turns MC dropout off), got {p.score.mc_passes}")
+    if not 0.0 <= p.model.mc_dropout_p < 1.0:
+        raise ParamsError(f"model.mc_dropout_p must lie in [0, 1), got {p.model.mc_dropout_p}")
+    if p.model.learning_loss_channels <= 0:
+        raise ParamsError(f"model.learning_loss_channels must be positive, got {p.model.learning_loss_channels}")
+    for name, value in {
+        "model.learning_loss_margin": p.model.learning_loss_margin,
+        "model.learning_loss_weight": p.model.learning_loss_weight,
+    }.items():
+        if value < 0:
+            raise ParamsError(f"{name} must be >= 0, got {value}")
     for name, value in {
         "pseudo.score_thresh": p.pseudo.score_thresh,
         "pseudo.box_iou_thresh": p.pseudo.box_iou_thresh,
@@ -247,6 +268,7 @@ def _check_ranges(p: Params) -> None:
         "select.beta": p.select.beta,
         "model.iou_mask_threshold": p.model.iou_mask_threshold,
         "train.hflip": p.train.hflip,
+        "train.learning_loss_stop_grad_after": p.train.learning_loss_stop_grad_after,
         "data.coco.test_fraction": p.data.coco.test_fraction,
     }.items():
         if not 0.0 <= value <= 1.0:

@@ -166,19 +166,31 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
 
 
 def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
-    """Score every unlabeled pool image (never a test image) with cycle k's model."""
+    """Score every unlabeled pool image (never a test image) with cycle k's model; embed every
+    pool image, labeled ones included (core-set measures distances to them)."""
     from salis.device import pick_device
-    from salis.inference import predict
+    from salis.embeddings import write_embeddings
+    from salis.inference import embed, predict
     from salis.scoring import write_score_tables
 
     prepared = PreparedData(layout.prepared)
     labeled = set(read_table(layout.labeled(cycle), "annotate")["image_id"].tolist())
-    unlabeled = [i for i in prepared.pool_ids() if i not in labeled]
-    assert not set(unlabeled) & set(prepared.test_ids()), "test images must never be scored"
+    pool = prepared.pool_ids()
+    unlabeled = [i for i in pool if i not in labeled]
+    labeled_pool = [i for i in pool if i in labeled]
+    assert not set(pool) & set(prepared.test_ids()), "test images must never be scored or embedded"
     model, _ = model_from_checkpoint(layout.model(cycle))
     device = pick_device(params.train.device)
-    preds = predict(model, prepared, unlabeled, params.score.batch_size, device, params.train.amp, "score pool")
-    return write_score_tables(preds, layout.instances(cycle), layout.images(cycle))
+    size, amp = params.score.batch_size, params.train.amp
+    preds = predict(
+        model, prepared, unlabeled, size, device, amp, "score pool",
+        mc_passes=params.score.mc_passes, seed=params.seed * 1000 + cycle,
+    )
+    with write_embeddings(layout.embeddings(cycle), len(pool)) as embeddings:
+        images = write_score_tables(embeddings.tap(preds), layout.instances(cycle), layout.images(cycle))
+        for image_id, vector in embed(model, prepared, labeled_pool, size, device, amp, "embed labeled"):
+            embeddings.add(image_id, vector)
+    return images
 
 
 def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
@@ -191,6 +203,7 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
         params.select.budget, cycle, params.seed, len(prepared.categories),
         beta=params.select.beta, tsp_components=params.select.tsp_components,
         oracle=SimulatedOracle(prepared) if params.oracle == "simulated" else None,
+        aggregation=params.select.aggregation, embeddings_path=layout.embeddings(cycle),
     )
     ids = selected["image_id"].tolist()
     predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])

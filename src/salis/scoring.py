@@ -3,6 +3,7 @@
 instances.parquet: one row per detection (scores, box, mask as RLE), written in row groups
 as the pool is scored, so memory stays flat however large the pool.
 images.parquet: one row per scored image (aggregates), images without detections included.
+The per-image embeddings go to their own artifact (salis.embeddings), through write_embeddings.
 """
 
 from __future__ import annotations
@@ -23,10 +24,35 @@ from salis.tables import INSTANCE_SCHEMA
 
 ROWS_PER_GROUP = 4096
 
+IMAGE_COLUMNS = [
+    "image_id", "num_detections", "mean_score", "max_score", "mean_entropy", "max_entropy",
+    "mean_box_iou", "mean_mask_iou", "tsp_score", "mc_passes", "mc_disagreement", "predicted_loss",
+]
+
+
+def mc_columns(pred: Prediction) -> dict[str, np.ndarray]:
+    """The three MC-dropout disagreements per detection and their combination
+
+        mc_disagreement = 1 - (1 - class_var) * (1 - box_disagreement) * (1 - mask_disagreement),
+
+    certainties multiplied as in Morrison et al.'s and MaskAL's instance certainty; each factor
+    lies in [0, 1] (the summed class variance is at most 1 - 1/(C+1)). All NaN without MC passes.
+    """
+    n = len(pred)
+    if pred.mc_class_var is None or pred.mc_box_disagreement is None or pred.mc_mask_disagreement is None:
+        nan = np.full(n, np.nan, dtype=np.float32)
+        return {"mc_class_var": nan, "mc_box_disagreement": nan, "mc_mask_disagreement": nan, "mc_disagreement": nan}
+    class_var, box, mask = (np.asarray(a, dtype=np.float64) for a in
+                            (pred.mc_class_var, pred.mc_box_disagreement, pred.mc_mask_disagreement))
+    combined = 1.0 - (1.0 - class_var) * (1.0 - box) * (1.0 - mask)
+    return {"mc_class_var": class_var, "mc_box_disagreement": box, "mc_mask_disagreement": mask,
+            "mc_disagreement": combined}
+
 
 def instance_rows(pred: Prediction) -> dict[str, list]:
     """Columns for one image's detections (mask RLE-encoded)."""
     n = len(pred)
+    mc = mc_columns(pred)
     height, width = pred.masks.shape[1:] if n else (0, 0)
     rles = mask_utils.encode(np.asfortranarray(pred.masks.transpose(1, 2, 0).astype(np.uint8))) if n else []
     xywh = pred.boxes.copy()
@@ -40,6 +66,7 @@ def instance_rows(pred: Prediction) -> dict[str, list]:
         "box_iou": pred.box_ious.tolist(),
         "mask_iou": pred.mask_ious.tolist(),
         "tsp_score": tsp_instance_scores(pred).tolist(),
+        **{name: values.tolist() for name, values in mc.items()},
         "x": xywh[:, 0].tolist(),
         "y": xywh[:, 1].tolist(),
         "w": xywh[:, 2].tolist(),
@@ -62,6 +89,7 @@ def image_row(pred: Prediction) -> dict[str, float | int]:
     n = len(pred)
     ent = entropy(pred.posteriors) if n else np.array([])
     s = tsp_instance_scores(pred)
+    mc = mc_columns(pred)["mc_disagreement"]
     return {
         "image_id": pred.image_id,
         "num_detections": n,
@@ -72,6 +100,9 @@ def image_row(pred: Prediction) -> dict[str, float | int]:
         "mean_box_iou": float(pred.box_ious.mean()) if n else float("nan"),
         "mean_mask_iou": float(pred.mask_ious.mean()) if n else float("nan"),
         "tsp_score": image_score(s),
+        "mc_passes": pred.mc_passes,
+        "mc_disagreement": float(mc.mean()) if n else float("nan"),
+        "predicted_loss": pred.predicted_loss,
     }
 
 
@@ -94,12 +125,8 @@ def write_score_tables(predictions: Iterable[Prediction], instances_path: Path, 
                 if len(buffer["image_id"]) >= ROWS_PER_GROUP:
                     flush()
             flush()  # also writes the schema when there were no detections at all
-    images = pd.DataFrame(
-        image_rows,
-        columns=[
-            "image_id", "num_detections", "mean_score", "max_score", "mean_entropy", "max_entropy",
-            "mean_box_iou", "mean_mask_iou", "tsp_score",
-        ],
-    ).astype({"image_id": "int64", "num_detections": "int64"})
+    images = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS).astype(
+        {"image_id": "int64", "num_detections": "int64", "mc_passes": "int64", "predicted_loss": "float64"}
+    )
     write_parquet(images_path, images)
     return images

@@ -13,6 +13,11 @@ INSTANCE_SCHEMA = pa.schema(
         ("box_iou", pa.float32()),
         ("mask_iou", pa.float32()),
         ("tsp_score", pa.float32()),
+        # MC dropout (NaN when scored with score.mc_passes = 0): see salis.model.heads
+        ("mc_class_var", pa.float32()),
+        ("mc_box_disagreement", pa.float32()),
+        ("mc_mask_disagreement", pa.float32()),
+        ("mc_disagreement", pa.float32()),
         ("x", pa.float32()),
         ("y", pa.float32()),
         ("w", pa.float32()),

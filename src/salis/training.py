@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from salis.device import autocast
 from salis.errors import SalisError
+from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.params import TrainParams
 from salis.samples import Sample
 
@@ -91,8 +92,11 @@ def train_model(
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     skipped = 0
+    stop_grad_at = int(params.learning_loss_stop_grad_after * params.iterations)
     bar = tqdm(range(params.iterations), desc="train", unit="it", mininterval=2.0, leave=False)
     for it in bar:
+        # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
+        stop_loss_prediction_gradient(model, it >= stop_grad_at)
         loss, parts = _batch_loss(model, [flip(labeled[i]) for i in next(labeled_batches)], device, use_amp)
         if pseudo_batches is not None and params.semi_loss_weight > 0:
             semi, semi_parts = _batch_loss(model, [flip(pseudo[i]) for i in next(pseudo_batches)], device, use_amp)
@@ -127,6 +131,7 @@ def train_model(
             window = {}
             last = means
     bar.close()
+    stop_loss_prediction_gradient(model, False)
     model.eval()
     result = dict(last)
     result["skipped_steps"] = float(skipped)

@@ -13,6 +13,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
+from salis.model.detector import SalisMaskRCNN
 from salis.model.heads import SalisRoIHeads, SalisRPN
 from salis.params import ModelParams
 
@@ -69,7 +70,7 @@ def build_model(params: ModelParams, num_classes: int) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], params.mask_head_channels, num_classes + 1),
     )
     # MaskRCNN's constructor hard-codes the stock heads: swap in the subclasses, same submodules.
-    model.rpn = SalisRPN.from_stock(model.rpn)
+    model.rpn = SalisRPN.from_stock(model.rpn, per_image_losses=params.learning_loss)
     model.roi_heads = SalisRoIHeads.from_stock(
         model.roi_heads,
         iou_heads=params.iou_heads,
@@ -77,8 +78,14 @@ def build_model(params: ModelParams, num_classes: int) -> MaskRCNN:
         hidden=params.iou_head_channels,
         mask_threshold=params.iou_mask_threshold,
         iou_loss_weight=params.iou_loss_weight,
+        mc_dropout_p=params.mc_dropout_p,
+        mc_dropout_train=params.mc_dropout_train,
+        learning_loss=params.learning_loss,
+        learning_loss_channels=params.learning_loss_channels,
+        learning_loss_margin=params.learning_loss_margin,
+        learning_loss_weight=params.learning_loss_weight,
     )
-    return model
+    return SalisMaskRCNN.from_stock(model)
 
 
 def seeded_model(params: ModelParams, num_classes: int, seed: int) -> MaskRCNN:

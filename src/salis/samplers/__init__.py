@@ -5,7 +5,10 @@ without touching it.
 """
 
 from salis.samplers.base import SAMPLERS, SelectionContext, Sampler, get_sampler, register
-from salis.samplers import tsp as _tsp  # noqa: F401  (registers built-ins)
+from salis.samplers import coreset as _coreset  # noqa: F401  (registers built-ins)
+from salis.samplers import learning_loss as _learning_loss  # noqa: F401
+from salis.samplers import mc_dropout as _mc_dropout  # noqa: F401
+from salis.samplers import tsp as _tsp  # noqa: F401
 from salis.samplers import uncertainty as _uncertainty  # noqa: F401
 
 __all__ = ["SAMPLERS", "SelectionContext", "Sampler", "get_sampler", "register"]

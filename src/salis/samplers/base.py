@@ -26,6 +26,8 @@ class SelectionContext:
     beta: float = 0.5  # target mean mask IoU of beta_iou / oracle_iou
     tsp_components: tuple[str, ...] = ("class", "box", "mask")
     oracle: Any = None  # SimulatedOracle for analysis samplers; None when labels come from humans
+    aggregation: str = "default"  # select.aggregation: detections -> image score (samplers/aggregate.py)
+    embeddings_path: Path | None = None  # per-image embeddings of the whole pool (salis.embeddings), for coreset
 
 
 class Sampler(abc.ABC):

@@ -12,17 +12,19 @@
 Standard deviations are population ones (ddof = 0): for a single component s = c.
 An image with no detection scores S = 0 (nothing confident was found, so it is labeled
 first by `tsp`) and mean mask IoU 0 (no mask overlaps anything).
+
+`select.aggregation` replaces the image-level step of each: tsp's S (default tsp, i.e.
+exp(-std) * mean) and the mean (predicted or true) mask IoU of beta_iou and oracle_iou.
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import numpy as np
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from salis.errors import SalisError
+from salis.samplers.aggregate import InstanceAggregator, aggregate_instances, image_scores, resolve
 from salis.samplers.base import ScoreSampler, SelectionContext, register
 
 COMPONENT_COLUMNS = {"class": "score", "box": "box_iou", "mask": "mask_iou"}
@@ -42,56 +44,20 @@ def image_score(values: np.ndarray) -> float:
     return float(np.exp(-values.std()) * values.mean())
 
 
-class _Moments:
-    """Streaming count, sum and sum of squares per image: S without holding every row."""
-
-    def __init__(self) -> None:
-        self.n: dict[int, int] = defaultdict(int)
-        self.total: dict[int, float] = defaultdict(float)
-        self.squares: dict[int, float] = defaultdict(float)
-
-    def add(self, image_ids: np.ndarray, values: np.ndarray) -> None:
-        for image_id, value in zip(image_ids.tolist(), values.tolist()):
-            self.n[image_id] += 1
-            self.total[image_id] += value
-            self.squares[image_id] += value * value
-
-    def mean(self, image_id: int) -> float:
-        n = self.n.get(image_id, 0)
-        return self.total[image_id] / n if n else float("nan")
-
-    def image_score(self, image_id: int) -> float:
-        n = self.n.get(image_id, 0)
-        if n == 0:
-            return 0.0
-        mean = self.total[image_id] / n
-        std = np.sqrt(max(self.squares[image_id] / n - mean * mean, 0.0))
-        return float(np.exp(-std) * mean)
-
-
-def _require_columns(ctx: SelectionContext, columns: list[str], sampler: str) -> None:
-    names = set(pq.ParquetFile(ctx.instances_path).schema_arrow.names)
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise SalisError(
-            f"{ctx.instances_path}: sampler {sampler!r} needs the columns {missing}; "
-            "re-run infer_score with a model that has IoU heads (model.iou_heads: true)"
-        )
-
-
 def tsp_image_scores(ctx: SelectionContext, components: tuple[str, ...]) -> np.ndarray:
     """S for every row of ctx.images, streamed over the instance table one row group at a time."""
     if not components or any(c not in COMPONENT_COLUMNS for c in components):
-        raise SalisError(f"select.tsp_components must be a non-empty subset of {sorted(COMPONENT_COLUMNS)}")
+        raise SalisError(f"select.tsp_components must name some of {', '.join(COMPONENT_COLUMNS)}, got {components}")
     columns = [COMPONENT_COLUMNS[c] for c in components]
-    _require_columns(ctx, columns, "tsp")
-    moments = _Moments()
-    for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=["image_id", *columns]):
-        values = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns])
-        if np.isnan(values).any():
-            raise SalisError(f"{ctx.instances_path}: NaN in {columns}; the scoring model lacks IoU heads")
-        moments.add(batch.column("image_id").to_numpy(), instance_scores(values))
-    return np.array([moments.image_score(i) for i in ctx.images["image_id"].tolist()])
+    scores = aggregate_instances(
+        ctx.instances_path,
+        ctx.images["image_id"].to_numpy(),
+        resolve(ctx.aggregation, "tsp"),
+        columns,
+        combine=lambda arrays: instance_scores(np.column_stack(arrays)),
+        missing_hint="; the scoring model lacks IoU heads (model.iou_heads: true)",
+    )
+    return np.where(np.isnan(scores), 0.0, scores)  # no detection: S = 0
 
 
 @register("tsp")
@@ -117,7 +83,9 @@ class BetaIoUSampler(ScoreSampler):
     def score(self, ctx: SelectionContext) -> np.ndarray:
         if "mean_mask_iou" not in ctx.images:
             raise SalisError("sampler 'beta_iou' needs mean_mask_iou from a model with IoU heads")
-        return _closest_to_beta(ctx.images["mean_mask_iou"].to_numpy(), ctx.beta)
+        values = image_scores(ctx, "mask_iou", default="mean", images_column="mean_mask_iou",
+                              missing_hint="; the scoring model lacks IoU heads (model.iou_heads: true)")
+        return _closest_to_beta(values, ctx.beta)
 
 
 def true_mask_ious(rles: list[dict], gt_rles: list[dict]) -> np.ndarray:
@@ -143,7 +111,7 @@ class OracleIoUSampler(ScoreSampler):
                 "labels come from human annotators (oracle: human); use beta_iou"
             )
         wanted = set(ctx.images["image_id"].tolist())
-        moments = _Moments()
+        aggregator = InstanceAggregator()
         columns = ["image_id", "rle", "height", "width"]
         for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=columns):
             rows = batch.to_pandas()
@@ -152,6 +120,6 @@ class OracleIoUSampler(ScoreSampler):
                 rles = [{"size": [h, w], "counts": c.encode()} for c in group["rle"]]
                 gt = [a["segmentation"] for a in ctx.oracle.annotations(int(image_id))]
                 gt = [{"size": g["size"], "counts": g["counts"].encode()} for g in gt]
-                moments.add(np.full(len(rles), image_id), true_mask_ious(rles, gt))
-        means = np.array([moments.mean(i) for i in ctx.images["image_id"].tolist()])
-        return _closest_to_beta(means, ctx.beta)
+                aggregator.add(np.full(len(rles), image_id), true_mask_ious(rles, gt))
+        values = aggregator.result(ctx.images["image_id"].to_numpy(), resolve(ctx.aggregation, "mean"))
+        return _closest_to_beta(values, ctx.beta)

@@ -1,9 +1,10 @@
-"""Baselines that need only the per-image table: random and class entropy."""
+"""Baselines: random and class entropy."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from salis.samplers.aggregate import image_scores
 from salis.samplers.base import Sampler, ScoreSampler, SelectionContext, register
 
 
@@ -20,13 +21,14 @@ class RandomSampler(Sampler):
 class ClassEntropySampler(ScoreSampler):
     """Mean entropy of the detections' class posteriors, highest first.
 
-    An image with no detection at all gets the largest possible entropy, log(C + 1): the
-    model found nothing there it is sure of, and on data where every image holds objects,
-    such images are exactly the ones it misses.
+    The detections' entropies are aggregated by select.aggregation (default: mean). An image
+    with no detection at all gets the largest possible entropy, log(C + 1): the model found
+    nothing there it is sure of, and on data where every image holds objects, such images
+    are exactly the ones it misses.
     """
 
     highest_first = True
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
-        values = ctx.images["mean_entropy"].to_numpy(dtype=np.float64)
+        values = image_scores(ctx, "entropy", default="mean", images_column="mean_entropy")
         return np.where(np.isnan(values), np.log(ctx.num_classes + 1), values)

@@ -1,0 +1,147 @@
+"""infer_score and select as the stages run them (tiny model, untrained): every sampler's inputs
+are written whichever sampler is chosen, and every sampler selects from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from salis.embeddings import open_embeddings
+from salis.errors import SalisError
+from salis.inference import Prediction, embed
+from salis.layout import Layout
+from salis.model.image_features import image_level_features
+from salis.params import parse_params
+from salis.pipeline import (
+    model_from_checkpoint,
+    stage_annotate,
+    stage_infer_score,
+    stage_init,
+    stage_init_model,
+    stage_prepare,
+    stage_select,
+)
+from salis.data.prepared import PreparedData
+from salis.scoring import mc_columns
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"synthetic": {"pool_images": 8, "test_images": 2, "image_size": 48, "max_instances": 3}},
+    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 8, "mask_head_convs": 1,
+              "iou_head_channels": 8, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
+              "rpn_post_nms_top_n_test": 30, "detections_per_image": 8, "learning_loss": True,
+              "learning_loss_channels": 8},
+    "train": {"device": "cpu"},
+    "score": {"batch_size": 4, "mc_passes": 2},
+    "select": {"initial": 3, "budget": 2},
+    "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> tuple[Layout, object]:
+    layout = Layout(tmp_path_factory.mktemp("project"))
+    params = parse_params(TINY)
+    stage_prepare(params, layout)
+    stage_init(params, layout)
+    stage_annotate(params, layout, 1)
+    stage_init_model(params, layout)
+    layout.model(1).parent.mkdir(parents=True)
+    shutil.copy(layout.model(0), layout.model(1))  # untrained weights stand in for cycle 1's model
+    stage_infer_score(params, layout, 1)
+    return layout, params
+
+
+def test_infer_score_writes_mc_columns_predicted_loss_and_embeddings_of_the_whole_pool(scored):
+    layout, params = scored
+    pool = PreparedData(layout.prepared).pool_ids()
+    labeled = set(pd.read_parquet(layout.labeled(1))["image_id"])
+    images = pd.read_parquet(layout.images(1))
+    assert sorted(images["image_id"]) == sorted(set(pool) - labeled)
+    assert (images["mc_passes"] == 2).all() and images["predicted_loss"].notna().all()
+    instances = pd.read_parquet(layout.instances(1))
+    assert len(instances) > 0
+    for column in ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement"):
+        assert instances[column].between(0, 1).all(), column
+    ids, vectors = open_embeddings(layout.embeddings(1))
+    assert sorted(ids.tolist()) == sorted(pool)  # labeled images are embedded too
+    assert vectors.shape == (len(pool), 16 * 4) and vectors.dtype == np.float32
+
+
+def test_labeled_embeddings_come_from_the_same_features_as_the_scored_ones(scored):
+    layout, params = scored
+    ids, vectors = open_embeddings(layout.embeddings(1))
+    model, _ = model_from_checkpoint(layout.model(1))
+    unlabeled = pd.read_parquet(layout.images(1))["image_id"].tolist()
+    row = {int(i): r for r, i in enumerate(ids)}
+    for image_id, vector in embed(model, PreparedData(layout.prepared), unlabeled, 4, torch.device("cpu")):
+        np.testing.assert_allclose(vectors[row[image_id]], vector, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["random", "entropy", "tsp", "beta_iou", "mc_dropout", "coreset", "learning_loss"])
+def test_every_sampler_selects_from_the_same_scores(scored, sampler):
+    layout, params = scored
+    params = dataclasses.replace(params, sampler=sampler)
+    batch = stage_select(params, layout, 1)
+    labeled = set(pd.read_parquet(layout.labeled(1))["image_id"])
+    assert len(batch) == 2 and batch["image_id"].is_unique and (batch["sampler"] == sampler).all()
+    assert not set(batch["image_id"]) & labeled
+
+
+def test_scores_and_embeddings_are_reproducible_with_mc_passes(scored, tmp_path):
+    layout, params = scored
+    first = {p: p.read_bytes() for p in (layout.instances(1), layout.embeddings(1) / "vectors.npy")}
+    stage_infer_score(params, layout, 1)
+    for path, content in first.items():
+        assert path.read_bytes() == content, path
+
+
+def test_mc_dropout_is_refused_on_a_pool_scored_without_passes(scored, tmp_path):
+    layout, params = scored
+    copy = Layout(tmp_path / "copy")
+    shutil.copytree(layout.root / "data", copy.root / "data")
+    shutil.copytree(layout.root / "models", copy.root / "models")
+    no_mc = dataclasses.replace(params, score=dataclasses.replace(params.score, mc_passes=0))
+    stage_infer_score(no_mc, copy, 1)
+    assert pd.read_parquet(copy.instances(1))["mc_disagreement"].isna().all()
+    with pytest.raises(SalisError, match="score.mc_passes = 0"):
+        stage_select(dataclasses.replace(no_mc, sampler="mc_dropout"), copy, 1)
+
+
+def test_mc_columns_combine_the_three_disagreements():
+    def pred(**kw) -> Prediction:
+        n = 2
+        return Prediction(1, np.zeros((n, 4), np.float32), np.ones(n, np.float32), np.ones(n, np.int64),
+                          np.zeros((n, 2, 2), bool), np.ones((n, 2), np.float32), np.ones(n, np.float32),
+                          np.ones(n, np.float32), **kw)
+
+    cols = mc_columns(pred(mc_class_var=np.array([0.1, 0.0]), mc_box_disagreement=np.array([0.2, 0.0]),
+                           mc_mask_disagreement=np.array([0.5, 1.0]), mc_passes=3))
+    assert cols["mc_disagreement"].tolist() == pytest.approx([1 - 0.9 * 0.8 * 0.5, 1.0])
+    assert np.isnan(mc_columns(pred())["mc_disagreement"]).all()
+
+
+def test_image_features_average_each_image_over_its_own_area_only():
+    fmap = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    # stride 4: image 0 is 16 x 16 (the whole 4 x 4 map), image 1 is 8 x 12 (a 2 x 3 corner)
+    pooled = image_level_features({"0": fmap}, [(16, 16), (8, 12)], ["0"])[0]
+    assert pooled[0].item() == pytest.approx(fmap[0].mean().item())
+    assert pooled[1].item() == pytest.approx(np.mean([16, 17, 18, 20, 21, 22]))
+    assert not math.isclose(pooled[1].item(), fmap[1].mean().item())
+
+
+def test_cycle_one_stays_cached_when_the_sampler_or_select_params_change():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "infer_score"):
+        params = stages[name]["do"]["params"]
+        assert not [p for p in params if p in ("sampler", "select") or str(p).startswith("select.")], name
+    assert "data/cycles/${item.k}/embeddings" in stages["infer_score"]["do"]["outs"]
+    assert "data/cycles/${item.k}/embeddings" in stages["select"]["do"]["deps"]

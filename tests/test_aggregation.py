@@ -1,0 +1,114 @@
+"""select.aggregation: each way of turning detections into an image score, on hand-built tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from salis.errors import SalisError
+from salis.params import parse_params
+from salis.samplers import SelectionContext, get_sampler
+from salis.samplers.aggregate import InstanceAggregator, aggregate, aggregate_instances, resolve
+from salis.tables import INSTANCE_SCHEMA
+
+
+def test_aggregate_hand_values():
+    values = [0.2, 0.6]
+    assert aggregate(values, "mean") == pytest.approx(0.4)
+    assert aggregate(values, "min") == pytest.approx(0.2)
+    assert aggregate(values, "max") == pytest.approx(0.6)
+    assert aggregate(values, "tsp") == pytest.approx(math.exp(-0.2) * 0.4)  # population std 0.2
+    assert aggregate([0.7], "tsp") == pytest.approx(0.7)
+    assert math.isnan(aggregate([], "mean"))
+
+
+def write_table(path, rows: list[tuple[int, float, float]], row_group_size: int = 1) -> None:
+    """rows: (image_id, entropy, class score); boxes and masks IoU 0.5."""
+    n = len(rows)
+    table = {name: [0.0] * n for name in INSTANCE_SCHEMA.names}
+    table.update({
+        "image_id": [r[0] for r in rows], "det": list(range(n)), "category_id": [1] * n,
+        "entropy": [r[1] for r in rows], "score": [r[2] for r in rows], "box_iou": [0.5] * n,
+        "mask_iou": [0.5] * n, "area": [1] * n, "height": [4] * n, "width": [4] * n, "rle": ["0"] * n,
+    })
+    pq.write_table(pa.table(table, schema=INSTANCE_SCHEMA), path, row_group_size=row_group_size)
+
+
+ROWS = [(1, 0.1, 0.9), (2, 0.8, 0.5), (1, 0.5, 0.6), (2, 0.2, 0.7), (1, 0.3, 0.9), (4, 0.6, 0.8)]
+# image 1: entropies .1 .5 .3 (mean .3, min .1, max .5, std sqrt(8/300)); 2: .8 .2; 3: none; 4: .6
+
+
+@pytest.mark.parametrize("group", [1, 2, 100])
+def test_streamed_aggregation_matches_hand_values_whatever_the_row_groups(tmp_path, group):
+    path = tmp_path / "i.parquet"
+    write_table(path, ROWS, row_group_size=group)
+    ids = [1, 2, 3, 4]
+    got = {how: aggregate_instances(path, ids, how, ["entropy"]) for how in ("mean", "min", "max", "tsp")}
+    assert got["mean"][[0, 1, 3]] == pytest.approx([0.3, 0.5, 0.6])
+    assert got["min"][[0, 1, 3]] == pytest.approx([0.1, 0.2, 0.6])
+    assert got["max"][[0, 1, 3]] == pytest.approx([0.5, 0.8, 0.6])
+    std1 = math.sqrt(((0.1 - 0.3) ** 2 + (0.5 - 0.3) ** 2 + 0.0) / 3)
+    assert got["tsp"][[0, 1, 3]] == pytest.approx([math.exp(-std1) * 0.3, math.exp(-0.3) * 0.5, 0.6])
+    assert all(np.isnan(values[2]) for values in got.values())  # image 3 has no detection
+
+
+def test_aggregator_merges_partial_tables_exactly():
+    agg = InstanceAggregator()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=4000)
+    values = rng.random(4000)
+    for start in range(0, 4000, 37):  # more batches than it keeps before merging
+        agg.add(ids[start:start + 37], values[start:start + 37])
+    frame = pd.DataFrame({"i": ids, "v": values}).groupby("i")["v"]
+    wanted = np.arange(50)
+    assert agg.result(wanted, "max") == pytest.approx(frame.max().reindex(wanted).to_numpy())
+    assert agg.result(wanted, "mean") == pytest.approx(frame.mean().reindex(wanted).to_numpy())
+    expected_tsp = (np.exp(-frame.std(ddof=0)) * frame.mean()).reindex(wanted).to_numpy()
+    assert agg.result(wanted, "tsp") == pytest.approx(expected_tsp)
+
+
+def ctx(path, images, aggregation) -> SelectionContext:
+    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
+                            rng=np.random.default_rng(0), num_classes=2, aggregation=aggregation)
+
+
+def test_entropy_sampler_follows_the_aggregation(tmp_path):
+    path = tmp_path / "i.parquet"
+    write_table(path, ROWS)
+    images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_entropy": [0.3, 0.5, float("nan"), 0.6]})
+    entropy = get_sampler("entropy")
+    # 3 (no detection: log 3) first; mean: .6 (4) > .5 (2) > .3 (1)
+    assert entropy.rank(ctx(path, images, "default")) == [3, 4, 2, 1]
+    assert entropy.rank(ctx(path, images, "mean")) == [3, 4, 2, 1]
+    assert entropy.rank(ctx(path, images, "max")) == [3, 2, 4, 1]  # .8 > .6 > .5
+    assert entropy.rank(ctx(path, images, "min")) == [3, 4, 2, 1]  # .6 > .2 > .1
+
+
+def test_tsp_sampler_accepts_another_aggregation(tmp_path):
+    path = tmp_path / "i.parquet"
+    write_table(path, ROWS)
+    images = pd.DataFrame({"image_id": [1, 2, 3, 4]})
+    # instance scores s = exp(-std(c, .5, .5)) * mean(c, .5, .5); class scores: 1: .9 .6 .9, 2: .5 .7, 4: .8
+    s = lambda c: math.exp(-np.std([c, 0.5, 0.5])) * np.mean([c, 0.5, 0.5])  # noqa: E731
+    scores = get_sampler("tsp").score(ctx(path, images, "min"))
+    assert scores == pytest.approx([s(0.6), s(0.5), 0.0, s(0.8)])  # no detection: S = 0
+    assert get_sampler("tsp").rank(ctx(path, images, "min")) == [3, 2, 1, 4]
+
+
+def test_beta_iou_reads_the_image_mean_by_default_and_streams_otherwise(tmp_path):
+    path = tmp_path / "i.parquet"
+    write_table(path, ROWS)
+    images = pd.DataFrame({"image_id": [1, 2], "mean_mask_iou": [0.9, 0.1]})  # disagrees with the table on purpose
+    beta = get_sampler("beta_iou")
+    assert beta.score(ctx(path, images, "default")) == pytest.approx([0.4, 0.4])  # |.9 - .5|, |.1 - .5|
+    assert beta.score(ctx(path, images, "max")) == pytest.approx([0.0, 0.0])  # every mask IoU is .5
+
+
+def test_unknown_aggregation_is_refused():
+    with pytest.raises(SalisError, match="select.aggregation"):
+        resolve("median", "mean")
+    with pytest.raises(SalisError, match=r"select\.aggregation must be one of 'default', 'mean'"):
+        parse_params({"select": {"aggregation": "median"}})

@@ -1,0 +1,193 @@
+"""MC dropout: hand-computed disagreement, exactness at p = 0, the deterministic pass untouched,
+the instance/image columns, and the sampler on a hand-built table."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+from salis.errors import SalisError
+from salis.model.build import seeded_model
+from salis.model.heads import paired_box_iou, paired_mask_iou
+from salis.params import ModelParams
+from salis.samplers import SelectionContext, get_sampler
+from salis.tables import INSTANCE_SCHEMA
+
+SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
+                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
+                    min_size=64, max_size=64, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
+                    detections_per_image=10)
+
+
+def test_paired_ious_hand_values():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    assert paired_box_iou(a, b).tolist() == pytest.approx([50 / 150, 1.0])
+    left = torch.zeros(3, 4, 4, dtype=torch.bool)
+    left[:, :, :2] = True
+    other = torch.zeros(3, 4, 4, dtype=torch.bool)
+    other[0] = True  # full vs left half: 8/16
+    other[1, :, :2] = True  # identical
+    # row 2: empty vs left half: 0
+    assert paired_mask_iou(left, other).tolist() == pytest.approx([0.5, 1.0, 0.0])
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert paired_mask_iou(empty, empty).tolist() == [1.0]  # two empty masks agree
+
+
+class Scripted(nn.Module):
+    """Returns the next scripted output on every call, whatever its (dropped-out) input."""
+
+    def __init__(self, outputs: list) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.outputs[self.calls]
+        self.calls += 1
+        return out
+
+
+def test_disagreement_of_two_scripted_passes_hand_values():
+    heads = seeded_model(SMALL, 2, seed=0).eval().roi_heads
+    # one image, one detection of class 1 regressed from proposal [0, 0, 10, 10]
+    proposal = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    no_shift = torch.zeros(1, 12)
+    shift = torch.zeros(1, 12)
+    shift[0, 4] = 5.0  # class 1's dx: 5 / weight 10 * width 10 = a 5 px shift to the right
+    heads.box_predictor = Scripted([
+        (torch.log(torch.tensor([[0.2, 0.8, 1e-30]])), no_shift),
+        (torch.log(torch.tensor([[0.6, 0.4, 1e-30]])), shift),
+    ])
+    full = torch.full((1, 3, 4, 4), 1.0)
+    nothing = torch.full((1, 3, 4, 4), -1.0)
+    heads.mask_predictor = Scripted([full, nothing])
+    reference_logits = torch.full((1, 3, 4, 4), -1.0)
+    reference_logits[0, 1, :, :2] = 1.0  # the deterministic mask: left half
+    heads.mc_samples = 2
+    (class_var, box_dis, mask_dis), = heads._mc_dropout(
+        torch.zeros(1, 32), [proposal], [torch.tensor([0])], [proposal.clone()], [torch.tensor([1])],
+        torch.zeros(1, 8, 2, 2), reference_logits, [(20, 20)],
+    )
+    # class posteriors (.2, .8, 0) and (.6, .4, 0): population variance .04 + .04 + 0
+    assert class_var.tolist() == pytest.approx([0.08], abs=1e-6)
+    # box IoUs 1 and 50/150: 1 - mean
+    assert box_dis.tolist() == pytest.approx([1 - (1 + 1 / 3) / 2])
+    # mask IoUs with the left half: full mask 0.5, empty mask 0
+    assert mask_dis.tolist() == pytest.approx([1 - 0.25])
+
+
+def _images() -> list[torch.Tensor]:
+    return [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+
+def test_zero_dropout_reproduces_the_deterministic_detections_exactly():
+    model = seeded_model(dataclasses.replace(SMALL, mc_dropout_p=0.0), 2, seed=0).eval()
+    model.roi_heads.mc_samples = 3
+    with torch.no_grad():
+        outputs = model(_images())
+    assert sum(len(o["scores"]) for o in outputs) > 0
+    for out in outputs:
+        for key in ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement"):
+            assert out[key].shape == out["scores"].shape
+            assert torch.all(out[key].abs() < 1e-6), key
+
+
+def test_mc_passes_leave_the_deterministic_pass_untouched_and_disagree():
+    model = seeded_model(SMALL, 2, seed=0).eval()
+    with torch.no_grad():
+        plain = model(_images())
+        model.roi_heads.mc_samples = 4
+        torch.manual_seed(0)
+        mc = model(_images())
+        torch.manual_seed(0)
+        again = model(_images())
+    for p, m, a in zip(plain, mc, again):
+        assert "mc_class_var" not in p
+        for key in ("boxes", "scores", "labels", "masks", "class_posterior", "embedding"):
+            assert torch.equal(p[key], m[key]), key
+        for key in ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement"):
+            assert torch.equal(m[key], a[key])  # same seed, same masks
+            assert ((m[key] >= 0) & (m[key] <= 1)).all()
+    assert any((m["mc_box_disagreement"] > 0).any() for m in mc)
+    assert any((m["mc_class_var"] > 0).any() for m in mc)
+
+
+def test_dropout_while_training_only_when_asked():
+    images = _images()[:1]
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1]), "masks": masks}]
+
+    def losses(params: ModelParams, seed: int) -> float:
+        model = seeded_model(params, 2, seed=0).train()
+        torch.manual_seed(seed)  # the same RoI sampling; only dropout may differ
+        return float(model(images, targets)["loss_classifier"].detach())
+
+    # the same sampling seed for both calls: only dropout masks could make them differ
+    assert losses(SMALL, 1) == losses(SMALL, 1)
+    with_dropout = dataclasses.replace(SMALL, mc_dropout_train=True)
+    assert losses(with_dropout, 1) != losses(SMALL, 1)
+
+
+# --- the sampler ------------------------------------------------------------------------
+
+MC = ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement")
+
+
+def write_instances(path, rows: list[tuple[int, float]]) -> None:
+    """rows: (image_id, mc_disagreement); one row per row group, so images span groups."""
+    n = len(rows)
+    nan = [float("nan")] * n
+    table = {name: [0.0] * n for name in INSTANCE_SCHEMA.names}
+    table.update({
+        "image_id": [r[0] for r in rows], "det": list(range(n)), "category_id": [1] * n,
+        "area": [1] * n, "height": [4] * n, "width": [4] * n, "rle": ["0"] * n,
+        "mc_class_var": nan, "mc_box_disagreement": nan, "mc_mask_disagreement": nan,
+        "mc_disagreement": [r[1] for r in rows],
+    })
+    pq.write_table(pa.table(table, schema=INSTANCE_SCHEMA), path, row_group_size=1)
+
+
+@pytest.fixture
+def pool(tmp_path):
+    path = tmp_path / "instances.parquet"
+    # image 1: 0.2, 0.4 (mean .3, max .4); image 2: 0.1, 0.7 (mean .4, min .1); 3: none; 4: 0.35
+    write_instances(path, [(1, 0.2), (2, 0.1), (1, 0.4), (2, 0.7), (4, 0.35)])
+    images = pd.DataFrame({
+        "image_id": [1, 2, 3, 4], "num_detections": [2, 2, 0, 1], "mc_passes": [10] * 4,
+        "mc_disagreement": [0.3, 0.4, float("nan"), 0.35],
+    })
+    return path, images
+
+
+def ctx(path, images, aggregation="default") -> SelectionContext:
+    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
+                            rng=np.random.default_rng(0), aggregation=aggregation)
+
+
+def test_mc_dropout_sampler_ranks_by_aggregated_disagreement(pool):
+    path, images = pool
+    sampler = get_sampler("mc_dropout")
+    # no detection counts as maximal disagreement (1), then mean .4 > .35 > .3
+    assert sampler.rank(ctx(path, images)) == [3, 2, 4, 1]
+    # max: .7 (2) > .4 (1) > .35 (4)
+    assert sampler.rank(ctx(path, images, "max")) == [3, 2, 1, 4]
+    # min: .35 (4) > .2 (1) > .1 (2)
+    assert sampler.rank(ctx(path, images, "min")) == [3, 4, 1, 2]
+    # tsp: exp(-std) * mean: image 1: exp(-.1) * .3 = .2715; image 2: exp(-.3) * .4 = .2963; 4: .35
+    assert sampler.score(ctx(path, images, "tsp"))[:2] == pytest.approx([math.exp(-0.1) * 0.3, math.exp(-0.3) * 0.4])
+    assert sampler.rank(ctx(path, images, "tsp")) == [3, 4, 2, 1]
+
+
+def test_mc_dropout_sampler_refuses_a_pool_scored_without_passes(pool):
+    path, images = pool
+    images = images.assign(mc_passes=0)
+    with pytest.raises(SalisError, match=r"score.mc_passes = 0.*dvc exp run -S sampler=mc_dropout -S score.mc_passes=10"):
+        get_sampler("mc_dropout").rank(ctx(path, images))
