@@ -86,3 +86,22 @@ def test_acquisition_params_defaults_and_ranges():
         parse_params({"model": {"learning_loss_weight": -0.1}})
     with pytest.raises(ParamsError, match=r"model\.learning_loss must be true or false"):
         parse_params({"model": {"learning_loss": "yes"}})
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "cycles":
+            out |= _keys(value, f"{prefix}{key}.")
+        else:
+            out.add(prefix + key)
+    return out
+
+
+def test_example_params_are_valid_and_name_every_key_dvc_yaml_may_ask_for():
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    example_path = ROOT / "examples" / "dsb2018" / "params.yaml"
+    example = yaml.safe_load(example_path.read_text())
+    load_params(example_path)
+    # dvc.yaml lists params by key: a key missing from a params file stops `dvc repro`
+    assert _keys(example) == _keys(shipped)
