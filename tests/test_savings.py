@@ -43,3 +43,16 @@ def test_no_random_run_means_nothing_to_compare(tmp_path):
     git("init", "-q", cwd=tmp_path)
     write_run(tmp_path, "tsp", [(1, 20, 1.0, 0.4)])
     assert savings_table(tmp_path) == (None, {})
+
+
+def test_the_committed_baseline_is_a_run_too(tmp_path):
+    git("init", "-q", cwd=tmp_path)
+    git("config", "user.email", "t@t", cwd=tmp_path)
+    git("config", "user.name", "t", cwd=tmp_path)
+    write_run(tmp_path, "random", [(1, 20, 1.0, 0.40), (2, 40, 2.0, 0.50)])
+    git("add", "-A", cwd=tmp_path)
+    git("commit", "-qm", "baseline", cwd=tmp_path)
+    write_run(tmp_path, "tsp", [(1, 20, 1.0, 0.45), (2, 40, 2.0, 0.60)])  # the workspace: an experiment's result
+    reference, table = savings_table(tmp_path)
+    assert reference == "HEAD"
+    assert table[WORKSPACE]["labeled_images"] == pytest.approx(20 + 20 * (0.05 / 0.15))

@@ -133,15 +133,15 @@ def savings(metric: str = typer.Option("mask_AP50", help="the metric whose rando
         return
     target = next(iter(table.values()))["target"]
     typer.echo(f"target: {metric} {target:.3f}, the final value of '{reference}' (random)")
-    typer.echo(f"{'experiment':<24} {'sampler':<12} {'images':>8} {'hours':>8} {'images saved':>13} {'hours saved':>12}")
+    typer.echo(f"{'experiment':<24} {'sampler':<13} {'images':>8} {'hours':>8} {'images saved':>13} {'hours saved':>12}")
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     for name, row in sorted(table.items(), key=lambda kv: (kv[1]["labeled_images"] is None, kv[1]["labeled_images"] or 0)):
         typer.echo(
-            f"{name:<24} {row['sampler']:<12} {fmt(row['labeled_images'], '8.1f')} {fmt(row['annotation_hours'], '8.2f')} "
-            f"{fmt(row['labels_saved_fraction'], '12.0%')} {fmt(row['hours_saved_fraction'], '11.0%')}"
+            f"{name:<24} {row['sampler']:<13} {fmt(row['labeled_images'], '.1f'):>8} {fmt(row['annotation_hours'], '.2f'):>8} "
+            f"{fmt(row['labels_saved_fraction'], '.0%'):>13} {fmt(row['hours_saved_fraction'], '.0%'):>12}"
             + ("" if row["reached"] else "   (never reached)")
         )
 

@@ -3,7 +3,7 @@ sampler's final mask AP50.
 
 Experiments are git commits under refs/exps (what `dvc exp run` makes); each holds its own
 params.yaml and metrics/curve.csv (git-tracked: the metrics are `cache: false`). The
-workspace counts as one more run.
+workspace and the committed baseline (HEAD) count as runs too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from salis.annotation.cost import label_savings
 from salis.errors import SalisError
 
 WORKSPACE = "workspace"
+BASELINE = "HEAD"
 
 
 def _git(args: list[str], cwd: Path) -> str:
@@ -42,9 +43,12 @@ def experiment_runs(root: Path = Path(".")) -> dict[str, tuple[str, list[dict]]]
     if curve.is_file() and params.is_file():
         runs[WORKSPACE] = (yaml.safe_load(params.read_text()).get("sampler", "random"), _rows(curve.read_text()))
     refs = _git(["for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], root).split("\n")
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode == 0:  # the committed baseline the experiments branch from
+        refs.insert(0, f"{BASELINE} {head.stdout.strip()}")
     for line in filter(None, refs):
         ref, sha = line.split()
-        if ref.count("/") < 3 or ref.endswith(("/exec", "/runs")) or "/exec/" in ref:
+        if ref != BASELINE and (ref.count("/") < 3 or ref.endswith(("/exec", "/runs")) or "/exec/" in ref):
             continue  # DVC's bookkeeping refs (e.g. refs/exps/exec/...), not experiments
         try:
             text = _git(["show", f"{sha}:metrics/curve.csv"], root)
@@ -62,7 +66,8 @@ def savings_table(root: Path = Path("."), metric: str = "mask_AP50") -> tuple[st
     random_runs = [name for name, (sampler, _) in runs.items() if sampler == "random"]
     if not random_runs:
         return None, {}
-    reference = WORKSPACE if WORKSPACE in random_runs else sorted(random_runs)[0]
+    preferred = [name for name in (WORKSPACE, BASELINE) if name in random_runs]
+    reference = preferred[0] if preferred else sorted(random_runs)[0]
     curves = {name: rows for name, (_, rows) in runs.items()}
     result = label_savings(curves, reference=reference, metric=metric)
     for name, entry in result.items():
