@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # DVC runs each stage's `python -m stages.x` through the shell: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test repro bench clean-outputs
+.PHONY: install demo test repro clean-outputs
 
 install: $(VENV)/.installed
 
