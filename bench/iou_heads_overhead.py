@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from salis.data.synthetic import generate
-from salis.device import autocast, pick_device
+from salis.engine.device import autocast, pick_device
 from salis.model.build import seeded_model
 from salis.params import ModelParams
-from salis.pipeline import model_from_checkpoint
+from salis.model.checkpoint import load_model as model_from_checkpoint
 
 
 def load_model(checkpoint: Path | None) -> torch.nn.Module:

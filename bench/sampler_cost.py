@@ -54,26 +54,27 @@ def _status_mb(field: str) -> float:
 
 
 def worker_select(root: Path, sampler: str, num_classes: int) -> dict:
-    from salis.cycle import select_next
+    from salis.acquisition.samplers import get_sampler
+    from salis.loop.selection import select_batch
 
     labeled = pd.read_parquet(root / "labeled.parquet")
     images = pd.read_parquet(root / "images.parquet")
     pool_ids = np.load(root / "pool_ids.npy")
-    args = (labeled, images, root / "instances.parquet", pool_ids, sampler, BUDGET, 1, 0, num_classes)
-    kwargs = {"embeddings_path": root / "embeddings"}
+    args = (get_sampler(sampler), labeled, images, pool_ids, BUDGET, 1, 0, num_classes)
+    kwargs = {"instances_path": root / "instances.parquet", "embeddings_path": root / "embeddings"}
     t0 = time.perf_counter()
-    select_next(*args, **kwargs)
+    select_batch(*args, **kwargs)
     seconds = time.perf_counter() - t0
     tracemalloc.start()  # a second run, traced (tracing slows allocation-heavy code down)
-    select_next(*args, **kwargs)
+    select_batch(*args, **kwargs)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"seconds": seconds, "traced_peak_mb": peak / 2**20}
 
 
 def worker_coreset(root: Path, labeled: int, budget: int) -> dict:
-    from salis.embeddings import open_embeddings
-    from salis.samplers.coreset import k_center_greedy
+    from salis.acquisition.embeddings import open_embeddings
+    from salis.acquisition.samplers.coreset import k_center_greedy
 
     ids, vectors = open_embeddings(root)
     centers = np.zeros(len(ids), dtype=bool)
@@ -96,14 +97,17 @@ def worker_infer(work: Path, pool: int, cap: int) -> dict:
 
     import torch
 
-    from salis.layout import Layout
+    from salis.artifacts.layout import Layout
     from salis.params import parse_params
-    from salis.pipeline import stage_infer_score, stage_init, stage_init_model, stage_prepare
+    from salis.pipeline.infer_score import stage_infer_score
+    from salis.pipeline.init import stage_init
+    from salis.pipeline.init_model import stage_init_model
+    from salis.pipeline.prepare import stage_prepare
 
     torch.set_num_threads(1)
     params = parse_params({
         "data": {"synthetic": {"pool_images": pool, "test_images": 4}},
-        "model": {"detections_per_image": cap}, "train": {"device": "cpu"},
+        "model": {"detections_per_image": cap}, "runtime": {"device": "cpu"},
         "select": {"initial": BUDGET, "budget": BUDGET}, "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}},
     })
     layout = Layout(work)
@@ -145,13 +149,14 @@ def machine() -> dict:
 
 def make_project(work: Path, pool: int) -> tuple:
     """A prepared synthetic pool and its initial labeled set (cycle 1)."""
-    from salis.layout import Layout
+    from salis.artifacts.layout import Layout
     from salis.params import parse_params
-    from salis.pipeline import stage_init, stage_prepare
+    from salis.pipeline.init import stage_init
+    from salis.pipeline.prepare import stage_prepare
 
     params = parse_params({
         "data": {"synthetic": {"pool_images": pool, "test_images": 4}},
-        "train": {"device": "cpu"},
+        "runtime": {"device": "cpu"},
         "select": {"initial": BUDGET, "budget": BUDGET},
         "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}},
     })
@@ -164,8 +169,8 @@ def make_project(work: Path, pool: int) -> tuple:
 def variant(project, params, name: str, **model_changes):
     """A layout sharing the project's data whose cycle-1 model is the seeded initial model with
     `model_changes` (the same weights for every variant: extra modules are created last)."""
-    from salis.layout import Layout
-    from salis.pipeline import stage_init_model
+    from salis.artifacts.layout import Layout
+    from salis.pipeline.init_model import stage_init_model
 
     layout = Layout(project.root / name)
     (layout.root / "data").mkdir(parents=True)
@@ -181,7 +186,7 @@ def variant(project, params, name: str, **model_changes):
 
 def time_infer_score(params, layout, mc_passes: int) -> tuple[float, float, pd.DataFrame]:
     """(wall seconds, CPU seconds, images table) of one infer_score run."""
-    from salis.pipeline import stage_infer_score
+    from salis.pipeline.infer_score import stage_infer_score
 
     scored = dataclasses.replace(params, score=dataclasses.replace(params.score, mc_passes=mc_passes))
     w0, c0 = time.perf_counter(), time.process_time()
@@ -193,8 +198,8 @@ def time_labeled_embedding(layout, labeled_ids: list[int]) -> tuple[float, float
     import torch
 
     from salis.data.prepared import PreparedData
-    from salis.inference import embed
-    from salis.pipeline import model_from_checkpoint
+    from salis.engine.inference import embed
+    from salis.model.checkpoint import load_model as model_from_checkpoint
 
     model, _ = model_from_checkpoint(layout.model(1))
     w0, c0 = time.perf_counter(), time.process_time()
@@ -208,7 +213,7 @@ def time_pooling(layout) -> float:
     import torch
 
     from salis.data.prepared import PreparedData
-    from salis.pipeline import model_from_checkpoint
+    from salis.model.checkpoint import load_model as model_from_checkpoint
 
     prepared = PreparedData(layout.prepared)
     model, _ = model_from_checkpoint(layout.model(1))
@@ -228,8 +233,8 @@ def infer_rows_bytes_per_image(work: Path, n: int = 20_000) -> float:
     """infer_score's state that grows with the pool: one images.parquet row per scored image
     (instances are streamed out in row groups). Traced heap peak per image, with images that
     have no detection, so only the per-image part is measured."""
-    from salis.inference import Prediction
-    from salis.scoring import write_score_tables
+    from salis.engine.inference import Prediction
+    from salis.acquisition.scoring import write_score_tables
 
     def empty(i: int) -> Prediction:
         z = np.zeros(0, np.float32)
@@ -246,9 +251,9 @@ def infer_rows_bytes_per_image(work: Path, n: int = 20_000) -> float:
 def tile(layout, out: Path, size: int) -> int:
     """Score tables and embeddings of `size` unlabeled images, tiled from cycle 1's, plus the
     labeled set (its embeddings once)."""
-    from salis.embeddings import open_embeddings, write_embeddings
-    from salis.scoring import ROWS_PER_GROUP
-    from salis.tables import INSTANCE_SCHEMA
+    from salis.acquisition.embeddings import open_embeddings, write_embeddings
+    from salis.acquisition.scoring import ROWS_PER_GROUP
+    from salis.artifacts.tables import INSTANCE_SCHEMA
 
     out.mkdir(parents=True, exist_ok=True)
     images = pd.read_parquet(layout.images(1))
@@ -283,7 +288,7 @@ def tile(layout, out: Path, size: int) -> int:
 
 
 def random_embeddings(folder: Path, n: int, d: int) -> None:
-    from salis.embeddings import write_embeddings
+    from salis.acquisition.embeddings import write_embeddings
 
     rng = np.random.default_rng(0)
     with write_embeddings(folder, n) as writer:

@@ -1,9 +1,10 @@
-"""DVC stage `evaluate` of one cycle: see salis.pipeline.stage_evaluate."""
+"""DVC stage `evaluate` of one cycle: see salis.pipeline.evaluate."""
 
 import sys
 
-from salis.pipeline import stage_evaluate
-from salis.stage_runner import run_stage
+from salis.pipeline.runner import run_stage
 
 if __name__ == "__main__":
+    from salis.pipeline.evaluate import stage_evaluate
+
     sys.exit(run_stage("evaluate", stage_evaluate, with_cycle=True))

@@ -1,9 +1,10 @@
-"""DVC stage `infer_score` of one cycle: see salis.pipeline.stage_infer_score."""
+"""DVC stage `infer_score` of one cycle: see salis.pipeline.infer_score."""
 
 import sys
 
-from salis.pipeline import stage_infer_score
-from salis.stage_runner import run_stage
+from salis.pipeline.runner import run_stage
 
 if __name__ == "__main__":
+    from salis.pipeline.infer_score import stage_infer_score
+
     sys.exit(run_stage("infer_score", stage_infer_score, with_cycle=True))

@@ -2,8 +2,9 @@
 
 import sys
 
-from salis.pipeline import stage_select
-from salis.stage_runner import run_stage
+from salis.pipeline.runner import run_stage
 
 if __name__ == "__main__":
+    from salis.pipeline.select import stage_select
+
     sys.exit(run_stage("select", stage_select, with_cycle=True))

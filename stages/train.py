@@ -1,9 +1,10 @@
-"""DVC stage `train` of one cycle: see salis.pipeline.stage_train."""
+"""DVC stage `train` of one cycle: see salis.pipeline.train."""
 
 import sys
 
-from salis.pipeline import stage_train
-from salis.stage_runner import run_stage
+from salis.pipeline.runner import run_stage
 
 if __name__ == "__main__":
+    from salis.pipeline.train import stage_train
+
     sys.exit(run_stage("train", stage_train, with_cycle=True))

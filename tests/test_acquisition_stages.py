@@ -14,23 +14,21 @@ import pytest
 import torch
 import yaml
 
-from salis.embeddings import open_embeddings
+from salis.acquisition.embeddings import open_embeddings
 from salis.errors import SalisError
-from salis.inference import Prediction, embed
-from salis.layout import Layout
+from salis.engine.inference import Prediction, embed
+from salis.artifacts.layout import Layout
 from salis.model.image_features import image_level_features
 from salis.params import parse_params
-from salis.pipeline import (
-    model_from_checkpoint,
-    stage_annotate,
-    stage_infer_score,
-    stage_init,
-    stage_init_model,
-    stage_prepare,
-    stage_select,
-)
+from salis.model.checkpoint import load_model as model_from_checkpoint
+from salis.pipeline.annotate import stage_annotate
+from salis.pipeline.infer_score import stage_infer_score
+from salis.pipeline.init import stage_init
+from salis.pipeline.init_model import stage_init_model
+from salis.pipeline.prepare import stage_prepare
+from salis.pipeline.select import stage_select
 from salis.data.prepared import PreparedData
-from salis.scoring import mc_columns
+from salis.acquisition.scoring import mc_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -39,7 +37,7 @@ TINY = {
               "iou_head_channels": 8, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
               "rpn_post_nms_top_n_test": 30, "detections_per_image": 8, "learning_loss": True,
               "learning_loss_channels": 8},
-    "train": {"device": "cpu"},
+    "runtime": {"device": "cpu"},
     "score": {"batch_size": 4, "mc_passes": 2},
     "select": {"initial": 3, "budget": 2},
     "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}},

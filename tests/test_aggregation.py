@@ -9,20 +9,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from salis.errors import SalisError
-from salis.params import parse_params
-from salis.samplers import SelectionContext, get_sampler
-from salis.samplers.aggregate import InstanceAggregator, aggregate, aggregate_instances, resolve
-from salis.tables import INSTANCE_SCHEMA
+from salis.params import SelectParams, parse_params
+from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers.aggregate import InstanceAggregator, aggregate_instances, resolve
+from salis.artifacts.tables import INSTANCE_SCHEMA
 
 
 def test_aggregate_hand_values():
-    values = [0.2, 0.6]
-    assert aggregate(values, "mean") == pytest.approx(0.4)
-    assert aggregate(values, "min") == pytest.approx(0.2)
-    assert aggregate(values, "max") == pytest.approx(0.6)
-    assert aggregate(values, "tsp") == pytest.approx(math.exp(-0.2) * 0.4)  # population std 0.2
-    assert aggregate([0.7], "tsp") == pytest.approx(0.7)
-    assert math.isnan(aggregate([], "mean"))
+    agg = InstanceAggregator()
+    agg.add(np.array([1, 1, 2]), np.array([0.2, 0.6, 0.7]))
+    ids = [1, 2, 3]  # 3: no detection
+    assert agg.result(ids, "mean")[:2] == pytest.approx([0.4, 0.7])
+    assert agg.result(ids, "min")[:2] == pytest.approx([0.2, 0.7])
+    assert agg.result(ids, "max")[:2] == pytest.approx([0.6, 0.7])
+    # population std 0.2 for image 1; one value: exp(0) * 0.7
+    assert agg.result(ids, "tsp")[:2] == pytest.approx([math.exp(-0.2) * 0.4, 0.7])
+    assert math.isnan(agg.result(ids, "mean")[2])
 
 
 def write_table(path, rows: list[tuple[int, float, float]], row_group_size: int = 1) -> None:
@@ -70,21 +72,24 @@ def test_aggregator_merges_partial_tables_exactly():
     assert agg.result(wanted, "tsp") == pytest.approx(expected_tsp)
 
 
-def ctx(path, images, aggregation) -> SelectionContext:
+def ctx(path, images) -> SelectionContext:
     return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
-                            rng=np.random.default_rng(0), num_classes=2, aggregation=aggregation)
+                            rng=np.random.default_rng(0), num_classes=2)
+
+
+def sampler(name: str, aggregation: str):
+    return get_sampler(name, SelectParams(aggregation=aggregation))
 
 
 def test_entropy_sampler_follows_the_aggregation(tmp_path):
     path = tmp_path / "i.parquet"
     write_table(path, ROWS)
     images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_entropy": [0.3, 0.5, float("nan"), 0.6]})
-    entropy = get_sampler("entropy")
     # 3 (no detection: log 3) first; mean: .6 (4) > .5 (2) > .3 (1)
-    assert entropy.rank(ctx(path, images, "default")) == [3, 4, 2, 1]
-    assert entropy.rank(ctx(path, images, "mean")) == [3, 4, 2, 1]
-    assert entropy.rank(ctx(path, images, "max")) == [3, 2, 4, 1]  # .8 > .6 > .5
-    assert entropy.rank(ctx(path, images, "min")) == [3, 4, 2, 1]  # .6 > .2 > .1
+    assert sampler("entropy", "default").rank(ctx(path, images)) == [3, 4, 2, 1]
+    assert sampler("entropy", "mean").rank(ctx(path, images)) == [3, 4, 2, 1]
+    assert sampler("entropy", "max").rank(ctx(path, images)) == [3, 2, 4, 1]  # .8 > .6 > .5
+    assert sampler("entropy", "min").rank(ctx(path, images)) == [3, 4, 2, 1]  # .6 > .2 > .1
 
 
 def test_tsp_sampler_accepts_another_aggregation(tmp_path):
@@ -93,18 +98,17 @@ def test_tsp_sampler_accepts_another_aggregation(tmp_path):
     images = pd.DataFrame({"image_id": [1, 2, 3, 4]})
     # instance scores s = exp(-std(c, .5, .5)) * mean(c, .5, .5); class scores: 1: .9 .6 .9, 2: .5 .7, 4: .8
     s = lambda c: math.exp(-np.std([c, 0.5, 0.5])) * np.mean([c, 0.5, 0.5])  # noqa: E731
-    scores = get_sampler("tsp").score(ctx(path, images, "min"))
+    scores = sampler("tsp", "min").score(ctx(path, images))
     assert scores == pytest.approx([s(0.6), s(0.5), 0.0, s(0.8)])  # no detection: S = 0
-    assert get_sampler("tsp").rank(ctx(path, images, "min")) == [3, 2, 1, 4]
+    assert sampler("tsp", "min").rank(ctx(path, images)) == [3, 2, 1, 4]
 
 
 def test_beta_iou_reads_the_image_mean_by_default_and_streams_otherwise(tmp_path):
     path = tmp_path / "i.parquet"
     write_table(path, ROWS)
     images = pd.DataFrame({"image_id": [1, 2], "mean_mask_iou": [0.9, 0.1]})  # disagrees with the table on purpose
-    beta = get_sampler("beta_iou")
-    assert beta.score(ctx(path, images, "default")) == pytest.approx([0.4, 0.4])  # |.9 - .5|, |.1 - .5|
-    assert beta.score(ctx(path, images, "max")) == pytest.approx([0.0, 0.0])  # every mask IoU is .5
+    assert sampler("beta_iou", "default").score(ctx(path, images)) == pytest.approx([0.4, 0.4])  # |.9 - .5|, |.1 - .5|
+    assert sampler("beta_iou", "max").score(ctx(path, images)) == pytest.approx([0.0, 0.0])  # every mask IoU is .5
 
 
 def test_unknown_aggregation_is_refused():

@@ -1,6 +1,6 @@
 import pytest
 
-from salis.atomic import atomic_dir, atomic_path, write_json
+from salis.artifacts.atomic import atomic_dir, atomic_path, write_json
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

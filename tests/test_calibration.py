@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 
-from salis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
-from salis.inference import Prediction
+from salis.analysis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
+from salis.engine.inference import Prediction
 
 
 def rle(mask: np.ndarray) -> dict:

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salis.embeddings import open_embeddings, write_embeddings
+from salis.acquisition.embeddings import open_embeddings, write_embeddings
 from salis.errors import SalisError
-from salis.samplers import SelectionContext, get_sampler
-from salis.samplers.coreset import k_center_greedy
+from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers.coreset import k_center_greedy
 
 
 def write(folder, ids, points) -> None:

@@ -2,19 +2,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salis.atomic import write_parquet
-from salis.cycle import (
+from salis.artifacts.atomic import write_parquet
+from salis.loop.cycle import (
     add_labeled,
     check_budget,
     empty_labeled,
     empty_pseudo,
     initial_selection,
     pseudo_labels,
-    select_batch,
     selected_frame,
 )
+from salis.acquisition.samplers import get_sampler
 from salis.errors import SalisError
-from salis.tables import INSTANCE_SCHEMA
+from salis.loop.selection import select_batch
+from salis.artifacts.tables import INSTANCE_SCHEMA
 
 MC_COLUMNS = ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement")
 
@@ -49,7 +50,7 @@ def test_select_picks_budget_unlabeled_images_by_the_sampler():
     pool = list(range(1, 21))
     labeled = labeled_after_init(pool, 5)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
-    batch = select_batch(labeled, images, None, pool, "entropy", 4, cycle=1, seed=0, num_classes=1)
+    batch = select_batch(get_sampler("entropy"), labeled, images, pool, 4, cycle=1, seed=0, num_classes=1)
     # entropy grows with position in `images`: the last four are the most uncertain
     assert batch["image_id"].tolist() == images["image_id"].tolist()[::-1][:4]
     assert (batch["cycle"] == 1).all() and (batch["sampler"] == "entropy").all()
@@ -73,7 +74,7 @@ def test_selection_is_byte_identical_for_same_params(tmp_path):
     labeled = labeled_after_init(pool, 5, seed=1)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
     for name in ("a", "b"):
-        write_parquet(tmp_path / f"{name}.parquet", select_batch(labeled, images, None, pool, "random", 6, 1, 1, 1))
+        write_parquet(tmp_path / f"{name}.parquet", select_batch(get_sampler("random"), labeled, images, pool, 6, 1, 1, 1))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
@@ -81,10 +82,10 @@ def test_select_refuses_images_outside_pool_and_small_pools():
     pool = [1, 2, 3, 4]
     labeled = labeled_after_init(pool, 2)
     with pytest.raises(SalisError, match="outside the pool"):
-        select_batch(labeled, images_table([3, 4, 99]), None, pool, "random", 1, 1, 0, 1)
+        select_batch(get_sampler("random"), labeled, images_table([3, 4, 99]), pool, 1, 1, 0, 1)
     unl = [i for i in pool if i not in set(labeled["image_id"])]
     with pytest.raises(SalisError, match="only 2 unlabeled images are left for a budget of 3"):
-        select_batch(labeled, images_table(unl), None, pool, "random", 3, 1, 0, 1)
+        select_batch(get_sampler("random"), labeled, images_table(unl), pool, 3, 1, 0, 1)
 
 
 def instance_table(path, **columns):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from salis.evaluation import coco_metrics, detections_from_prediction, encode_mask
+from salis.analysis.evaluation import coco_metrics, detections_from_prediction
+from salis.geometry import encode_mask
 
 SIZE = 32
 # (image_id, row0, col0, side): three solid squares; image 1 holds two, image 2 one.

@@ -1,12 +1,69 @@
-"""Positive-only classification for pseudo-labeled images, at the hooks and through the loss."""
+"""How the model is built (torchvision's classes through their constructors), and positive-only
+classification for pseudo-labeled images, at the hooks and through the loss."""
+
+import dataclasses
 
 import torch
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from salis.model.build import seeded_model
+from salis.model.detector import SalisMaskRCNN
+from salis.model.heads import RoIHeadsParts, SalisRoIHeads
+from salis.model.rpn import SalisRPN
 from salis.params import ModelParams
 
 SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
                     rpn_batch_size_per_image=64, box_batch_size_per_image=32)
+
+
+def test_model_rpn_and_heads_are_built_by_their_constructors(monkeypatch):
+    built = []
+    for cls in (SalisMaskRCNN, SalisRPN, SalisRoIHeads):
+        def spy(self, *args, _init=cls.__init__, **kwargs):
+            built.append(type(self))
+            _init(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", spy)
+    model = seeded_model(dataclasses.replace(SMALL, learning_loss=True), 2, seed=0)
+    # each object ran its own class's constructor: no stock object had its class swapped
+    assert built == [SalisMaskRCNN, SalisRPN, SalisRoIHeads]
+    assert isinstance(model, MaskRCNN)
+    assert isinstance(model.rpn, RegionProposalNetwork) and isinstance(model.roi_heads, RoIHeads)
+    assert model.rpn.per_image_losses
+    # checkpoints stay loadable: salis's modules keep their state-dict names
+    prefixes = {".".join(k.split(".")[:2]) for k in model.state_dict()}
+    assert {"roi_heads.box_iou_head", "roi_heads.mask_iou_head", "roi_heads.loss_prediction"} <= prefixes
+
+
+def _settings(module: torch.nn.Module) -> dict:
+    """The non-module state torchvision's constructor sets, helper objects by their fields."""
+    out = {}
+    for name, value in vars(module).items():
+        if name.startswith("_") and name not in ("_pre_nms_top_n", "_post_nms_top_n"):
+            continue
+        out[name] = vars(value) if type(value).__module__.endswith("detection._utils") else value
+    return out
+
+
+def test_rebuilt_rpn_and_heads_keep_every_setting_and_submodule_of_the_stock_ones():
+    model = seeded_model(SMALL, 2, seed=0)
+    rpn, heads = model.rpn, model.roi_heads
+    stock_rpn = RegionProposalNetwork(
+        rpn.anchor_generator, rpn.head, 0.65, 0.25, 96, 0.4, {"training": 11, "testing": 7},
+        {"training": 5, "testing": 3}, 0.6, score_thresh=0.01,
+    )
+    stock_heads = RoIHeads(
+        heads.box_roi_pool, heads.box_head, heads.box_predictor, 0.55, 0.45, 48, 0.3, (9.0, 8.0, 4.0, 3.0),
+        0.07, 0.4, 17, heads.mask_roi_pool, heads.mask_head, heads.mask_predictor,
+    )
+    for stock, rebuilt in (
+        (stock_rpn, SalisRPN.from_torchvision(stock_rpn)),
+        (stock_heads, SalisRoIHeads.from_torchvision(stock_heads, RoIHeadsParts())),
+    ):
+        expected = _settings(stock)
+        assert {k: v for k, v in _settings(rebuilt).items() if k in expected} == expected
+        assert dict(rebuilt.named_children()).items() >= dict(stock.named_children()).items()
 
 
 def target(positive_only: bool) -> dict:

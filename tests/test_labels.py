@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from salis.atomic import write_json
+from salis.artifacts.atomic import write_json
 from salis.errors import InputError, SalisError
-from salis.labels import annotations_by_image, empty_store, extend_store, human_batch, read_store
+from salis.loop.labels import annotations_by_image, empty_store, extend_store, human_batch, read_store
 
 CATS = [{"id": 1, "name": "nucleus"}]
 

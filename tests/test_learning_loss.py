@@ -23,9 +23,9 @@ from salis.model.learning_loss import (
     stop_loss_prediction_gradient,
 )
 from salis.params import ModelParams, TrainParams
-from salis.samplers import SelectionContext, get_sampler
-from salis.samples import Sample
-from salis.training import train_model
+from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.engine.datasets import Sample
+from salis.engine.training import train_model
 
 SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
                     rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
@@ -156,8 +156,8 @@ def test_training_logs_the_ranking_loss_and_releases_the_gradient_stop():
         image = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8).numpy()
         samples.append(Sample(i, image, t["boxes"].numpy(), t["labels"].numpy(), t["masks"].numpy()))
     model = seeded_model(SMALL, 2, seed=0)
-    params = TrainParams(iterations=2, batch_size=2, warmup_iterations=1, learning_loss_stop_grad_after=0.5, amp=False)
-    summary = train_model(model, samples, [], params, seed=0, device=torch.device("cpu"), log_every=1)
+    params = TrainParams(iterations=2, batch_size=2, warmup_iterations=1, learning_loss_stop_grad_after=0.5)
+    summary = train_model(model, samples, [], params, seed=0, device=torch.device("cpu"), amp=False, log_every=1)
     assert "loss_learning_loss" in summary
     assert model.roi_heads.loss_prediction.detach_input is False  # the stop is for training only
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from salis.errors import SalisError
 from salis.model.build import seeded_model
-from salis.model.heads import paired_box_iou, paired_mask_iou
-from salis.params import ModelParams
-from salis.samplers import SelectionContext, get_sampler
-from salis.tables import INSTANCE_SCHEMA
+from salis.model.mc_dropout import MCDropout, MCSources, mc_disagreement, paired_box_iou, paired_mask_iou
+from salis.params import ModelParams, SelectParams
+from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.artifacts.tables import INSTANCE_SCHEMA
 
 SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
                     rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
@@ -70,11 +70,11 @@ def test_disagreement_of_two_scripted_passes_hand_values():
     heads.mask_predictor = Scripted([full, nothing])
     reference_logits = torch.full((1, 3, 4, 4), -1.0)
     reference_logits[0, 1, :, :2] = 1.0  # the deterministic mask: left half
-    heads.mc_samples = 2
-    (class_var, box_dis, mask_dis), = heads._mc_dropout(
-        torch.zeros(1, 32), [proposal], [torch.tensor([0])], [proposal.clone()], [torch.tensor([1])],
-        torch.zeros(1, 8, 2, 2), reference_logits, [(20, 20)],
+    sources = MCSources(
+        box_features=torch.zeros(1, 32), proposals=[proposal], boxes=[proposal.clone()], labels=[torch.tensor([1])],
+        mask_features=torch.zeros(1, 8, 2, 2), mask_logits=reference_logits, image_shapes=[(20, 20)],
     )
+    (class_var, box_dis, mask_dis), = mc_disagreement(heads, MCDropout(passes=2, p=0.5), sources)
     # class posteriors (.2, .8, 0) and (.6, .4, 0): population variance .04 + .04 + 0
     assert class_var.tolist() == pytest.approx([0.08], abs=1e-6)
     # box IoUs 1 and 50/150: 1 - mean
@@ -88,9 +88,8 @@ def _images() -> list[torch.Tensor]:
 
 
 def test_zero_dropout_reproduces_the_deterministic_detections_exactly():
-    model = seeded_model(dataclasses.replace(SMALL, mc_dropout_p=0.0), 2, seed=0).eval()
-    model.roi_heads.mc_samples = 3
-    with torch.no_grad():
+    model = seeded_model(SMALL, 2, seed=0).eval()
+    with torch.no_grad(), model.roi_heads.mc_dropout(passes=3, p=0.0):
         outputs = model(_images())
     assert sum(len(o["scores"]) for o in outputs) > 0
     for out in outputs:
@@ -103,13 +102,14 @@ def test_mc_passes_leave_the_deterministic_pass_untouched_and_disagree():
     model = seeded_model(SMALL, 2, seed=0).eval()
     with torch.no_grad():
         plain = model(_images())
-        model.roi_heads.mc_samples = 4
-        torch.manual_seed(0)
-        mc = model(_images())
-        torch.manual_seed(0)
-        again = model(_images())
-    for p, m, a in zip(plain, mc, again):
-        assert "mc_class_var" not in p
+        with model.roi_heads.mc_dropout(passes=4, p=0.5):
+            torch.manual_seed(0)
+            mc = model(_images())
+            torch.manual_seed(0)
+            again = model(_images())
+        after = model(_images())
+    for p, m, a, f in zip(plain, mc, again, after):
+        assert "mc_class_var" not in p and "mc_class_var" not in f  # off again after the block
         for key in ("boxes", "scores", "labels", "masks", "class_posterior", "embedding"):
             assert torch.equal(p[key], m[key]), key
         for key in ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement"):
@@ -132,8 +132,23 @@ def test_dropout_while_training_only_when_asked():
 
     # the same sampling seed for both calls: only dropout masks could make them differ
     assert losses(SMALL, 1) == losses(SMALL, 1)
-    with_dropout = dataclasses.replace(SMALL, mc_dropout_train=True)
+    with_dropout = dataclasses.replace(SMALL, train_dropout_p=0.5)
     assert losses(with_dropout, 1) != losses(SMALL, 1)
+
+
+def test_mc_dropout_block_restores_the_previous_setting_even_after_an_exception():
+    heads = seeded_model(SMALL, 2, seed=0).eval().roi_heads
+    assert not heads.mc_settings.enabled  # off unless asked for
+    with pytest.raises(RuntimeError, match="boom"):
+        with heads.mc_dropout(passes=5, p=0.2):
+            assert heads.mc_settings == MCDropout(passes=5, p=0.2)
+            raise RuntimeError("boom")
+    assert heads.mc_settings == MCDropout()
+    with heads.mc_dropout(passes=3, p=0.1):
+        with heads.mc_dropout(passes=2, p=0.0):
+            assert heads.mc_settings == MCDropout(passes=2, p=0.0)
+        assert heads.mc_settings == MCDropout(passes=3, p=0.1)  # nested blocks unwind in order
+    assert heads.mc_settings == MCDropout()
 
 
 # --- the sampler ------------------------------------------------------------------------
@@ -167,27 +182,29 @@ def pool(tmp_path):
     return path, images
 
 
-def ctx(path, images, aggregation="default") -> SelectionContext:
-    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
-                            rng=np.random.default_rng(0), aggregation=aggregation)
+def ctx(path, images) -> SelectionContext:
+    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(), rng=np.random.default_rng(0))
+
+
+def sampler(aggregation="default"):
+    return get_sampler("mc_dropout", SelectParams(aggregation=aggregation))
 
 
 def test_mc_dropout_sampler_ranks_by_aggregated_disagreement(pool):
     path, images = pool
-    sampler = get_sampler("mc_dropout")
     # no detection counts as maximal disagreement (1), then mean .4 > .35 > .3
-    assert sampler.rank(ctx(path, images)) == [3, 2, 4, 1]
+    assert sampler().rank(ctx(path, images)) == [3, 2, 4, 1]
     # max: .7 (2) > .4 (1) > .35 (4)
-    assert sampler.rank(ctx(path, images, "max")) == [3, 2, 1, 4]
+    assert sampler("max").rank(ctx(path, images)) == [3, 2, 1, 4]
     # min: .35 (4) > .2 (1) > .1 (2)
-    assert sampler.rank(ctx(path, images, "min")) == [3, 4, 1, 2]
+    assert sampler("min").rank(ctx(path, images)) == [3, 4, 1, 2]
     # tsp: exp(-std) * mean: image 1: exp(-.1) * .3 = .2715; image 2: exp(-.3) * .4 = .2963; 4: .35
-    assert sampler.score(ctx(path, images, "tsp"))[:2] == pytest.approx([math.exp(-0.1) * 0.3, math.exp(-0.3) * 0.4])
-    assert sampler.rank(ctx(path, images, "tsp")) == [3, 4, 2, 1]
+    assert sampler("tsp").score(ctx(path, images))[:2] == pytest.approx([math.exp(-0.1) * 0.3, math.exp(-0.3) * 0.4])
+    assert sampler("tsp").rank(ctx(path, images)) == [3, 4, 2, 1]
 
 
 def test_mc_dropout_sampler_refuses_a_pool_scored_without_passes(pool):
     path, images = pool
     images = images.assign(mc_passes=0)
     with pytest.raises(SalisError, match=r"score.mc_passes = 0.*dvc exp run -S sampler=mc_dropout -S score.mc_passes=10"):
-        get_sampler("mc_dropout").rank(ctx(path, images))
+        sampler().rank(ctx(path, images))

@@ -1,10 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from salis.errors import ParamsError
-from salis.params import Params, load_params, parse_params
+from salis.params import parse_model_params, Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,13 +74,13 @@ def test_empty_file_gives_defaults(tmp_path):
 
 def test_acquisition_params_defaults_and_ranges():
     params = load_params(ROOT / "params.yaml")
-    assert params.score.mc_passes == 0 and params.model.mc_dropout_p == 0.5
+    assert params.score.mc_passes == 0 and params.score.mc_dropout_p == 0.5 and params.model.train_dropout_p == 0.0
     assert params.model.learning_loss is False and params.select.aggregation == "default"
     assert params.train.learning_loss_stop_grad_after == 0.6
     with pytest.raises(ParamsError, match=r"score\.mc_passes must be >= 0"):
         parse_params({"score": {"mc_passes": -1}})
-    with pytest.raises(ParamsError, match=r"model\.mc_dropout_p must lie in \[0, 1\)"):
-        parse_params({"model": {"mc_dropout_p": 1.0}})
+    with pytest.raises(ParamsError, match=r"score\.mc_dropout_p must lie in \[0, 1\)"):
+        parse_params({"score": {"mc_dropout_p": 1.0}})
     with pytest.raises(ParamsError, match=r"train\.learning_loss_stop_grad_after must lie in \[0, 1\]"):
         parse_params({"train": {"learning_loss_stop_grad_after": 1.5}})
     with pytest.raises(ParamsError, match=r"model\.learning_loss_weight must be >= 0"):
@@ -105,3 +106,29 @@ def test_example_params_are_valid_and_name_every_key_dvc_yaml_may_ask_for():
     load_params(example_path)
     # dvc.yaml lists params by key: a key missing from a params file stops `dvc repro`
     assert _keys(example) == _keys(shipped)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"train": {"device": "cpu"}}, "runtime.device"),
+        ({"train": {"amp": False}}, "runtime.amp"),
+        ({"model": {"mc_dropout_p": 0.3}}, "score.mc_dropout_p"),
+        ({"model": {"mc_dropout_train": True}}, "model.train_dropout_p"),
+    ],
+)
+def test_an_old_params_file_is_told_where_a_moved_key_lives(old, new):
+    with pytest.raises(ParamsError, match=rf"has moved: use {re.escape(new)}"):
+        parse_params(old)
+
+
+def test_old_checkpoint_model_params_still_load():
+    """Checkpoints written before the move store mc_dropout_p / mc_dropout_train."""
+    model = parse_model_params({"mc_dropout_p": 0.3, "mc_dropout_train": True}, "old.pt")
+    assert model.train_dropout_p == 0.3
+    assert parse_model_params({"mc_dropout_p": 0.3, "mc_dropout_train": False}, "old.pt").train_dropout_p == 0.0
+
+
+def test_runtime_threads_must_not_be_negative():
+    with pytest.raises(ParamsError, match=r"runtime\.threads must be >= 0"):
+        parse_params({"runtime": {"threads": -1}})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from salis.errors import InputError
-from salis.report import build_report, write_report
+from salis.analysis.report import build_report, write_report
 
 
 def cycle(k: int, labeled: int, ap50: float, **extra: object) -> dict:

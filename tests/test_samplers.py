@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from salis.errors import SalisError
-from salis.samplers import SAMPLERS, SelectionContext, get_sampler
-from salis.samplers.base import ScoreSampler, register
+from salis.acquisition.samplers import SAMPLERS, SelectionContext, get_sampler
+from salis.acquisition.samplers.base import ScoreSampler, register
 
 
 def context(images: pd.DataFrame, seed: int = 0, num_classes: int = 2) -> SelectionContext:

@@ -3,7 +3,7 @@ import subprocess
 import pytest
 import yaml
 
-from salis.savings import WORKSPACE, savings_table
+from salis.analysis.savings import WORKSPACE, savings_table
 
 
 def git(*args, cwd):

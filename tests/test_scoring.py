@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 
-from salis.inference import Prediction, entropy
-from salis.scoring import write_score_tables
-from salis.tables import INSTANCE_SCHEMA
+from salis.acquisition.measures import entropy
+from salis.engine.inference import Prediction
+from salis.acquisition.scoring import write_score_tables
+from salis.artifacts.tables import INSTANCE_SCHEMA
 
 
 def prediction(image_id: int, n: int) -> Prediction:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from salis.params import TrainParams
-from salis.training import index_batches, lr_factor
+from salis.engine.training import index_batches, lr_factor
 
 
 def test_lr_schedule_warmup_then_steps():

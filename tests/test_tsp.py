@@ -10,9 +10,10 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from salis.errors import SalisError
-from salis.samplers import SelectionContext, get_sampler
-from salis.samplers.tsp import image_score, instance_scores
-from salis.tables import INSTANCE_SCHEMA
+from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.measures import image_score, instance_scores
+from salis.artifacts.tables import INSTANCE_SCHEMA
+from salis.params import SelectParams
 
 
 def test_instance_score_hand_values():
@@ -49,9 +50,14 @@ def write_instances(path, rows: list[tuple]) -> None:
     pq.write_table(pa.table(table, schema=INSTANCE_SCHEMA), path, row_group_size=1)  # images span row groups
 
 
-def ctx(path, images, **kw) -> SelectionContext:
+def ctx(path, images, oracle=None) -> SelectionContext:
     return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
-                            rng=np.random.default_rng(0), **kw)
+                            rng=np.random.default_rng(0), oracle=oracle)
+
+
+def sampler(name: str, **knobs):
+    """A sampler built from the select params, as the select stage builds it."""
+    return get_sampler(name, SelectParams(**knobs))
 
 
 @pytest.fixture
@@ -74,13 +80,13 @@ def test_tsp_ranks_least_confident_first(pool):
 
 def test_tsp_ablation_class_only_changes_the_order(pool):
     path, images = pool
-    assert get_sampler("tsp").rank(ctx(path, images, tsp_components=("class",))) == [3, 1, 2]
+    assert sampler("tsp", tsp_components=("class",)).rank(ctx(path, images)) == [3, 1, 2]
 
 
 def test_beta_iou_picks_mean_mask_iou_closest_to_beta(tmp_path):
     images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_mask_iou": [0.2, 0.45, 0.9, float("nan")]})
     # |m - 0.4| = 0.2, 0.05, 0.5 and 0.4 (no detection counts as IoU 0)
-    assert get_sampler("beta_iou").rank(ctx(None, images, beta=0.4)) == [2, 1, 4, 3]
+    assert sampler("beta_iou", beta=0.4).rank(ctx(None, images)) == [2, 1, 4, 3]
 
 
 class FakeOracle:
@@ -95,7 +101,7 @@ def test_oracle_iou_uses_true_mask_iou(pool):
     path, images = pool
     gt = {1: [square_rle(0, 4)], 2: [square_rle(0, 4)], 3: [square_rle(0, 4)]}
     # true IoU: image 1 -> 1.0, image 2 -> 8/16 = 0.5 (both detections), image 3 -> 0 (none)
-    ranked = get_sampler("oracle_iou").rank(ctx(path, images, beta=0.5, oracle=FakeOracle(gt)))
+    ranked = sampler("oracle_iou", beta=0.5).rank(ctx(path, images, oracle=FakeOracle(gt)))
     assert ranked == [2, 1, 3] or ranked == [2, 3, 1]  # 1 and 3 are both 0.5 away from beta
     assert ranked[0] == 2
 

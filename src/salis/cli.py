@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 
 from salis.errors import SalisError
-from salis.layout import Layout
+from salis.artifacts.layout import Layout
 from salis.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -122,7 +122,7 @@ def labels_import(
 @app.command()
 def savings(metric: str = typer.Option("mask_AP50", help="the metric whose random-sampler final value is the target")) -> None:
     """Labels and annotation hours each experiment needed to reach the random sampler's final AP."""
-    from salis.savings import savings_table
+    from salis.analysis.savings import savings_table
 
     try:
         reference, table = savings_table(Path("."), metric)
@@ -149,7 +149,7 @@ def savings(metric: str = typer.Option("mask_AP50", help="the metric whose rando
 @app.command()
 def samplers() -> None:
     """List the acquisition functions `sampler:` in params.yaml accepts."""
-    from salis.samplers import SAMPLERS
+    from salis.acquisition.samplers import SAMPLERS
 
     width = max(len(name) for name in SAMPLERS)
     for name, cls in sorted(SAMPLERS.items()):
@@ -160,7 +160,7 @@ def samplers() -> None:
 @app.command()
 def check(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file")) -> None:
     """Validate params.yaml (types, ranges, sampler name) without running anything."""
-    from salis.samplers import get_sampler
+    from salis.acquisition.samplers import get_sampler
 
     try:
         params = load_params(params_file)

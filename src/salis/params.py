@@ -62,8 +62,7 @@ class ModelParams:
     iou_head_channels: int = 64
     iou_mask_threshold: float = 0.3
     iou_loss_weight: float = 1.0
-    mc_dropout_p: float = 0.5
-    mc_dropout_train: bool = False
+    train_dropout_p: float = 0.0
     learning_loss: bool = False
     learning_loss_channels: int = 128
     learning_loss_margin: float = 1.0
@@ -84,16 +83,24 @@ class TrainParams:
     hflip: float = 0.5
     semi_loss_weight: float = 0.01
     warm_start: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
     grad_clip: float = 10.0
     learning_loss_stop_grad_after: float = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how the torch stages run; read by init_model, train, infer_score and evaluate."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision, CUDA only
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default (the machine's cores)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreParams:
     batch_size: int = 8
     mc_passes: int = 0
+    mc_dropout_p: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +149,7 @@ class Params:
     seed: int = 0
     sampler: str = "random"
     oracle: Literal["simulated", "human"] = "simulated"
+    runtime: RuntimeParams = RuntimeParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -212,9 +220,26 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} at {where}")
 
 
+# Keys that moved: an old params.yaml names them, and gets told where they live now.
+MOVED_KEYS = {
+    "train.device": "runtime.device",
+    "train.amp": "runtime.amp",
+    "model.mc_dropout_p": "score.mc_dropout_p (an inference knob: changing it no longer retrains)",
+    "model.mc_dropout_train": "model.train_dropout_p (a probability; 0 = no dropout while training)",
+}
+
+
+def _check_moved(raw: dict, where: str) -> None:
+    for key in raw:
+        full = f"{where}.{key}".lstrip(".")
+        if full in MOVED_KEYS:
+            raise ParamsError(f"{full} has moved: use {MOVED_KEYS[full]}")
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ParamsError(f"{where or 'params'} must be a mapping, got {_describe(raw)}")
+    _check_moved(raw, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -251,8 +276,11 @@ def _check_ranges(p: Params) -> None:
         raise ParamsError(f"train.iterations must be >= 0, got {p.train.iterations}")
     if p.score.mc_passes < 0:
         raise ParamsError(f"score.mc_passes must be >= 0 (0 turns MC dropout off), got {p.score.mc_passes}")
-    if not 0.0 <= p.model.mc_dropout_p < 1.0:
-        raise ParamsError(f"model.mc_dropout_p must lie in [0, 1), got {p.model.mc_dropout_p}")
+    for name, value in {"score.mc_dropout_p": p.score.mc_dropout_p, "model.train_dropout_p": p.model.train_dropout_p}.items():
+        if not 0.0 <= value < 1.0:
+            raise ParamsError(f"{name} must lie in [0, 1), got {value}")
+    if p.runtime.threads < 0:
+        raise ParamsError(f"runtime.threads must be >= 0 (0 = torch's default), got {p.runtime.threads}")
     if p.model.learning_loss_channels <= 0:
         raise ParamsError(f"model.learning_loss_channels must be positive, got {p.model.learning_loss_channels}")
     for name, value in {
@@ -285,9 +313,18 @@ def _check_ranges(p: Params) -> None:
         raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
 
 
+# model keys that older checkpoints store and that now live elsewhere (inference knobs)
+_CHECKPOINT_DROPPED = ("mc_dropout_p",)
+
+
 def parse_model_params(raw: Any, source: str) -> ModelParams:
     """Model params stored in a checkpoint; keys added since then take their defaults."""
     try:
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if "mc_dropout_train" in raw:  # the bool became a probability: the p it trained with
+                raw["train_dropout_p"] = float(raw.get("mc_dropout_p", 0.5)) if raw.pop("mc_dropout_train") else 0.0
+            raw = {k: v for k, v in raw.items() if k not in _CHECKPOINT_DROPPED}
         return _build(ModelParams, raw, "model")
     except ParamsError as err:
         raise ParamsError(f"{source}: {err}") from None

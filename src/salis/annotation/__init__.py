@@ -6,18 +6,6 @@
             predictions as editable pre-annotations.
 - importer: reads a CVAT or Label Studio COCO export back, validates it against the request and
             writes the labels that the next cycle trains on, never overwriting earlier labels.
+
+No re-exports here: a stage that needs the cost model must not load the importer too.
 """
-
-from salis.annotation.cost import CostModel, instances_per_image, label_savings
-from salis.annotation.export import mask_to_polygons, write_request_batch
-from salis.annotation.importer import import_labels, read_label_export
-
-__all__ = [
-    "CostModel",
-    "import_labels",
-    "instances_per_image",
-    "label_savings",
-    "mask_to_polygons",
-    "read_label_export",
-    "write_request_batch",
-]

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from salis.errors import ParamsError
+from salis.params import CostParams
 
 AnnotationKind = Literal["mask", "box", "point", "image"]
 KINDS: tuple[str, ...] = ("mask", "box", "point", "image")
@@ -49,6 +50,10 @@ class CostModel:
     image_label_seconds_per_category: float = 1.0
     hourly_rate: float = 0.0
     kind: AnnotationKind = "mask"
+
+    @classmethod
+    def from_params(cls, params: CostParams) -> "CostModel":
+        return cls(**asdict(params))
 
     def __post_init__(self) -> None:
         for f in fields(self):

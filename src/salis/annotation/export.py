@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from salis.atomic import atomic_dir, write_text
+from salis.artifacts.atomic import atomic_dir, write_text
 from salis.data.prepared import PreparedData
 from salis.errors import SalisError
 

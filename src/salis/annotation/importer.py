@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 from pycocotools import mask as mask_utils
 
-from salis.atomic import atomic_path, write_json
+from salis.artifacts.atomic import atomic_path, write_json
 from salis.data.coco_import import (
     _check_compressed,
     _check_top_level,
@@ -147,7 +147,7 @@ def _read_request(path: Path) -> dict:
 
 
 def _request_cycle(request: dict) -> int | None:
-    """The cycle the batch was written for (info.salis.cycle); None for a hand-made request."""
+    """The cycle the batch was written for (info.salis.loop.cycle); None for a hand-made request."""
     info = request.get("info")
     salis = info.get("salis") if isinstance(info, dict) else None
     return salis.get("cycle") if isinstance(salis, dict) else None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from salis.atomic import atomic_dir, write_json, write_parquet, write_text
+from salis.artifacts.atomic import atomic_dir, write_json, write_parquet, write_text
 from salis.data import synthetic
 from salis.data.coco_import import DROP_REASONS, check_same_categories, load_coco, split_test
 from salis.errors import InputError, ParamsError

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pycocotools import mask as mask_utils
-
 from salis.errors import InputError
+from salis.geometry import decode_rles, rle, xywh_to_xyxy
 
 REQUIRED_FILES = ("pool.json", "test.json", "meta.json", "pool.parquet")
 
@@ -176,19 +175,15 @@ def target_arrays(anns: list[dict], height: int, width: int, label_of: Callable[
             "labels": np.zeros((0,), dtype=np.int64),
             "masks": np.zeros((0, height, width), dtype=np.uint8),
         }
-    rles = [_rle(a["segmentation"], height, width) for a in anns]
-    masks = np.ascontiguousarray(np.transpose(mask_utils.decode(rles), (2, 0, 1)))
-    boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    for a in anns:
+        if list(a["segmentation"]["size"]) != [height, width]:
+            raise ValueError(
+                f"mask size {a['segmentation']['size']} does not match the image's [height, width] [{height}, {width}]"
+            )
+    masks = decode_rles([rle(a["segmentation"]) for a in anns], height, width)
+    boxes = xywh_to_xyxy(np.array([a["bbox"] for a in anns]))
     labels = np.array([label_of(a["category_id"]) for a in anns], dtype=np.int64)
-    return {"boxes": boxes, "labels": labels, "masks": masks.astype(np.uint8, copy=False)}
-
-
-def _rle(seg: dict, height: int, width: int) -> dict:
-    if list(seg["size"]) != [height, width]:
-        raise ValueError(f"mask size {seg['size']} does not match the image's [height, width] [{height}, {width}]")
-    counts = seg["counts"]
-    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
 def _copy_annotation(ann: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
-from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -14,7 +13,9 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from salis.model.detector import SalisMaskRCNN
-from salis.model.heads import SalisRoIHeads, SalisRPN
+from salis.model.heads import RoIHeadsParts
+from salis.model.iou_heads import IoUHeads
+from salis.model.learning_loss import LossPredictionModule
 from salis.params import ModelParams
 
 _BODIES = {
@@ -38,57 +39,67 @@ def build_backbone(params: ModelParams) -> BackboneWithFPN:
     )
 
 
-def build_model(params: ModelParams, num_classes: int) -> MaskRCNN:
+def build_roi_parts(params: ModelParams) -> RoIHeadsParts:
+    """salis's additions to the RoI heads: IoU heads, loss-prediction module, training dropout."""
+    channels = params.fpn_channels
+    iou = (
+        IoUHeads.build(channels, params.iou_head_channels, params.iou_mask_threshold, params.iou_loss_weight)
+        if params.iou_heads
+        else None
+    )
+    loss_prediction = (
+        LossPredictionModule(
+            channels, len(_LEVELS), params.learning_loss_channels, params.learning_loss_margin, params.learning_loss_weight
+        )
+        if params.learning_loss
+        else None
+    )
+    return RoIHeadsParts(iou=iou, loss_prediction=loss_prediction, train_dropout_p=params.train_dropout_p)
+
+
+def build_model(params: ModelParams, num_classes: int) -> SalisMaskRCNN:
     """Mask R-CNN with `num_classes` foreground classes (plus background)."""
+    # Modules are created in a fixed order, torchvision's before salis's: the order decides which
+    # random numbers initialise each, so a seed keeps giving the weights it gave before.
     backbone = build_backbone(params)
     channels = params.fpn_channels
     anchors = AnchorGenerator(
         sizes=tuple((size,) for size in params.anchor_sizes),
         aspect_ratios=((0.5, 1.0, 2.0),) * len(params.anchor_sizes),
     )
+    rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0])
+    box_head = TwoMLPHead(channels * 7 * 7, params.box_head_dim)
+    box_predictor = FastRCNNPredictor(params.box_head_dim, num_classes + 1)
     mask_layers = [params.mask_head_channels] * params.mask_head_convs
-    model = MaskRCNN(
+    mask_head = MaskRCNNHeads(channels, mask_layers, dilation=1)
+    mask_predictor = MaskRCNNPredictor(mask_layers[-1], params.mask_head_channels, num_classes + 1)
+    parts = build_roi_parts(params)
+    return SalisMaskRCNN(
         backbone,
         num_classes=None,
+        parts=parts,
         min_size=params.min_size,
         max_size=params.max_size,
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=params.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=params.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=params.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=params.rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=params.rpn_batch_size_per_image,
         box_roi_pool=MultiScaleRoIAlign(_LEVELS, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, params.box_head_dim),
-        box_predictor=FastRCNNPredictor(params.box_head_dim, num_classes + 1),
+        box_head=box_head,
+        box_predictor=box_predictor,
         box_batch_size_per_image=params.box_batch_size_per_image,
         box_detections_per_img=params.detections_per_image,
         box_score_thresh=params.box_score_thresh,
         mask_roi_pool=MultiScaleRoIAlign(_LEVELS, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(channels, mask_layers, dilation=1),
-        mask_predictor=MaskRCNNPredictor(mask_layers[-1], params.mask_head_channels, num_classes + 1),
+        mask_head=mask_head,
+        mask_predictor=mask_predictor,
     )
-    # MaskRCNN's constructor hard-codes the stock heads: swap in the subclasses, same submodules.
-    model.rpn = SalisRPN.from_stock(model.rpn, per_image_losses=params.learning_loss)
-    model.roi_heads = SalisRoIHeads.from_stock(
-        model.roi_heads,
-        iou_heads=params.iou_heads,
-        in_channels=channels,
-        hidden=params.iou_head_channels,
-        mask_threshold=params.iou_mask_threshold,
-        iou_loss_weight=params.iou_loss_weight,
-        mc_dropout_p=params.mc_dropout_p,
-        mc_dropout_train=params.mc_dropout_train,
-        learning_loss=params.learning_loss,
-        learning_loss_channels=params.learning_loss_channels,
-        learning_loss_margin=params.learning_loss_margin,
-        learning_loss_weight=params.learning_loss_weight,
-    )
-    return SalisMaskRCNN.from_stock(model)
 
 
-def seeded_model(params: ModelParams, num_classes: int, seed: int) -> MaskRCNN:
+def seeded_model(params: ModelParams, num_classes: int, seed: int) -> SalisMaskRCNN:
     """The same seed gives the same initial weights, byte for byte."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from salis.atomic import atomic_path
+from salis.artifacts.atomic import atomic_path
 from salis.errors import InputError
-from salis.params import ModelParams
+from salis.model.build import build_model
+from salis.params import ModelParams, parse_model_params
 
 FORMAT = "salis-checkpoint"
 VERSION = 1
@@ -91,3 +92,11 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     if skipped:
         note += f"; skipped {len(skipped)} (e.g. {skipped[:3]})"
     return note
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model, checkpoint state): the architecture stored in the checkpoint, with its weights."""
+    state = load_checkpoint(path)
+    model = build_model(parse_model_params(state["model_params"], str(path)), len(state["categories"]))
+    restore(model, path)
+    return model, state

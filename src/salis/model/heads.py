@@ -1,147 +1,137 @@
-"""Subclasses of torchvision's RPN and RoI heads.
+"""salis's RoI heads: torchvision's RoIHeads with salis's parts, the forward split by branch as in
+detectron2's StandardROIHeads.
 
-- positive-only classification for pseudo-labeled images (TSP's semi-supervised loss): such an
-  image's background anchors and background RoIs are marked "ignore" (-1) in the target
-  assignment hooks, so only its positives contribute a classification loss; box and mask
-  losses are unchanged.
-- the class posterior of every final detection is kept, for uncertainty scores.
-- optional box-IoU and mask-IoU heads (TSP). torchvision's RoIHeads.forward keeps the pooled
-  RoI features in local variables, so `forward` is overridden for the box + mask path; target
-  sampling, losses and post-processing still come from torchvision's own functions.
-- a per-image embedding (the FPN levels average-pooled and concatenated, for core-set) on every
-  inference output, and the optional loss-prediction module (learning loss), whose training
-  needs per-image detector losses from the RPN and the RoI heads (see learning_loss.py).
-- MC dropout at inference (`mc_samples` > 0): the backbone, FPN, RPN and the deterministic box
-  and mask heads run once; then only the last layer of each head (box predictor, mask
-  predictor) runs `mc_samples` times on the same features with dropout on its input. The
-  stochastic passes start from the deterministic detections themselves (the box branch from
-  the proposal each detection was regressed from, the mask branch from its final box), so
-  every detection gets its own T posteriors, boxes and masks without matching detections
-  across passes; at p = 0 every pass reproduces the deterministic detection exactly. The cost
-  of that exactness: a detection cannot vanish in a pass (there is no occurrence term).
+- box and mask branches: torchvision's poolers, heads and predictors. torchvision's forward keeps
+  the pooled RoI features in local variables, so `forward` is overridden to keep them for the
+  other branches; target sampling, losses and post-processing stay torchvision's functions.
+- positive-only RoI sampling for pseudo-labeled images (positive_only.py).
+- IoU branch (TSP, iou_heads.py): box-IoU and mask-IoU heads.
+- loss prediction (learning loss, learning_loss.py), and a per-image embedding (the FPN levels
+  average-pooled and concatenated, for core-set) on every inference output.
+- MC dropout at inference (mc_dropout.py), on for the forwards inside `mc_dropout(passes, p)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
-from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
+from salis.model.detections import Detections, postprocess_detections
 from salis.model.image_features import image_level_features
-from salis.model.iou_heads import IoUHead, box_iou_targets, mask_iou_targets
+from salis.model.iou_heads import IoUHead, IoUHeads, box_iou_targets, mask_iou_targets
 from salis.model.learning_loss import (
     PREDICTED_LOSSES,
     ROI_IMAGE_LOSSES,
-    RPN_IMAGE_LOSSES,
     LossPredictionModule,
     batch_mean,
     fastrcnn_loss_terms,
     maskrcnn_loss_terms,
     per_image,
-    rpn_loss_terms,
 )
+from salis.model.mc_dropout import MCDropout, MCSources, mc_disagreement
+from salis.model.positive_only import POSITIVE_ONLY, PositiveOnlyTargets, positive_only_flags
 
-POSITIVE_ONLY = "positive_only"  # target key: True for a pseudo-labeled image
-
-
-def _positive_only_flags(targets: list[dict[str, Any]] | None) -> list[bool]:
-    if targets is None:
-        return []
-    return [bool(t.get(POSITIVE_ONLY, False)) for t in targets]
+__all__ = ["POSITIVE_ONLY", "RoIHeadsParts", "SalisRoIHeads"]
 
 
-def _ignore_background(labels: list[Tensor], flags: list[bool]) -> list[Tensor]:
-    """Turn background (0) into ignore (-1) for the flagged images; samplers then skip them."""
-    out = []
-    for labels_in_image, positive_only in zip(labels, flags):
-        if positive_only:
-            labels_in_image = labels_in_image.clone()
-            labels_in_image[labels_in_image == 0] = -1
-        out.append(labels_in_image)
-    return out
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoIHeadsParts:
+    """What salis adds to torchvision's RoI heads; every part is optional."""
+
+    iou: IoUHeads | None = None
+    loss_prediction: LossPredictionModule | None = None
+    train_dropout_p: float = 0.0  # dropout on the box and mask heads' features while training; 0 = off
 
 
-class SalisRPN(RegionProposalNetwork):
-    """RPN whose anchor targets honour the positive-only flag of pseudo-labeled images, and
-    which reports each image's own loss when the model has a loss-prediction module."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoISamples:
+    """select_training_samples' output, and the positives the mask branch trains on."""
+
+    proposals: list[Tensor]
+    matched_idxs: list[Tensor]
+    labels: list[Tensor]
+    regression_targets: list[Tensor]
+    positives: list[Tensor]  # per image: indices of the foreground RoIs
+    mask_rois: list[Tensor]
+    mask_matched: list[Tensor]
 
     @classmethod
-    def from_stock(cls, rpn: RegionProposalNetwork, per_image_losses: bool = False) -> "SalisRPN":
-        rpn.__class__ = cls
-        rpn.per_image_losses = per_image_losses
-        return rpn  # type: ignore[return-value]
-
-    def forward(self, images, features, targets=None):  # type: ignore[override]
-        self._flags = _positive_only_flags(targets)
-        self._image_losses = None
-        try:
-            boxes, losses = super().forward(images, features, targets)
-        finally:
-            self._flags = []
-        if self._image_losses is not None:
-            losses[RPN_IMAGE_LOSSES], self._image_losses = self._image_losses, None
-        return boxes, losses
-
-    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):  # type: ignore[override]
-        if not getattr(self, "per_image_losses", False):
-            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
-        # the same anchors sampled once, reduced per image and over the batch (learning_loss.py)
-        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
-        obj, box, counts = rpn_loss_terms(objectness, pred_bbox_deltas, labels, regression_targets, sampled_pos, sampled_neg)
-        self._image_losses = per_image(obj + box, counts)
-        return batch_mean(obj, counts), batch_mean(box, counts)
-
-    def assign_targets_to_anchors(self, anchors, targets):  # type: ignore[override]
-        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
-        flags = getattr(self, "_flags", []) or [False] * len(labels)
-        return _ignore_background(labels, flags), matched_gt_boxes
+    def of(cls, proposals: list[Tensor], matched_idxs: list[Tensor], labels: list[Tensor],
+           regression_targets: list[Tensor]) -> RoISamples:
+        positives = [torch.where(lab > 0)[0] for lab in labels]
+        return cls(
+            proposals, matched_idxs, labels, regression_targets, positives,
+            [p[pos] for p, pos in zip(proposals, positives)],
+            [m[pos] for m, pos in zip(matched_idxs, positives)],
+        )
 
 
-class SalisRoIHeads(RoIHeads):
-    """RoI heads with positive-only RoI sampling, per-detection class posteriors and IoU heads."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoxBranch:
+    proposals: list[Tensor]
+    features: Tensor  # the box head's output (no training dropout): MC dropout's input
+    class_logits: Tensor
+    regression: Tensor
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskBranch:
+    rois: list[Tensor]  # training: the positive proposals; inference: the final boxes
+    pooled: Tensor  # the mask pooler's output: the mask-IoU head's input
+    features: Tensor  # the mask head's output (no training dropout): MC dropout's input
+    logits: Tensor
+
+
+class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
     box_iou_head: IoUHead | None
     mask_iou_head: IoUHead | None
     loss_prediction: LossPredictionModule | None
-    mc_samples: int = 0  # > 0: inference adds MC-dropout disagreement per detection (set by predict)
+
+    def __init__(self, *args: Any, parts: RoIHeadsParts | None = None, **kwargs: Any) -> None:
+        """RoIHeads' arguments, plus salis's parts."""
+        super().__init__(*args, **kwargs)
+        parts = parts or RoIHeadsParts()
+        iou = parts.iou
+        # attributes, not a container module: the checkpoints' keys are roi_heads.box_iou_head.* etc.
+        self.box_iou_head = iou.box if iou else None
+        self.mask_iou_head = iou.mask if iou else None
+        # the heads' loss settings (the dataclass defaults, unused, without the heads)
+        self.iou_mask_threshold = iou.mask_threshold if iou else IoUHeads.mask_threshold
+        self.iou_loss_weight = iou.loss_weight if iou else IoUHeads.loss_weight
+        self.loss_prediction = parts.loss_prediction
+        self.train_dropout_p = parts.train_dropout_p
+        self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
 
     @classmethod
-    def from_stock(
-        cls,
-        heads: RoIHeads,
-        iou_heads: bool = False,
-        in_channels: int = 256,
-        hidden: int = 128,
-        mask_threshold: float = 0.3,
-        iou_loss_weight: float = 1.0,
-        mc_dropout_p: float = 0.5,
-        mc_dropout_train: bool = False,
-        learning_loss: bool = False,
-        learning_loss_channels: int = 128,
-        learning_loss_margin: float = 1.0,
-        learning_loss_weight: float = 1.0,
-    ) -> "SalisRoIHeads":
-        heads.__class__ = cls
-        heads.box_iou_head = IoUHead(in_channels, hidden) if iou_heads else None
-        heads.mask_iou_head = IoUHead(in_channels, hidden) if iou_heads else None
-        heads.iou_mask_threshold = mask_threshold
-        heads.iou_loss_weight = iou_loss_weight
-        heads.mc_dropout_p = mc_dropout_p
-        heads.mc_dropout_train = mc_dropout_train
-        heads.mc_samples = 0
-        heads.loss_prediction = (
-            LossPredictionModule(
-                in_channels, len(heads.feature_levels), learning_loss_channels, learning_loss_margin, learning_loss_weight
-            )
-            if learning_loss
-            else None
+    def from_torchvision(cls, stock: RoIHeads, parts: RoIHeadsParts | None = None) -> SalisRoIHeads:
+        """SalisRoIHeads with the submodules and settings of `stock` (as MaskRCNN's constructor built it)."""
+        if stock.has_keypoint():
+            raise ValueError("salis builds Mask R-CNN without a keypoint branch")
+        return cls(
+            stock.box_roi_pool,
+            stock.box_head,
+            stock.box_predictor,
+            fg_iou_thresh=stock.proposal_matcher.high_threshold,
+            bg_iou_thresh=stock.proposal_matcher.low_threshold,
+            batch_size_per_image=stock.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=stock.fg_bg_sampler.positive_fraction,
+            bbox_reg_weights=stock.box_coder.weights,
+            score_thresh=stock.score_thresh,
+            nms_thresh=stock.nms_thresh,
+            detections_per_img=stock.detections_per_img,
+            mask_roi_pool=stock.mask_roi_pool,
+            mask_head=stock.mask_head,
+            mask_predictor=stock.mask_predictor,
+            parts=parts,
         )
-        return heads  # type: ignore[return-value]
 
     @property
     def feature_levels(self) -> list[str]:
@@ -151,62 +141,29 @@ class SalisRoIHeads(RoIHeads):
     def image_features(self, features: dict[str, Tensor], image_shapes: list[tuple[int, int]]) -> list[Tensor]:
         return image_level_features(features, image_shapes, self.feature_levels)
 
-    def _train_dropout(self, x: Tensor) -> Tensor:
-        """Dropout on a head's last features while training, only with model.mc_dropout_train."""
-        return F.dropout(x, self.mc_dropout_p, training=True) if self.mc_dropout_train else x
-
     @property
     def has_iou_heads(self) -> bool:
         return self.box_iou_head is not None and self.mask_iou_head is not None
 
+    @contextmanager
+    def mc_dropout(self, passes: int, p: float) -> Iterator[None]:
+        """Inference inside the block adds `passes` MC-dropout passes with dropout `p` per detection;
+        the previous setting comes back on leaving it, also on an exception."""
+        previous, self.mc_settings = self.mc_settings, MCDropout(passes, p)
+        try:
+            yield
+        finally:
+            self.mc_settings = previous
+
     # --- target assignment hooks -------------------------------------------------------
 
     def select_training_samples(self, proposals, targets):  # type: ignore[override]
-        self._flags = _positive_only_flags(targets)
-        try:
+        with self.positive_only(targets):
             return super().select_training_samples(proposals, targets)
-        finally:
-            self._flags = []
 
     def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):  # type: ignore[override]
         matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        flags = getattr(self, "_flags", []) or [False] * len(labels)
-        return matched_idxs, _ignore_background(labels, flags)
-
-    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):  # type: ignore[override]
-        """torchvision's post-processing, also returning each kept detection's class posterior.
-
-        The stock hook drops the index of the proposal a detection came from, so the full
-        softmax cannot be recovered afterwards; this override keeps it (same steps, same order).
-        """
-        device = class_logits.device
-        num_classes = class_logits.shape[-1]
-        boxes_per_image = [p.shape[0] for p in proposals]
-        pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image, 0)
-        posteriors = F.softmax(class_logits, -1).split(boxes_per_image, 0)
-
-        all_boxes, all_scores, all_labels, self._posteriors, self._kept_proposals = [], [], [], [], []
-        for boxes, post, image_shape in zip(pred_boxes, posteriors, image_shapes):
-            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(post)
-            proposal_index = torch.arange(post.shape[0], device=device).view(-1, 1).expand_as(post)
-            # drop the background column, then flatten: one candidate per (proposal, class)
-            boxes = boxes[:, 1:].reshape(-1, 4)
-            scores = post[:, 1:].reshape(-1)
-            labels = labels[:, 1:].reshape(-1)
-            proposal_index = proposal_index[:, 1:].reshape(-1)
-
-            keep = torch.where(scores > self.score_thresh)[0]
-            keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
-            keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh)]
-            keep = keep[: self.detections_per_img]
-
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
-            self._posteriors.append(post[proposal_index[keep]])
-            self._kept_proposals.append(proposal_index[keep])
-        return all_boxes, all_scores, all_labels
+        return matched_idxs, self.ignore_flagged_background(labels)
 
     # --- forward -----------------------------------------------------------------------
 
@@ -214,83 +171,114 @@ class SalisRoIHeads(RoIHeads):
         if self.has_keypoint():
             raise NotImplementedError("salis builds Mask R-CNN without a keypoint branch")
         if self.training:
-            return self._forward_train(features, proposals, image_shapes, targets)
-        return self._forward_inference(features, proposals, image_shapes)
+            return [], self._forward_train(features, proposals, image_shapes, targets)
+        return self._forward_inference(features, proposals, image_shapes), {}
 
-    def _forward_train(self, features, proposals, image_shapes, targets):
-        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        box_pooled = self.box_roi_pool(features, proposals, image_shapes)
-        class_logits, box_regression = self.box_predictor(self._train_dropout(self.box_head(box_pooled)))
-
-        positives = [torch.where(lab > 0)[0] for lab in labels]
-        mask_rois = [p[pos] for p, pos in zip(proposals, positives)]
-        mask_matched = [m[pos] for m, pos in zip(matched_idxs, positives)]
-        mask_pooled = self.mask_roi_pool(features, mask_rois, image_shapes)
-        mask_logits = self.mask_predictor(self._train_dropout(self.mask_head(mask_pooled)))
-        gt_masks = [t["masks"] for t in targets]
-        gt_labels = [t["labels"] for t in targets]
-
-        if self.loss_prediction is None:
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_rois, gt_masks, gt_labels, mask_matched)
-        else:
-            # the same losses, reduced per image too: the loss-prediction module's targets
-            cls, box, rois = fastrcnn_loss_terms(class_logits, box_regression, labels, regression_targets)
-            mask, pixels = maskrcnn_loss_terms(mask_logits, mask_rois, gt_masks, gt_labels, mask_matched)
-            losses = {
-                "loss_classifier": batch_mean(cls, rois),
-                "loss_box_reg": batch_mean(box, rois),
-                "loss_mask": batch_mean(mask, pixels),
-                ROI_IMAGE_LOSSES: per_image(cls + box, rois) + per_image(mask, pixels),
-                PREDICTED_LOSSES: self.loss_prediction(self.image_features(features, image_shapes)),
-            }
-
+    def _forward_train(self, features, proposals, image_shapes, targets) -> dict[str, Tensor]:
+        # keep this order: RoI sampling and the two training dropouts draw from the global RNG, and
+        # autograd sums gradients in the order ops were created; a new order changes the results
+        samples = RoISamples.of(*self.select_training_samples(proposals, targets))
+        box = self._forward_box(features, samples.proposals, image_shapes)
+        mask = self._forward_mask(features, samples.mask_rois, image_shapes)
+        losses = self._box_mask_losses(box, mask, samples, targets)
+        if self.loss_prediction is not None:
+            losses[PREDICTED_LOSSES] = self.loss_prediction(self.image_features(features, image_shapes))
         if self.has_iou_heads:
-            losses.update(
-                self._iou_losses(
-                    features, image_shapes, targets, proposals, labels, positives,
-                    box_regression, mask_rois, mask_matched, mask_pooled, mask_logits,
-                )
-            )
-        return [], losses
+            losses.update(self._iou_losses(features, image_shapes, targets, samples, box, mask))
+        return losses
 
-    def _iou_losses(
-        self, features, image_shapes, targets, proposals, labels, positives,
-        box_regression, mask_rois, mask_matched, mask_pooled, mask_logits,
-    ) -> dict[str, Tensor]:
+    def _forward_inference(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
+        box = self._forward_box(features, proposals, image_shapes)
+        detections = postprocess_detections(self, box.class_logits, box.regression, proposals, image_shapes)
+        mask = self._forward_mask(features, detections.boxes, image_shapes)
+        mask_probs = maskrcnn_inference(mask.logits, detections.labels)
+        pooled = self.image_features(features, image_shapes)
+        results = [
+            {"boxes": b, "labels": lab, "scores": s, "masks": m, "class_posterior": p, "embedding": e}
+            for b, lab, s, m, p, e in zip(
+                detections.boxes, detections.labels, detections.scores, mask_probs, detections.posteriors,
+                torch.cat(pooled, dim=1),
+            )
+        ]
+        for per_image_outputs in (
+            self._predict_loss(pooled),
+            self._predict_iou(features, image_shapes, detections, mask),
+            self._predict_mc_disagreement(box, detections, mask, image_shapes),
+        ):
+            for result, outputs in zip(results, per_image_outputs):
+                result.update(outputs)
+        return results
+
+    # --- box and mask branches -----------------------------------------------------------
+
+    def _forward_box(self, features, proposals, image_shapes) -> BoxBranch:
+        head_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, regression = self.box_predictor(self._train_dropout(head_features))
+        return BoxBranch(proposals, head_features, class_logits, regression)
+
+    def _forward_mask(self, features, rois, image_shapes) -> MaskBranch:
+        pooled = self.mask_roi_pool(features, rois, image_shapes)
+        head_features = self.mask_head(pooled)
+        return MaskBranch(rois, pooled, head_features, self.mask_predictor(self._train_dropout(head_features)))
+
+    def _train_dropout(self, x: Tensor) -> Tensor:
+        """Dropout on a head's last features while training (model.train_dropout_p; 0 = off)."""
+        return F.dropout(x, self.train_dropout_p, training=True) if self.training and self.train_dropout_p > 0 else x
+
+    def _box_mask_losses(self, box: BoxBranch, mask: MaskBranch, samples: RoISamples, targets) -> dict[str, Tensor]:
+        box_args = (box.class_logits, box.regression, samples.labels, samples.regression_targets)
+        mask_args = (mask.logits, mask.rois, [t["masks"] for t in targets], [t["labels"] for t in targets],
+                     samples.mask_matched)
+        if self.loss_prediction is None:
+            loss_classifier, loss_box_reg = fastrcnn_loss(*box_args)
+            return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": maskrcnn_loss(*mask_args)}
+        # the same losses, reduced per image too: the loss-prediction module's targets
+        cls, box_reg, rois = fastrcnn_loss_terms(*box_args)
+        mask_bce, pixels = maskrcnn_loss_terms(*mask_args)
+        return {
+            "loss_classifier": batch_mean(cls, rois),
+            "loss_box_reg": batch_mean(box_reg, rois),
+            "loss_mask": batch_mean(mask_bce, pixels),
+            ROI_IMAGE_LOSSES: per_image(cls + box_reg, rois) + per_image(mask_bce, pixels),
+        }
+
+    # --- IoU branch ----------------------------------------------------------------------
+
+    def _iou_losses(self, features, image_shapes, targets, samples: RoISamples, box: BoxBranch,
+                    mask: MaskBranch) -> dict[str, Tensor]:
         """L2 losses of both IoU heads on the positive RoIs of expert-labeled images only.
 
-        Pseudo-labeled images (positive_only) give no IoU-head loss: their "ground truth" is
-        the model's own output. Targets carry no gradient.
+        Pseudo-labeled images (positive_only) give no IoU-head loss: their "ground truth" is the
+        model's own output. Targets carry no gradient.
         """
-        flags = _positive_only_flags(targets)
-        boxes_per_image = [len(p) for p in proposals]
-        decoded = self.box_coder.decode(box_regression.detach(), proposals).split(boxes_per_image, 0)
-        mask_counts = [len(r) for r in mask_rois]
-        mask_logits_per_image = mask_logits.split(mask_counts, 0)
-        mask_pooled_per_image = mask_pooled.split(mask_counts, 0)
+        flags = positive_only_flags(targets)
+        decoded = self.box_coder.decode(box.regression.detach(), samples.proposals).split(
+            [len(p) for p in samples.proposals], 0
+        )
+        mask_counts = [len(r) for r in mask.rois]
+        mask_logits = mask.logits.split(mask_counts, 0)
+        mask_pooled = mask.pooled.split(mask_counts, 0)
 
         pred_boxes, box_targets, mask_inputs, mask_targets = [], [], [], []
         for i, target in enumerate(targets):
-            pos = positives[i]
+            pos, matched = samples.positives[i], samples.mask_matched[i]
             if flags[i] or len(pos) == 0:
                 pred_boxes.append(decoded[i].new_zeros((0, 4)))
                 continue
-            cls = labels[i][pos]
+            cls = samples.labels[i][pos]
             boxes = box_ops.clip_boxes_to_image(decoded[i][pos, cls], image_shapes[i])
             pred_boxes.append(boxes)
-            box_targets.append(box_iou_targets(boxes, target["boxes"][mask_matched[i]]))
-            probs = mask_logits_per_image[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
+            box_targets.append(box_iou_targets(boxes, target["boxes"][matched]))
+            probs = mask_logits[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
             mask_targets.append(
-                mask_iou_targets(probs, mask_rois[i], target["masks"], mask_matched[i], self.iou_mask_threshold)
+                mask_iou_targets(probs, mask.rois[i], target["masks"], matched, self.iou_mask_threshold)
             )
-            mask_inputs.append(mask_pooled_per_image[i])
+            mask_inputs.append(mask_pooled[i])
 
         # the box-IoU head looks at the predicted box, the same input it sees at inference
         box_pred = self.box_iou_head(self.box_roi_pool(features, pred_boxes, image_shapes))
         if not box_targets:
-            zero = box_pred.sum() * 0.0 + self.mask_iou_head(mask_pooled[:0]).sum() * 0.0
+            zero = box_pred.sum() * 0.0 + self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
             return {"loss_box_iou": zero, "loss_mask_iou": zero}
         mask_pred = self.mask_iou_head(torch.cat(mask_inputs))
         weight = self.iou_loss_weight
@@ -299,95 +287,36 @@ class SalisRoIHeads(RoIHeads):
             "loss_mask_iou": weight * F.mse_loss(mask_pred, torch.cat(mask_targets)),
         }
 
-    def _forward_inference(self, features, proposals, image_shapes):
-        box_pooled = self.box_roi_pool(features, proposals, image_shapes)
-        box_features = self.box_head(box_pooled)
-        class_logits, box_regression = self.box_predictor(box_features)
-        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        posteriors, self._posteriors = self._posteriors, []
-        kept, self._kept_proposals = self._kept_proposals, []
+    def _predict_iou(self, features, image_shapes, detections: Detections, mask: MaskBranch) -> list[dict[str, Tensor]]:
+        if not self.has_iou_heads:
+            return []
+        counts = [len(b) for b in detections.boxes]
+        box_iou = self.box_iou_head(self.box_roi_pool(features, detections.boxes, image_shapes)).split(counts)
+        mask_iou = self.mask_iou_head(mask.pooled).split(counts)
+        return [{"box_iou": b, "mask_iou": m} for b, m in zip(box_iou, mask_iou)]
 
-        mask_pooled = self.mask_roi_pool(features, boxes, image_shapes)
-        mask_features = self.mask_head(mask_pooled)
-        mask_logits = self.mask_predictor(mask_features)
-        mask_probs = maskrcnn_inference(mask_logits, labels)
-        pooled = self.image_features(features, image_shapes)
-        embeddings = torch.cat(pooled, dim=1)
-        result = [
-            {"boxes": b, "labels": lab, "scores": s, "masks": m, "class_posterior": p, "embedding": e}
-            for b, lab, s, m, p, e in zip(boxes, labels, scores, mask_probs, posteriors, embeddings)
+    # --- loss prediction and MC dropout (inference) --------------------------------------
+
+    def _predict_loss(self, pooled: list[Tensor]) -> list[dict[str, Tensor]]:
+        if self.loss_prediction is None:
+            return []
+        return [{"predicted_loss": predicted} for predicted in self.loss_prediction(pooled)]
+
+    def _predict_mc_disagreement(self, box: BoxBranch, detections: Detections, mask: MaskBranch,
+                                 image_shapes) -> list[dict[str, Tensor]]:
+        if not self.mc_settings.enabled:
+            return []
+        box_features = box.features.split([len(p) for p in box.proposals])
+        sources = MCSources(
+            box_features=torch.cat([f[k] for f, k in zip(box_features, detections.sources)]),
+            proposals=[p[k] for p, k in zip(box.proposals, detections.sources)],
+            boxes=detections.boxes,
+            labels=detections.labels,
+            mask_features=mask.features,
+            mask_logits=mask.logits,
+            image_shapes=image_shapes,
+        )
+        return [
+            {"mc_class_var": class_var, "mc_box_disagreement": box_dis, "mc_mask_disagreement": mask_dis}
+            for class_var, box_dis, mask_dis in mc_disagreement(self, self.mc_settings, sources)
         ]
-        if self.loss_prediction is not None:
-            for detections, predicted in zip(result, self.loss_prediction(pooled)):
-                detections["predicted_loss"] = predicted
-        if self.has_iou_heads:
-            counts = [len(b) for b in boxes]
-            box_iou = self.box_iou_head(self.box_roi_pool(features, boxes, image_shapes)).split(counts)
-            mask_iou = self.mask_iou_head(mask_pooled).split(counts)
-            for detections, b, m in zip(result, box_iou, mask_iou):
-                detections["box_iou"] = b
-                detections["mask_iou"] = m
-        if self.mc_samples > 0:
-            passes = self._mc_dropout(box_features, proposals, kept, boxes, labels, mask_features, mask_logits, image_shapes)
-            for detections, (class_var, box_dis, mask_dis) in zip(result, passes):
-                detections["mc_class_var"] = class_var
-                detections["mc_box_disagreement"] = box_dis
-                detections["mc_mask_disagreement"] = mask_dis
-        return result, {}
-
-    def _mc_dropout(
-        self, box_features, proposals, kept, boxes, labels, mask_features, mask_logits, image_shapes
-    ) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per image and detection, over `mc_samples` passes with dropout on the box predictor's
-        and the mask predictor's input (F.dropout with training=True: BatchNorm stays in eval):
-        the class posterior's variance summed over classes, 1 - mean IoU of the pass's box with
-        the deterministic box, 1 - mean IoU of the pass's mask with the deterministic mask (both
-        masks binarised at 0.5 on the RoI grid; two empty masks agree)."""
-        counts = [len(b) for b in boxes]
-        n = sum(counts)
-        if n == 0:
-            empty = box_features.new_zeros(0)
-            return [(empty, empty, empty) for _ in counts]
-        per_image_features = box_features.split([len(p) for p in proposals])
-        source_features = torch.cat([f[k] for f, k in zip(per_image_features, kept)])
-        source_proposals = [p[k] for p, k in zip(proposals, kept)]
-        label = torch.cat(labels)
-        rows = torch.arange(n, device=label.device)
-        reference_boxes = torch.cat(boxes)
-        reference_masks = mask_logits[rows, label] >= 0  # sigmoid >= 0.5
-        p, passes = self.mc_dropout_p, self.mc_samples
-
-        posteriors = []
-        box_iou_sum = reference_boxes.new_zeros(n, dtype=torch.float32)
-        mask_iou_sum = torch.zeros_like(box_iou_sum)
-        for _ in range(passes):
-            logits, regression = self.box_predictor(F.dropout(source_features, p, training=True))
-            posteriors.append(F.softmax(logits.float(), -1))
-            decoded = self.box_coder.decode(regression, source_proposals)[rows, label]
-            pass_boxes = torch.cat(
-                [box_ops.clip_boxes_to_image(b, s) for b, s in zip(decoded.split(counts), image_shapes)]
-            )
-            box_iou_sum += paired_box_iou(pass_boxes.float(), reference_boxes.float())
-            pass_masks = self.mask_predictor(F.dropout(mask_features, p, training=True))[rows, label] >= 0
-            mask_iou_sum += paired_mask_iou(pass_masks, reference_masks)
-        class_var = torch.stack(posteriors).var(dim=0, unbiased=False).sum(dim=1)
-        box_dis = 1.0 - box_iou_sum / passes
-        mask_dis = 1.0 - mask_iou_sum / passes
-        return list(zip(class_var.split(counts), box_dis.split(counts), mask_dis.split(counts)))
-
-
-def paired_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of row i of `a` with row i of `b` (xyxy boxes); no N x N matrix."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(dim=1)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.ones_like(union))
-
-
-def paired_mask_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boolean mask i of `a` with mask i of `b`; two empty masks count as agreeing (1)."""
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))

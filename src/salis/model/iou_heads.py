@@ -7,6 +7,8 @@ mask-IoU head the mask branch's input features.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
@@ -36,6 +38,21 @@ class IoUHead(nn.Module):
         """N x C x S x S RoI features -> N predicted IoUs in (0, 1)."""
         pooled = self.convs(roi_features).mean(dim=(2, 3))
         return torch.sigmoid(self.fc(pooled)).squeeze(1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IoUHeads:
+    """The pair of heads, with the settings of their training loss (a part of the RoI heads)."""
+
+    box: IoUHead
+    mask: IoUHead
+    mask_threshold: float = 0.3  # binarises the predicted mask for the mask-IoU target
+    loss_weight: float = 1.0
+
+    @classmethod
+    def build(cls, in_channels: int, hidden: int, mask_threshold: float = 0.3, loss_weight: float = 1.0) -> IoUHeads:
+        box = IoUHead(in_channels, hidden)  # the box head first: a seed gives both their weights of before
+        return cls(box, IoUHead(in_channels, hidden), mask_threshold, loss_weight)
 
 
 @torch.no_grad()

@@ -1,0 +1,158 @@
+"""COCO instance-segmentation metrics (mask and box AP/AR) with pycocotools.
+
+Why pycocotools and not faster-coco-eval: on a test split of ~100 images the whole
+evaluation takes well under a second, so speed buys nothing and the reference
+implementation wins on trust. In our notes faster-coco-eval matched pycocotools' AP
+to 6 decimals but was slower in ``loadRes``.
+
+pycocotools traps handled here:
+
+* ``COCO.loadRes([])`` raises IndexError: no detections at all gives every metric 0.0.
+* a detection on an image id missing from the ground truth trips an AssertionError in
+  ``loadRes``: raised here as a ValueError naming the ids instead.
+* ``COCOeval`` marks a match with the ground-truth annotation's id, so an annotation id
+  of 0 would silently count as "unmatched": ground-truth ids are renumbered 1..N on a copy.
+* with both ``bbox`` and ``segmentation`` in a result, ``loadRes`` takes the box area as
+  the instance area; the mask evaluation drops ``bbox`` so mask area is used (as detectron2 does).
+* everything pycocotools prints is swallowed so stage logs stay readable.
+
+-1 from pycocotools means "no category had ground truth to average over" (an empty
+test set). Such a value is reported as 0.0: nothing can be computed, and downstream
+curves and summaries expect numbers in [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from salis.geometry import encode_mask, xyxy_to_xywh
+
+# Index into COCOeval.stats for each metric suffix (area "all"; AR at maxDets=100).
+_STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 8}
+_IOU_TYPES = {"mask": "segm", "box": "bbox"}
+
+
+def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
+    """Mask and box AP, AP50, AP75 and AR@100 of ``detections`` against COCO dict ``gt``."""
+    _check_ids(gt, detections)
+    metrics: dict[str, float] = {}
+    for prefix, iou_type in _IOU_TYPES.items():
+        stats = _evaluate(gt, detections, iou_type)
+        for suffix, index in _STAT_INDEX.items():
+            metrics[f"{prefix}_{suffix}"] = stats[index]
+    # Counts stay ints (an int is a float as far as the type hint goes) so JSON shows 3, not 3.0.
+    metrics["num_detections"] = len(detections)
+    metrics["num_test_images"] = len(gt.get("images", []))
+    metrics["num_test_instances"] = _count_instances(gt)
+    return metrics
+
+
+def detections_from_prediction(
+    image_id: int,
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    labels_category_ids: np.ndarray,
+    masks_binary: np.ndarray,
+) -> list[dict]:
+    """One image's predictions as COCO result dicts (bbox xywh, compressed RLE with str counts)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores).reshape(-1)
+    labels = np.asarray(labels_category_ids).reshape(-1)
+    masks = _binary_masks(masks_binary)
+    n = len(boxes)
+    if not (len(scores) == len(labels) == len(masks) == n):
+        raise ValueError(
+            f"image {image_id}: {n} boxes, {len(scores)} scores, {len(labels)} labels, "
+            f"{len(masks)} masks; they must match"
+        )
+    xywh = xyxy_to_xywh(boxes)
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(labels[i]),
+            "score": float(scores[i]),
+            "bbox": xywh[i].tolist(),
+            "segmentation": encode_mask(masks[i]),
+        }
+        for i in range(n)
+    ]
+
+
+def _binary_masks(masks: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim == 2 and masks.size == 0:
+        masks = masks.reshape(0, *masks.shape)  # e.g. an empty (0, 0) placeholder
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if masks.dtype.kind == "f":
+        # A soft mask thresholded at >0 would be wrong silently: the caller must binarise.
+        raise ValueError(f"masks must be binary (bool or uint8), got {masks.dtype}")
+    return masks != 0
+
+
+def _check_ids(gt: dict, detections: list[dict]) -> None:
+    """ValueError naming detection image/category ids the ground truth lacks."""
+    image_ids = {img["id"] for img in gt.get("images", [])}
+    bad_images = sorted({d["image_id"] for d in detections} - image_ids)
+    if bad_images:
+        raise ValueError(f"detections on image ids not in the ground truth: {bad_images}")
+    # COCOeval would ignore these silently, hiding a label-mapping bug.
+    category_ids = {c["id"] for c in gt.get("categories", [])}
+    bad_categories = sorted({d["category_id"] for d in detections} - category_ids)
+    if bad_categories:
+        raise ValueError(f"detections with category ids not in the ground truth: {bad_categories}")
+
+
+def _count_instances(gt: dict) -> int:
+    # Crowd regions are ignored by COCOeval, so they are not instances to find.
+    return sum(1 for a in gt.get("annotations", []) if not a.get("iscrowd", 0))
+
+
+def _evaluate(gt: dict, detections: list[dict], iou_type: str) -> list[float]:
+    """COCOeval stats for one iou type, with -1 ("nothing to average") mapped to 0.0."""
+    if not detections:
+        return [0.0] * 12  # loadRes([]) raises IndexError; no detections means nothing found
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = _coco_from_dict(_normalized_gt(gt))
+        coco_dt = coco_gt.loadRes(_results_for(detections, iou_type))
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [max(float(s), 0.0) for s in evaluator.stats]
+
+
+def _coco_from_dict(dataset: dict) -> COCO:
+    """A COCO object from an in-memory dict, without a temp file."""
+    coco = COCO()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
+
+
+def _normalized_gt(gt: dict) -> dict:
+    """A copy of gt that COCOeval can use as is: ids 1..N, iscrowd and area present."""
+    dataset = copy.deepcopy(gt)
+    dataset.setdefault("images", [])
+    dataset.setdefault("categories", [])
+    annotations = dataset.setdefault("annotations", [])
+    for new_id, ann in enumerate(annotations, start=1):
+        ann["id"] = new_id  # 0 is COCOeval's "unmatched" marker
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(mask_util.area(ann["segmentation"]))
+    return dataset
+
+
+def _results_for(detections: list[dict], iou_type: str) -> list[dict]:
+    """Copies of detections for loadRes (which mutates them), shaped for one iou type."""
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    return [{k: v for k, v in d.items() if k != drop} for d in detections]

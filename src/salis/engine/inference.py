@@ -1,0 +1,137 @@
+"""Batched, streamed prediction over a list of images (pool scoring and test evaluation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from salis.data.prepared import PreparedData
+from salis.engine.device import autocast
+from salis.errors import SalisError
+
+MASK_THRESHOLD = 0.5  # torchvision's mask probabilities are binarised here, as in its references
+
+
+@dataclasses.dataclass
+class Prediction:
+    image_id: int
+    boxes: np.ndarray  # N x 4 float32, xyxy in image pixels
+    scores: np.ndarray  # N float32: class score c
+    category_ids: np.ndarray  # N int64
+    masks: np.ndarray  # N x H x W bool
+    posteriors: np.ndarray  # N x (C+1) float32, column 0 is background
+    box_ious: np.ndarray  # N float32: predicted box IoU b (NaN without IoU heads)
+    mask_ious: np.ndarray  # N float32: predicted mask IoU m (NaN without IoU heads)
+    # MC dropout, per detection (None when scored without MC passes): see salis.model.mc_dropout
+    mc_class_var: np.ndarray | None = None  # N float32: class posterior variance summed over classes
+    mc_box_disagreement: np.ndarray | None = None  # N float32: 1 - mean box IoU with the deterministic box
+    mc_mask_disagreement: np.ndarray | None = None  # N float32: 1 - mean mask IoU with the deterministic mask
+    mc_passes: int = 0
+    embedding: np.ndarray | None = None  # D float32: the FPN levels average-pooled and concatenated
+    predicted_loss: float = float("nan")  # learning loss's prediction (NaN without the module)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _numpy(output: dict[str, torch.Tensor], key: str) -> np.ndarray | None:
+    return output[key].float().cpu().numpy() if key in output else None
+
+
+def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: PreparedData, mc_passes: int) -> Prediction:
+    labels = output["labels"].cpu().numpy()
+    missing = np.full(len(labels), np.nan, dtype=np.float32)
+    return Prediction(
+        image_id=image_id,
+        boxes=output["boxes"].float().cpu().numpy(),
+        scores=output["scores"].float().cpu().numpy(),
+        category_ids=np.array([prepared.category_of(int(label)) for label in labels], dtype=np.int64),
+        masks=(output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy(),
+        posteriors=output["class_posterior"].float().cpu().numpy(),
+        box_ious=output["box_iou"].float().cpu().numpy() if "box_iou" in output else missing,
+        mask_ious=output["mask_iou"].float().cpu().numpy() if "mask_iou" in output else missing,
+        mc_class_var=_numpy(output, "mc_class_var"),
+        mc_box_disagreement=_numpy(output, "mc_box_disagreement"),
+        mc_mask_disagreement=_numpy(output, "mc_mask_disagreement"),
+        mc_passes=mc_passes if "mc_class_var" in output else 0,
+        embedding=_numpy(output, "embedding"),
+        predicted_loss=float(output["predicted_loss"]) if "predicted_loss" in output else float("nan"),
+    )
+
+
+def _load_batch(prepared: PreparedData, image_ids: Sequence[int], device: torch.device) -> list[torch.Tensor]:
+    return [
+        torch.from_numpy(prepared.load_image(i)).permute(2, 0, 1).to(device, torch.float32) / 255.0
+        for i in image_ids
+    ]
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    prepared: PreparedData,
+    image_ids: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    amp: bool = True,
+    desc: str = "predict",
+    mc_passes: int = 0,
+    mc_dropout_p: float = 0.5,
+    seed: int = 0,
+) -> Iterator[Prediction]:
+    """Yield one Prediction per image, in order; only one batch is held in memory at a time.
+
+    mc_passes > 0 adds the MC-dropout disagreement of every detection, with dropout probability
+    mc_dropout_p on the heads' last features; each batch's dropout
+    masks come from a generator seeded with (seed, batch start), so scores are reproducible
+    and the global random state is left as it was.
+    """
+    model.to(device).eval()
+    heads = model.roi_heads
+    if mc_passes and not hasattr(heads, "mc_dropout"):
+        raise SalisError("MC dropout needs salis's RoI heads (salis.model.build.build_model)")
+    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = list(image_ids[start : start + batch_size])
+            images = _load_batch(prepared, batch_ids, device)
+            with autocast(device, amp):
+                if mc_passes:
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        torch.manual_seed(seed * 1_000_003 + start)
+                        with heads.mc_dropout(mc_passes, mc_dropout_p):
+                            outputs = model(images)
+                else:
+                    outputs = model(images)
+            for image_id, output in zip(batch_ids, outputs):
+                yield _to_prediction(image_id, output, prepared, mc_passes)
+            bar.update(len(batch_ids))
+
+
+@torch.inference_mode()
+def embed(
+    model: nn.Module,
+    prepared: PreparedData,
+    image_ids: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    amp: bool = True,
+    desc: str = "embed",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(image_id, embedding) per image: the backbone and FPN only, pooled as in inference
+    (SalisRoIHeads.image_features), for images that need a vector but no scores."""
+    model.to(device).eval()
+    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = list(image_ids[start : start + batch_size])
+            with autocast(device, amp):
+                batch, _ = model.transform(_load_batch(prepared, batch_ids, device))
+                features = model.backbone(batch.tensors)
+                vectors = torch.cat(model.roi_heads.image_features(features, batch.image_sizes), dim=1)
+            for image_id, vector in zip(batch_ids, vectors.float().cpu().numpy()):
+                yield image_id, vector
+            bar.update(len(batch_ids))

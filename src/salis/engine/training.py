@@ -1,0 +1,179 @@
+"""Iteration-based training of the Mask R-CNN on labeled plus pseudo-labeled images.
+
+L = L_sup + beta * L_semi: each step sums the losses of a labeled batch and, when there are
+pseudo-labeled images, of a pseudo batch whose images carry the positive-only flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from salis.engine.device import autocast
+from salis.errors import SalisError
+from salis.model.learning_loss import stop_loss_prediction_gradient
+from salis.params import TrainParams
+from salis.engine.datasets import Sample
+
+
+class SampleSource(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Endless batches: shuffled epochs, a batch never repeats an index unless n < batch_size."""
+    while True:
+        order = rng.permutation(n)
+        if n < batch_size:
+            order = np.resize(order, batch_size)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start : start + batch_size].tolist()
+
+
+def lr_factor(iteration: int, params: TrainParams) -> float:
+    """Linear warm-up, then step decay at the given fractions of the schedule."""
+    warm = 1.0
+    if iteration < params.warmup_iterations:
+        warm = 0.001 + (1 - 0.001) * iteration / params.warmup_iterations
+    steps = sum(iteration >= int(f * params.iterations) for f in params.lr_steps)
+    return warm * params.gamma**steps
+
+
+def _batch_loss(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    device: torch.device,
+    amp: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    images, targets = zip(*(s.to_model_input(device) for s in samples))
+    with autocast(device, amp):
+        losses = model(list(images), list(targets))
+    total = sum(losses.values())
+    return total, {k: float(v.detach()) for k, v in losses.items()}
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with momentum and weight decay, and the warm-up + step schedule of lr_factor."""
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=params.lr,
+        momentum=params.momentum,
+        weight_decay=params.weight_decay,
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, params))
+
+
+class LossWindow:
+    """Loss values between two logs, and the means of the last full window."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.last: dict[str, float] = {}
+
+    def add(self, parts: dict[str, float]) -> None:
+        for k, v in parts.items():
+            self.values.setdefault(k, []).append(v)
+
+    def close(self, lr: float) -> dict[str, float]:
+        means = {k: float(np.mean(v)) for k, v in self.values.items()}
+        means["lr"] = lr
+        self.values, self.last = {}, means
+        return means
+
+
+class Trainer:
+    """One optimisation step at a time: L = L_sup + beta * L_semi, skipped when not finite."""
+
+    def __init__(self, model: nn.Module, params: TrainParams, device: torch.device, amp: bool) -> None:
+        self.model, self.params, self.device = model, params, device
+        self.amp = amp and device.type == "cuda"
+        self.optimizer, self.scheduler = make_optimizer(model, params)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.skipped = 0
+
+    def losses(self, labeled: Sequence[Sample], pseudo: Sequence[Sample] | None) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = _batch_loss(self.model, labeled, self.device, self.amp)
+        if pseudo is not None:
+            semi, semi_parts = _batch_loss(self.model, pseudo, self.device, self.amp)
+            loss = loss + self.params.semi_loss_weight * semi
+            parts.update({f"semi_{k}": v for k, v in semi_parts.items()})
+        parts["loss"] = float(loss.detach())
+        return loss, parts
+
+    def step(self, it: int, loss: torch.Tensor, parts: dict[str, float]) -> bool:
+        """Apply one step; False (and the schedule advanced) when the loss was not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(parts["loss"]):
+            self.skipped += 1
+            if self.skipped > max(5, self.params.iterations // 20):
+                raise SalisError(
+                    f"training diverged: {self.skipped} non-finite losses by iteration {it}; lower train.lr"
+                )
+            self.scheduler.step()
+            return False
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.params.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return True
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def train_model(
+    model: nn.Module,
+    labeled: SampleSource,
+    pseudo: SampleSource,
+    params: TrainParams,
+    seed: int,
+    device: torch.device,
+    amp: bool = True,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Train in place; returns the mean of the last logged losses."""
+    if len(labeled) == 0:
+        raise SalisError("no labeled images to train on: the labeled table is empty")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    trainer = Trainer(model, params, device, amp)
+    labeled_batches = index_batches(len(labeled), params.batch_size, rng)
+    use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
+    pseudo_batches = index_batches(len(pseudo), params.pseudo_batch_size, rng) if len(pseudo) else None
+    flip = lambda s: s.flipped() if rng.random() < params.hflip else s  # noqa: E731
+
+    window = LossWindow()
+    stop_grad_at = int(params.learning_loss_stop_grad_after * params.iterations)
+    bar = tqdm(range(params.iterations), desc="train", unit="it", mininterval=2.0, leave=False)
+    for it in bar:
+        # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
+        stop_loss_prediction_gradient(model, it >= stop_grad_at)
+        labeled_batch = [flip(labeled[i]) for i in next(labeled_batches)]
+        pseudo_batch = [flip(pseudo[i]) for i in next(pseudo_batches)] if use_pseudo else None
+        loss, parts = trainer.losses(labeled_batch, pseudo_batch)
+        if not trainer.step(it, loss, parts):
+            continue
+        window.add(parts)
+        if (it + 1) % log_every == 0 or it + 1 == params.iterations:
+            means = window.close(trainer.lr)
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+            if log is not None:
+                log(it + 1, means)
+    bar.close()
+    stop_loss_prediction_gradient(model, False)
+    model.eval()
+    result = dict(window.last)
+    result["skipped_steps"] = float(trainer.skipped)
+    return result

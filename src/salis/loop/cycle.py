@@ -1,0 +1,113 @@
+"""The active-learning bookkeeping of one cycle: initial set, labeled set, pseudo-labels.
+
+Invariants enforced here: a labeled image never leaves the labeled set; only pool images are
+ever labeled, scored or pseudo-labeled (the test split lives in another file and never
+reaches these functions); the same params give the same tables, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from salis.artifacts.tables import LABELED, PSEUDO, SELECTED
+from salis.errors import SalisError
+
+def cycle_rng(seed: int, cycle: int, purpose: str) -> np.random.Generator:
+    """Independent, reproducible streams per (seed, cycle, purpose)."""
+    return np.random.default_rng([seed, cycle, sum(purpose.encode())])
+
+
+def check_budget(pool_size: int, initial: int, budget: int, num_cycles: int) -> None:
+    needed = initial + budget * num_cycles
+    if needed > pool_size:
+        raise SalisError(
+            f"the pool holds {pool_size} images but select.initial ({initial}) + "
+            f"{num_cycles} cycles x select.budget ({budget}) = {needed}; "
+            "lower select.budget or select.initial, or use fewer cycles"
+        )
+
+
+def selected_frame(ids: Sequence[int], cycle: int, sampler: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_id": np.asarray(ids, dtype=np.int64),
+            "cycle": np.full(len(ids), cycle, dtype=np.int64),
+            "sampler": [sampler] * len(ids),
+            "rank": np.arange(len(ids), dtype=np.int64),
+        }
+    )
+
+
+def initial_selection(pool_ids: Sequence[int], initial: int, seed: int) -> pd.DataFrame:
+    """The images to label before cycle 1: `initial` pool images at random (no sampler involved)."""
+    ids = np.array(sorted(pool_ids), dtype=np.int64)
+    chosen = ids[cycle_rng(seed, 0, "initial").permutation(len(ids))[:initial]]
+    return selected_frame(chosen.tolist(), cycle=0, sampler="initial_random")
+
+
+def empty_labeled() -> pd.DataFrame:
+    return LABELED.empty()
+
+
+def add_labeled(
+    labeled: pd.DataFrame,
+    selected: pd.DataFrame,
+    labeled_ids: set[int],
+    seconds: dict[int, float],
+    cycle: int,
+    source: str,
+) -> pd.DataFrame:
+    """labeled@cycle: everything labeled before plus the selected images that came back labeled.
+
+    Selected images without labels (a partial import) are not added: they go back to the pool.
+    """
+    already = set(labeled["image_id"].tolist())
+    overlap = already & set(selected["image_id"].tolist())
+    if overlap:
+        raise SalisError(f"{len(overlap)} selected images were already labeled, e.g. {sorted(overlap)[:5]}")
+    new = selected[selected["image_id"].isin(labeled_ids)].copy()
+    new["cycle"] = cycle
+    new["source"] = source
+    new["seconds"] = [float(seconds[int(i)]) for i in new["image_id"]]
+    columns = LABELED.schema.names
+    merged = LABELED.to_arrow(pd.concat([labeled[columns], new[columns]], ignore_index=True)).to_pandas()
+    assert already <= set(merged["image_id"].tolist()), "a labeled image left the labeled set"
+    return merged
+
+
+def empty_pseudo() -> pd.DataFrame:
+    return PSEUDO.empty()
+
+
+def pseudo_labels(
+    instances_path: Path,
+    labeled_ids: frozenset[int],
+    score_thresh: float,
+    box_iou_thresh: float = 0.0,
+    mask_iou_thresh: float = 0.0,
+) -> pd.DataFrame:
+    """Detections of still-unlabeled images with c > score_thresh, b > box_iou_thresh and
+    m > mask_iou_thresh (TSP's triplet). A model without IoU heads has NaN b and m: then
+    only the class score decides, and the select stage says so.
+
+    Read one row group at a time, so the full instance table never sits in memory.
+    """
+    parts = []
+    excluded = pa.array(sorted(labeled_ids), type=pa.int64())
+    for batch in pq.ParquetFile(instances_path).iter_batches():
+        table = pa.Table.from_batches([batch])
+        keep = pc.and_(pc.greater(table["score"], score_thresh), pc.invert(pc.is_in(table["image_id"], excluded)))
+        for column, thresh in (("box_iou", box_iou_thresh), ("mask_iou", mask_iou_thresh)):
+            passes = pc.or_(pc.is_nan(table[column]), pc.greater(table[column], thresh))
+            keep = pc.and_(keep, passes)
+        parts.append(table.filter(keep))
+    if not parts:
+        return empty_pseudo()
+    return pa.concat_tables(parts).cast(PSEUDO.schema).to_pandas()

@@ -1,0 +1,56 @@
+"""Stage `evaluate@k`: COCO metrics of cycle k's model on the test split, plus what it was
+trained on (labels, pseudo-labels, hours) and how well its IoU heads predict."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from salis.analysis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
+from salis.analysis.evaluation import coco_metrics, detections_from_prediction
+from salis.annotation.cost import CostModel
+from salis.artifacts.atomic import write_json
+from salis.artifacts.layout import Layout
+from salis.artifacts.tables import IOU_PAIRS, LABELED, PSEUDO, read_table, write_table
+from salis.data.prepared import PreparedData, SimulatedOracle
+from salis.engine.device import configure_runtime, pick_device
+from salis.engine.inference import predict
+from salis.loop.labels import read_store
+from salis.model.checkpoint import load_model
+from salis.params import Params
+
+
+def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
+    configure_runtime(params.runtime)
+    prepared = PreparedData(layout.prepared)
+    model, _ = load_model(layout.model(cycle))
+    device = pick_device(params.runtime.device)
+    test_gt: dict[int, list[dict]] = {i: [] for i in prepared.test_ids()}
+    for ann in prepared.test_coco()["annotations"]:
+        test_gt[int(ann["image_id"])].append(ann)
+    detections, pairs = [], []
+    for pred in predict(model, prepared, prepared.test_ids(), params.eval.batch_size, device, params.runtime.amp, "test"):
+        detections += detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
+        pairs.append(matched_iou_pairs(pred, test_gt[pred.image_id]))
+    metrics = coco_metrics(prepared.test_coco(), detections)
+    pairs_table = pd.concat([p for p in pairs if len(p)] or [IOU_PAIRS.empty()], ignore_index=True)
+    metrics.update(iou_head_metrics(pairs_table))
+    write_table(layout.iou_pairs(cycle), pairs_table, IOU_PAIRS)
+    labeled = read_table(layout.labeled(cycle), LABELED)
+    store = read_store(layout.annotations(cycle))
+    pseudo = read_table(layout.pseudo(cycle), PSEUDO)
+    if params.oracle == "simulated":  # the hidden pool ground truth exists only then
+        metrics.update(pseudo_label_quality(pseudo, SimulatedOracle(prepared).annotations))
+    else:
+        metrics.update(pseudo_precision=None, pseudo_mask_iou=None)
+    seconds = float(labeled["seconds"].sum())
+    metrics.update(
+        cycle=cycle,
+        labeled_images=len(labeled),
+        labeled_instances=len(store["annotations"]),
+        pseudo_images=int(pseudo["image_id"].nunique()),
+        pseudo_instances=len(pseudo),
+        annotation_hours=seconds / 3600.0,
+        annotation_money=CostModel.from_params(params.cost).money(seconds),
+    )
+    write_json(layout.metrics(cycle), metrics)
+    return metrics

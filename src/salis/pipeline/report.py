@@ -1,0 +1,19 @@
+"""Stage `report`: the learning curve and summary over all cycles, and the last cycle's
+predicted-vs-true mask IoU for `dvc plots`."""
+
+from __future__ import annotations
+
+from salis.analysis.report import write_report
+from salis.artifacts.atomic import write_text
+from salis.artifacts.layout import Layout
+from salis.errors import InputError
+from salis.params import Params
+
+
+def stage_report(params: Params, layout: Layout) -> None:
+    write_report(layout.metrics_dir, layout.curve, layout.summary)
+    last = max(c.k for c in params.cycles.values())
+    source = layout.iou_pairs(last)
+    if not source.is_file():
+        raise InputError(source, f"missing; it is written by evaluate@c{last}")
+    write_text(layout.calibration, source.read_text())

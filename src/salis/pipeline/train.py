@@ -1,0 +1,53 @@
+"""Stage `train@k`: cycle k's model, from labeled@k and the pseudo-labels made at cycle k-1."""
+
+from __future__ import annotations
+
+import time
+
+from dvclive import Live
+
+from salis.artifacts.atomic import atomic_dir
+from salis.artifacts.layout import Layout
+from salis.artifacts.tables import LABELED, PSEUDO, read_table
+from salis.data.prepared import PreparedData
+from salis.engine.datasets import LabeledSamples, PseudoSamples
+from salis.engine.device import configure_runtime, pick_device
+from salis.engine.training import train_model
+from salis.loop.labels import annotations_by_image, read_store
+from salis.model.build import build_model
+from salis.model.checkpoint import restore, save_checkpoint
+from salis.params import Params
+
+
+def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
+    configure_runtime(params.runtime)
+    prepared = PreparedData(layout.prepared)
+    start = layout.model(cycle - 1) if params.train.warm_start else layout.model(0)
+    model = build_model(params.model, len(prepared.categories))
+    restore(model, start)
+    labeled_ids = read_table(layout.labeled(cycle), LABELED)["image_id"].tolist()
+    labeled = LabeledSamples(prepared, labeled_ids, annotations_by_image(read_store(layout.annotations(cycle))))
+    pseudo = PseudoSamples(prepared, read_table(layout.pseudo(cycle), PSEUDO))
+    device = pick_device(params.runtime.device)
+    print(f"cycle {cycle}: training on {len(labeled)} labeled + {len(pseudo)} pseudo-labeled images, {device}")
+
+    t0 = time.perf_counter()
+    with atomic_dir(layout.live(cycle)) as live_dir:
+        with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
+
+            def log(step: int, values: dict[str, float]) -> None:
+                live.step = step
+                for name, value in values.items():
+                    live.log_metric(f"train/{name}", value, plot=True)
+
+            summary = train_model(
+                model, labeled, pseudo, params.train, params.seed * 1000 + cycle, device, params.runtime.amp, log
+            )
+            summary["seconds"] = time.perf_counter() - t0
+            for name, value in summary.items():
+                live.summary[f"final/{name}"] = value
+    save_checkpoint(
+        layout.model(cycle), model, params.model, prepared.categories,
+        {"cycle": cycle, "labeled_images": len(labeled), "pseudo_images": len(pseudo)},
+    )
+    return summary
