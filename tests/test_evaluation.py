@@ -177,3 +177,44 @@ def test_detections_from_prediction_empty_and_bad_shapes() -> None:
     with pytest.raises(ValueError, match="binary"):
         soft = masks1.astype(np.float32)  # probabilities must be thresholded by the caller
         detections_from_prediction(1, np.zeros((1, 4)), np.zeros(1), labels1, soft)
+
+
+def crowded_gt(rows: int = 11, side: int = 3, stride: int = 5) -> tuple[dict, list[dict]]:
+    """One 64x64 image with rows x rows separate squares (121 > COCOeval's default 100), and
+    the ground truth itself as detections (score 1.0)."""
+    size = 64
+    annotations, detections = [], []
+    for k in range(rows * rows):
+        r, c = (k // rows) * stride, (k % rows) * stride
+        mask = np.zeros((size, size), dtype=np.uint8)
+        mask[r : r + side, c : c + side] = 1
+        annotations.append({"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": encode_mask(mask),
+                            "bbox": [float(c), float(r), float(side), float(side)], "area": float(side * side),
+                            "iscrowd": 0})
+        detections += detections_from_prediction(1, np.array([[c, r, c + side, r + side]]), np.array([1.0]),
+                                                  np.array([1]), mask[None])
+    gt = {"images": [{"id": 1, "height": size, "width": size, "file_name": "1.png"}],
+          "categories": [{"id": 1, "name": "thing"}], "annotations": annotations}
+    return gt, detections
+
+
+def test_perfect_predictions_on_an_image_over_100_instances_score_one() -> None:
+    gt, detections = crowded_gt()
+    assert len(detections) == 121
+    metrics = coco_metrics(gt, detections, detections_per_image=300)
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(1.0), key
+    assert metrics["eval_max_detections"] == 300
+    assert metrics["test_instances_over_cap"] == 0
+
+
+def test_the_cap_follows_the_largest_ground_truth_count_and_reports_what_the_model_cannot_find() -> None:
+    gt, detections = crowded_gt()
+    # a model capped at 100 detections per image outputs at most 100 of the 121 instances;
+    # evaluation still counts up to 121, so finding all of them would score 1.0
+    metrics = coco_metrics(gt, detections, detections_per_image=100)
+    assert metrics["eval_max_detections"] == 121
+    assert metrics["test_instances_over_cap"] == 121
+    assert metrics["mask_AP"] == pytest.approx(1.0)
+    found = coco_metrics(gt, detections[:100], detections_per_image=100)
+    assert found["mask_AR"] == pytest.approx(100 / 121, abs=1e-3)

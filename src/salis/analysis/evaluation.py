@@ -16,6 +16,12 @@ pycocotools traps handled here:
   the instance area; the mask evaluation drops ``bbox`` so mask area is used (as detectron2 does).
 * everything pycocotools prints is swallowed so stage logs stay readable.
 
+* ``COCOeval`` counts at most ``maxDets`` detections per image (100 by default), and
+  ``summarize`` reads AP at ``maxDets=100`` through a default argument: raising
+  ``params.maxDets`` alone makes it return -1. Here the cap is a parameter (at least the
+  largest ground-truth count of the test split, so crowded images are not understated) and
+  AP/AR are read from ``eval['precision']`` / ``eval['recall']`` at that cap.
+
 -1 from pycocotools means "no category had ground truth to average over" (an empty
 test set). Such a value is reported as 0.0: nothing can be computed, and downstream
 curves and summaries expect numbers in [0, 1].
@@ -35,23 +41,32 @@ from pycocotools.cocoeval import COCOeval
 
 from salis.geometry import encode_mask, xyxy_to_xywh
 
-# Index into COCOeval.stats for each metric suffix (area "all"; AR at maxDets=100).
-_STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 8}
+_SUFFIXES = ("AP", "AP50", "AP75", "AR")
 _IOU_TYPES = {"mask": "segm", "box": "bbox"}
+COCO_MAX_DETS = 100  # COCOeval's default cap, kept when the test split never needs more
 
 
-def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
-    """Mask and box AP, AP50, AP75 and AR@100 of ``detections`` against COCO dict ``gt``."""
+def coco_metrics(gt: dict, detections: list[dict], detections_per_image: int = COCO_MAX_DETS) -> dict[str, float]:
+    """Mask and box AP, AP50, AP75 and AR of ``detections`` against COCO dict ``gt``.
+
+    Detections count up to a cap per image: the larger of ``detections_per_image`` (what the
+    model may output) and the largest ground-truth count of an image, so that a perfect model
+    scores 1.0 on crowded images too. ``test_instances_over_cap`` counts the test instances on
+    images holding more than ``detections_per_image`` objects: the model cannot find them all.
+    """
     _check_ids(gt, detections)
+    counts = _instances_per_image(gt)
+    cap = max([detections_per_image, COCO_MAX_DETS, *counts.values()])
     metrics: dict[str, float] = {}
     for prefix, iou_type in _IOU_TYPES.items():
-        stats = _evaluate(gt, detections, iou_type)
-        for suffix, index in _STAT_INDEX.items():
-            metrics[f"{prefix}_{suffix}"] = stats[index]
+        stats = _evaluate(gt, detections, iou_type, cap)
+        metrics.update({f"{prefix}_{suffix}": stats[suffix] for suffix in _SUFFIXES})
     # Counts stay ints (an int is a float as far as the type hint goes) so JSON shows 3, not 3.0.
     metrics["num_detections"] = len(detections)
     metrics["num_test_images"] = len(gt.get("images", []))
-    metrics["num_test_instances"] = _count_instances(gt)
+    metrics["num_test_instances"] = sum(counts.values())
+    metrics["eval_max_detections"] = cap
+    metrics["test_instances_over_cap"] = sum(n for n in counts.values() if n > detections_per_image)
     return metrics
 
 
@@ -111,23 +126,46 @@ def _check_ids(gt: dict, detections: list[dict]) -> None:
         raise ValueError(f"detections with category ids not in the ground truth: {bad_categories}")
 
 
-def _count_instances(gt: dict) -> int:
+def _instances_per_image(gt: dict) -> dict[int, int]:
     # Crowd regions are ignored by COCOeval, so they are not instances to find.
-    return sum(1 for a in gt.get("annotations", []) if not a.get("iscrowd", 0))
+    counts = {int(im["id"]): 0 for im in gt.get("images", [])}
+    for a in gt.get("annotations", []):
+        if not a.get("iscrowd", 0):
+            counts[int(a["image_id"])] = counts.get(int(a["image_id"]), 0) + 1
+    return counts
 
 
-def _evaluate(gt: dict, detections: list[dict], iou_type: str) -> list[float]:
-    """COCOeval stats for one iou type, with -1 ("nothing to average") mapped to 0.0."""
+def _evaluate(gt: dict, detections: list[dict], iou_type: str, max_dets: int) -> dict[str, float]:
+    """AP, AP50, AP75 and AR (area "all", at `max_dets` per image) for one iou type, with -1
+    ("nothing to average") mapped to 0.0."""
     if not detections:
-        return [0.0] * 12  # loadRes([]) raises IndexError; no detections means nothing found
+        return dict.fromkeys(_SUFFIXES, 0.0)  # loadRes([]) raises IndexError; nothing found
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = _coco_from_dict(_normalized_gt(gt))
         coco_dt = coco_gt.loadRes(_results_for(detections, iou_type))
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator.params.maxDets = [1, 10, max_dets]
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    return [max(float(s), 0.0) for s in evaluator.stats]
+    return _summary(evaluator, max_dets)
+
+
+def _summary(evaluator: COCOeval, max_dets: int) -> dict[str, float]:
+    """The numbers COCOeval.summarize would print at maxDets = max_dets (its own averaging: the
+    mean over the cells that are not -1), read straight from the accumulated arrays."""
+    p = evaluator.params
+    area = p.areaRngLbl.index("all")
+    cap = p.maxDets.index(max_dets)
+    precision = evaluator.eval["precision"][:, :, :, area, cap]  # T x R x K
+    recall = evaluator.eval["recall"][:, :, area, cap]  # T x K
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return max(float(np.mean(valid)), 0.0) if valid.size else 0.0
+
+    at = lambda thr: np.where(np.isclose(p.iouThrs, thr))[0]  # noqa: E731
+    return {"AP": mean(precision), "AP50": mean(precision[at(0.5)]), "AP75": mean(precision[at(0.75)]),
+            "AR": mean(recall)}
 
 
 def _coco_from_dict(dataset: dict) -> COCO:

@@ -31,7 +31,7 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     for pred in predict(model, prepared, prepared.test_ids(), params.eval.batch_size, device, params.runtime.amp, "test"):
         detections += detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
         pairs.append(matched_iou_pairs(pred, test_gt[pred.image_id]))
-    metrics = coco_metrics(prepared.test_coco(), detections)
+    metrics = coco_metrics(prepared.test_coco(), detections, model.roi_heads.detections_per_img)
     pairs_table = pd.concat([p for p in pairs if len(p)] or [IOU_PAIRS.empty()], ignore_index=True)
     metrics.update(iou_head_metrics(pairs_table))
     write_table(layout.iou_pairs(cycle), pairs_table, IOU_PAIRS)
