@@ -90,7 +90,7 @@ def prepared(tmp_path: Path) -> PreparedData:
     params = parse_params(
         {"data": {"synthetic": {"pool_images": 6, "test_images": 2, "image_size": SIZE, "max_instances": 3}}}
     )
-    prepare_dataset(params, tmp_path / "prepared")
+    prepare_dataset(params.data, tmp_path / "prepared")
     return PreparedData(tmp_path / "prepared")
 
 

@@ -65,7 +65,7 @@ def batch(tmp_path: Path) -> Path:
     params = parse_params(
         {"data": {"synthetic": {"pool_images": 6, "test_images": 2, "image_size": SIZE, "max_instances": 3}}}
     )
-    prepare_dataset(params, tmp_path / "prepared")
+    prepare_dataset(params.data, tmp_path / "prepared")
     out = tmp_path / "requests" / "cycle_2"
     write_request_batch(out, PreparedData(tmp_path / "prepared"), REQUESTED, _instances(), cycle=2)
     return out

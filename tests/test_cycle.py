@@ -60,13 +60,14 @@ def test_select_picks_budget_unlabeled_images_by_the_sampler():
 def test_add_labeled_keeps_everything_and_sends_unlabeled_back():
     pool = list(range(1, 21))
     labeled = labeled_after_init(pool, 5)
-    batch = selected_frame([11, 12, 13], cycle=1, sampler="tsp")
-    merged = add_labeled(labeled, batch, {11, 13}, {11: 100.0, 13: 20.0}, cycle=2, source="human")
+    a, b, c = sorted(set(pool) - set(labeled["image_id"]))[:3]
+    batch = selected_frame([a, b, c], cycle=1, sampler="tsp")
+    merged = add_labeled(labeled, batch, {a, c}, {a: 100.0, c: 20.0}, cycle=2, source="human")
     assert merged.iloc[:5].equals(labeled)
-    assert merged["image_id"].tolist()[5:] == [11, 13]  # 12 was not labeled: back to the pool
+    assert merged["image_id"].tolist()[5:] == [a, c]  # b was not labeled: back to the pool
     assert merged["seconds"].tolist()[5:] == [100.0, 20.0] and (merged["cycle"].iloc[5:] == 2).all()
     with pytest.raises(SalisError, match="already labeled"):
-        add_labeled(merged, selected_frame([11], 2, "tsp"), {11}, {11: 1.0}, 3, "human")
+        add_labeled(merged, selected_frame([a], 2, "tsp"), {a}, {a: 1.0}, 3, "human")
 
 
 def test_selection_is_byte_identical_for_same_params(tmp_path):
@@ -132,3 +133,13 @@ def test_pseudo_labels_without_iou_heads_fall_back_to_the_class_score(tmp_path):
     nan = float("nan")
     path = instance_table(tmp_path / "i.parquet", image_id=[1, 2], score=[0.95, 0.5], box_iou=[nan, nan], mask_iou=[nan, nan])
     assert pseudo_labels(path, frozenset(), 0.9, 0.9, 0.8)["image_id"].tolist() == [1]
+
+
+def test_derived_seeds_are_stable_and_independent_per_purpose():
+    from salis.seeds import derive_seed
+
+    assert derive_seed(0, 1, "train") == derive_seed(0, 1, "train")  # same key, same stream
+    keys = [(0, 1, "train"), (0, 2, "train"), (1, 1, "train"), (0, 1, "select"), (0, 1, "train", 1)]
+    seeds = [derive_seed(*k[:3], index=k[3] if len(k) > 3 else 0) for k in keys]
+    assert len(set(seeds)) == len(seeds)
+    assert all(0 <= s < 2**63 for s in seeds)  # valid for numpy and torch.manual_seed

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from salis.seeds import derive_seed
 from salis.data.prepare import prepare_dataset
 from salis.data.prepared import PreparedData, SimulatedOracle, target_arrays
 from salis.data.synthetic import CATEGORIES, generate
@@ -30,11 +31,11 @@ META_KEYS = {
 
 def _synthetic_params(seed: int = 0):
     synthetic = {"pool_images": 6, "test_images": 3, "image_size": 48, "max_instances": 4}
-    return parse_params({"seed": seed, "data": {"source": "synthetic", "synthetic": synthetic}})
+    return parse_params({"data": {"seed": seed, "source": "synthetic", "synthetic": synthetic}}).data
 
 
 def _coco_params(coco: dict, seed: int = 0):
-    return parse_params({"seed": seed, "data": {"source": "coco", "coco": coco}})
+    return parse_params({"data": {"seed": seed, "source": "coco", "coco": coco}}).data
 
 
 def _square(h: int, w: int, y: int, x: int, side: int) -> dict:
@@ -108,7 +109,7 @@ def test_synthetic_layout(synthetic_prepared, tmp_path):
 def test_synthetic_matches_the_generator(synthetic_prepared):
     out, _ = synthetic_prepared
     _, pool_anns, pool_pixels = generate(6, 48, 4, seed=0)
-    test_images, _, test_pixels = generate(3, 48, 4, seed=1_000_003, id_offset=6)
+    test_images, _, test_pixels = generate(3, 48, 4, seed=derive_seed(0, 0, "synthetic_test"), id_offset=6)
     assert json.loads((out / "pool.json").read_text())["annotations"] == pool_anns
     assert (np.asarray(Image.open(out / "images" / "syn_000002.png")) == pool_pixels[1]).all()
     assert (np.asarray(Image.open(out / "images" / test_images[0]["file_name"])) == test_pixels[0]).all()
@@ -336,3 +337,20 @@ def test_dsb2018_prepares(tmp_path):
     image_id = data.test_ids()[0]
     info = data.image_info(image_id)
     assert data.load_image(image_id).shape == (info["height"], info["width"], 3)
+
+
+def test_the_run_seed_never_changes_the_dataset_or_its_test_split(tmp_path: Path):
+    """Runs over seeds 0..n evaluate on the same test images: only data.seed moves them."""
+    from salis.artifacts.layout import Layout
+    from salis.pipeline.prepare import stage_prepare
+
+    def prepared(name: str, **raw) -> Layout:
+        layout = Layout(tmp_path / name)
+        data = {"synthetic": {"pool_images": 6, "test_images": 3, "image_size": 48, "max_instances": 4}}
+        stage_prepare(parse_params({**raw, "data": {**data, **raw.pop("data", {})}}), layout)
+        return layout
+
+    base, other_run, other_data = prepared("a", seed=0), prepared("b", seed=7), prepared("c", data={"seed": 1})
+    for name in ("pool.json", "test.json"):
+        assert (base.prepared / name).read_bytes() == (other_run.prepared / name).read_bytes()
+        assert (base.prepared / name).read_bytes() != (other_data.prepared / name).read_bytes()

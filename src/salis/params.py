@@ -32,6 +32,7 @@ class CocoParams:
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
+    seed: int = 0  # the dataset and its test split; the run's `seed` never changes them
     source: Literal["synthetic", "coco"] = "synthetic"
     watch: str = "src/salis/data/synthetic.py"
     synthetic: SyntheticParams = SyntheticParams()

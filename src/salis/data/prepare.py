@@ -19,19 +19,23 @@ from salis.artifacts.atomic import atomic_dir, write_json, write_parquet, write_
 from salis.data import synthetic
 from salis.data.coco_import import DROP_REASONS, check_same_categories, load_coco, split_test
 from salis.errors import InputError, ParamsError
-from salis.params import Params
+from salis.params import DataParams
+from salis.seeds import derive_seed
 
-TEST_SEED_OFFSET = 1_000_003  # the synthetic test set's seed: far from any pool seed
 
 
-def prepare_dataset(params: Params, out_dir: Path) -> dict:
-    """Write the prepared layout for params.data into out_dir; return the meta dict."""
+def prepare_dataset(data: DataParams, out_dir: Path) -> dict:
+    """Write the prepared layout for the data params into out_dir; return the meta dict.
+
+    Every random choice here (the synthetic images, the test split) comes from data.seed, not
+    from the run's seed: runs that differ in `seed` share one dataset and one test split.
+    """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        if params.data.source == "synthetic":
-            pool, test, meta = _synthetic(params, out_dir, tmp)
+        if data.source == "synthetic":
+            pool, test, meta = _synthetic(data, out_dir, tmp)
         else:
-            pool, test, meta = _coco(params)
+            pool, test, meta = _coco(data)
         meta |= {
             "num_pool_images": len(pool["images"]),
             "num_test_images": len(test["images"]),
@@ -66,8 +70,8 @@ def _no_drops() -> dict[str, int]:
     return {reason: 0 for reason in DROP_REASONS}
 
 
-def _synthetic(params: Params, out_dir: Path, tmp: Path) -> tuple[dict, dict, dict]:
-    syn = params.data.synthetic
+def _synthetic(data: DataParams, out_dir: Path, tmp: Path) -> tuple[dict, dict, dict]:
+    syn = data.synthetic
     for name, value, low in (
         ("pool_images", syn.pool_images, 1),
         ("test_images", syn.test_images, 1),
@@ -77,11 +81,11 @@ def _synthetic(params: Params, out_dir: Path, tmp: Path) -> tuple[dict, dict, di
         if value < low:
             raise ParamsError(f"params.yaml: data.synthetic.{name} must be at least {low}, got {value}")
     pool_images, pool_anns, pool_pixels = synthetic.generate(
-        syn.pool_images, syn.image_size, syn.max_instances, seed=params.seed
+        syn.pool_images, syn.image_size, syn.max_instances, seed=data.seed
     )
     # Test ids start after the pool's, so image and annotation ids never collide.
     test_images, test_anns, test_pixels = synthetic.generate(
-        syn.test_images, syn.image_size, syn.max_instances, seed=params.seed + TEST_SEED_OFFSET,
+        syn.test_images, syn.image_size, syn.max_instances, seed=derive_seed(data.seed, 0, "synthetic_test"),
         id_offset=syn.pool_images,
     )
     image_dir = tmp / "images"
@@ -102,8 +106,8 @@ def _synthetic(params: Params, out_dir: Path, tmp: Path) -> tuple[dict, dict, di
     return pool, test, meta
 
 
-def _coco(params: Params) -> tuple[dict, dict, dict]:
-    cfg = params.data.coco
+def _coco(data: DataParams) -> tuple[dict, dict, dict]:
+    cfg = data.coco
     if not cfg.instances or not cfg.images:
         raise ParamsError(
             "params.yaml: data.coco.instances and data.coco.images must be set when data.source is coco"
@@ -127,7 +131,7 @@ def _coco(params: Params) -> tuple[dict, dict, dict]:
         if len(pool["images"]) < 2:
             count = len(pool["images"])
             raise InputError(instances, f"has {count} image(s); splitting off a test set needs at least 2")
-        pool, test = split_test(pool, cfg.test_fraction, params.seed)
+        pool, test = split_test(pool, cfg.test_fraction, data.seed)
     meta = {
         "source": "coco",
         "image_root": cfg.images,

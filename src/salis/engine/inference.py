@@ -13,6 +13,7 @@ from tqdm import tqdm
 from salis.data.prepared import PreparedData
 from salis.engine.device import autocast
 from salis.errors import SalisError
+from salis.seeds import derive_seed
 
 MASK_THRESHOLD = 0.5  # torchvision's mask probabilities are binarised here, as in its references
 
@@ -102,7 +103,7 @@ def predict(
             with autocast(device, amp):
                 if mc_passes:
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        torch.manual_seed(seed * 1_000_003 + start)
+                        torch.manual_seed(derive_seed(seed, 0, "mc_dropout_batch", index=start))
                         with heads.mc_dropout(mc_passes, mc_dropout_p):
                             outputs = model(images)
                 else:

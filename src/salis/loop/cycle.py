@@ -18,11 +18,7 @@ import pyarrow.parquet as pq
 
 from salis.artifacts.tables import LABELED, PSEUDO, SELECTED
 from salis.errors import SalisError
-
-def cycle_rng(seed: int, cycle: int, purpose: str) -> np.random.Generator:
-    """Independent, reproducible streams per (seed, cycle, purpose)."""
-    return np.random.default_rng([seed, cycle, sum(purpose.encode())])
-
+from salis.seeds import derive_rng
 
 def check_budget(pool_size: int, initial: int, budget: int, num_cycles: int) -> None:
     needed = initial + budget * num_cycles
@@ -48,7 +44,7 @@ def selected_frame(ids: Sequence[int], cycle: int, sampler: str) -> pd.DataFrame
 def initial_selection(pool_ids: Sequence[int], initial: int, seed: int) -> pd.DataFrame:
     """The images to label before cycle 1: `initial` pool images at random (no sampler involved)."""
     ids = np.array(sorted(pool_ids), dtype=np.int64)
-    chosen = ids[cycle_rng(seed, 0, "initial").permutation(len(ids))[:initial]]
+    chosen = ids[derive_rng(seed, 0, "initial").permutation(len(ids))[:initial]]
     return selected_frame(chosen.tolist(), cycle=0, sampler="initial_random")
 
 

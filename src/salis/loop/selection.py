@@ -13,7 +13,8 @@ import pandas as pd
 
 from salis.acquisition.samplers.base import Sampler, SelectionContext
 from salis.errors import SalisError
-from salis.loop.cycle import cycle_rng, selected_frame
+from salis.loop.cycle import selected_frame
+from salis.seeds import derive_rng
 
 
 def select_batch(
@@ -43,7 +44,7 @@ def select_batch(
         images=unlabeled,
         instances_path=instances_path,
         labeled_ids=already,
-        rng=cycle_rng(seed, cycle, "select"),
+        rng=derive_rng(seed, cycle, "select"),
         num_classes=num_classes,
         oracle=oracle,
         embeddings_path=embeddings_path,

@@ -14,6 +14,7 @@ from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import embed, predict
 from salis.model.checkpoint import load_model
 from salis.params import Params
+from salis.seeds import derive_seed
 
 
 def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     size, amp = params.score.batch_size, params.runtime.amp
     preds = predict(
         model, prepared, unlabeled, size, device, amp, "score pool",
-        mc_passes=params.score.mc_passes, mc_dropout_p=params.score.mc_dropout_p, seed=params.seed * 1000 + cycle,
+        mc_passes=params.score.mc_passes, mc_dropout_p=params.score.mc_dropout_p, seed=derive_seed(params.seed, cycle, "mc_dropout"),
     )
     with write_embeddings(layout.embeddings(cycle), len(pool)) as embeddings:
         images = write_score_tables(embeddings.tap(preds), layout.instances(cycle), layout.images(cycle))

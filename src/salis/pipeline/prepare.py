@@ -8,4 +8,4 @@ from salis.params import Params
 
 
 def stage_prepare(params: Params, layout: Layout) -> dict:
-    return prepare_dataset(params, layout.prepared)
+    return prepare_dataset(params.data, layout.prepared)

@@ -17,6 +17,7 @@ from salis.loop.labels import annotations_by_image, read_store
 from salis.model.build import build_model
 from salis.model.checkpoint import restore, save_checkpoint
 from salis.params import Params
+from salis.seeds import derive_seed
 
 
 def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
@@ -41,7 +42,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
                     live.log_metric(f"train/{name}", value, plot=True)
 
             summary = train_model(
-                model, labeled, pseudo, params.train, params.seed * 1000 + cycle, device, params.runtime.amp, log
+                model, labeled, pseudo, params.train, derive_seed(params.seed, cycle, "train"), device, params.runtime.amp, log
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
