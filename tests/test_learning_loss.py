@@ -156,7 +156,7 @@ def test_training_logs_the_ranking_loss_and_releases_the_gradient_stop():
         image = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8).numpy()
         samples.append(Sample(i, image, t["boxes"].numpy(), t["labels"].numpy(), t["masks"].numpy()))
     model = seeded_model(SMALL, 2, seed=0)
-    params = TrainParams(iterations=2, batch_size=2, warmup_iterations=1, learning_loss_stop_grad_after=0.5)
+    params = TrainParams(min_iterations=2, max_iterations=2, batch_size=2, warmup_iterations=1, learning_loss_stop_grad_after=0.5)
     summary = train_model(model, samples, [], params, seed=0, device=torch.device("cpu"), amp=False, log_every=1)
     assert "loss_learning_loss" in summary
     assert model.roi_heads.loss_prediction.detach_input is False  # the stop is for training only

@@ -72,7 +72,11 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    iterations: int = 200
+    # iterations per cycle follow the labeled set: epochs x labeled images / batch size,
+    # clamped to [min_iterations, max_iterations] (max 0 = no ceiling)
+    epochs: float = 15.0
+    min_iterations: int = 100
+    max_iterations: int = 250
     batch_size: int = 4
     pseudo_batch_size: int = 2
     lr: float = 0.02
@@ -227,6 +231,8 @@ MOVED_KEYS = {
     "train.amp": "runtime.amp",
     "model.mc_dropout_p": "score.mc_dropout_p (an inference knob: changing it no longer retrains)",
     "model.mc_dropout_train": "model.train_dropout_p (a probability; 0 = no dropout while training)",
+    "train.iterations": "train.epochs with train.min_iterations / train.max_iterations "
+    "(set both to N for a fixed N per cycle)",
 }
 
 
@@ -273,8 +279,17 @@ def _check_ranges(p: Params) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ParamsError(f"{name} must be positive, got {value}")
-    if p.train.iterations < 0:
-        raise ParamsError(f"train.iterations must be >= 0, got {p.train.iterations}")
+    if p.train.epochs < 0 or p.train.min_iterations < 0 or p.train.max_iterations < 0:
+        raise ParamsError("train.epochs, train.min_iterations and train.max_iterations must be >= 0")
+    if p.train.max_iterations and p.train.max_iterations < p.train.min_iterations:
+        raise ParamsError(
+            f"train.max_iterations ({p.train.max_iterations}) is below train.min_iterations ({p.train.min_iterations})"
+        )
+    if p.train.warmup_iterations > max(p.train.min_iterations, 1):
+        raise ParamsError(
+            f"train.warmup_iterations ({p.train.warmup_iterations}) exceeds train.min_iterations "
+            f"({p.train.min_iterations}): a short cycle would end inside its warm-up"
+        )
     if p.score.mc_passes < 0:
         raise ParamsError(f"score.mc_passes must be >= 0 (0 turns MC dropout off), got {p.score.mc_passes}")
     for name, value in {"score.mc_dropout_p": p.score.mc_dropout_p, "model.train_dropout_p": p.model.train_dropout_p}.items():

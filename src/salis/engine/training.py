@@ -37,12 +37,22 @@ def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
             yield order[start : start + batch_size].tolist()
 
 
-def lr_factor(iteration: int, params: TrainParams) -> float:
-    """Linear warm-up, then step decay at the given fractions of the schedule."""
+def schedule_iterations(params: TrainParams, labeled_images: int) -> int:
+    """Iterations of one cycle: train.epochs passes over the labeled set, clamped to
+    [min_iterations, max_iterations] (max 0: no ceiling), so that a cycle with 20 labeled
+    images and one with 200 both train for a sensible number of epochs."""
+    wanted = math.ceil(params.epochs * labeled_images / params.batch_size)
+    if params.max_iterations:
+        wanted = min(wanted, params.max_iterations)
+    return max(wanted, params.min_iterations)
+
+
+def lr_factor(iteration: int, params: TrainParams, iterations: int) -> float:
+    """Linear warm-up, then step decay at the given fractions of the schedule's `iterations`."""
     warm = 1.0
     if iteration < params.warmup_iterations:
         warm = 0.001 + (1 - 0.001) * iteration / params.warmup_iterations
-    steps = sum(iteration >= int(f * params.iterations) for f in params.lr_steps)
+    steps = sum(iteration >= int(f * iterations) for f in params.lr_steps)
     return warm * params.gamma**steps
 
 
@@ -59,7 +69,9 @@ def _batch_loss(
     return total, {k: float(v.detach()) for k, v in losses.items()}
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(
+    model: nn.Module, params: TrainParams, iterations: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum and weight decay, and the warm-up + step schedule of lr_factor."""
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
@@ -67,7 +79,7 @@ def make_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.O
         momentum=params.momentum,
         weight_decay=params.weight_decay,
     )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, params))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, params, iterations))
 
 
 class LossWindow:
@@ -91,10 +103,10 @@ class LossWindow:
 class Trainer:
     """One optimisation step at a time: L = L_sup + beta * L_semi, skipped when not finite."""
 
-    def __init__(self, model: nn.Module, params: TrainParams, device: torch.device, amp: bool) -> None:
-        self.model, self.params, self.device = model, params, device
+    def __init__(self, model: nn.Module, params: TrainParams, iterations: int, device: torch.device, amp: bool) -> None:
+        self.model, self.params, self.iterations, self.device = model, params, iterations, device
         self.amp = amp and device.type == "cuda"
-        self.optimizer, self.scheduler = make_optimizer(model, params)
+        self.optimizer, self.scheduler = make_optimizer(model, params, iterations)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.skipped = 0
 
@@ -112,7 +124,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(parts["loss"]):
             self.skipped += 1
-            if self.skipped > max(5, self.params.iterations // 20):
+            if self.skipped > max(5, self.iterations // 20):
                 raise SalisError(
                     f"training diverged: {self.skipped} non-finite losses by iteration {it}; lower train.lr"
                 )
@@ -142,21 +154,23 @@ def train_model(
     log: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 10,
 ) -> dict[str, float]:
-    """Train in place; returns the mean of the last logged losses."""
+    """Train in place for schedule_iterations(params, len(labeled)) steps; returns the mean of
+    the last logged losses and the schedule."""
     if len(labeled) == 0:
         raise SalisError("no labeled images to train on: the labeled table is empty")
+    iterations = schedule_iterations(params, len(labeled))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.to(device).train()
-    trainer = Trainer(model, params, device, amp)
+    trainer = Trainer(model, params, iterations, device, amp)
     labeled_batches = index_batches(len(labeled), params.batch_size, rng)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
     pseudo_batches = index_batches(len(pseudo), params.pseudo_batch_size, rng) if len(pseudo) else None
     flip = lambda s: s.flipped() if rng.random() < params.hflip else s  # noqa: E731
 
     window = LossWindow()
-    stop_grad_at = int(params.learning_loss_stop_grad_after * params.iterations)
-    bar = tqdm(range(params.iterations), desc="train", unit="it", mininterval=2.0, leave=False)
+    stop_grad_at = int(params.learning_loss_stop_grad_after * iterations)
+    bar = tqdm(range(iterations), desc="train", unit="it", mininterval=2.0, leave=False)
     for it in bar:
         # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
         stop_loss_prediction_gradient(model, it >= stop_grad_at)
@@ -166,7 +180,7 @@ def train_model(
         if not trainer.step(it, loss, parts):
             continue
         window.add(parts)
-        if (it + 1) % log_every == 0 or it + 1 == params.iterations:
+        if (it + 1) % log_every == 0 or it + 1 == iterations:
             means = window.close(trainer.lr)
             bar.set_postfix(loss=f"{means['loss']:.3f}")
             if log is not None:
@@ -176,4 +190,6 @@ def train_model(
     model.eval()
     result = dict(window.last)
     result["skipped_steps"] = float(trainer.skipped)
+    result["iterations"] = float(iterations)
+    result["epochs"] = iterations * params.batch_size / len(labeled)
     return result

@@ -12,7 +12,7 @@ from salis.artifacts.tables import LABELED, PSEUDO, read_table
 from salis.data.prepared import PreparedData
 from salis.engine.datasets import LabeledSamples, PseudoSamples
 from salis.engine.device import configure_runtime, pick_device
-from salis.engine.training import train_model
+from salis.engine.training import schedule_iterations, train_model
 from salis.loop.labels import annotations_by_image, read_store
 from salis.model.build import build_model
 from salis.model.checkpoint import restore, save_checkpoint
@@ -30,7 +30,9 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     labeled = LabeledSamples(prepared, labeled_ids, annotations_by_image(read_store(layout.annotations(cycle))))
     pseudo = PseudoSamples(prepared, read_table(layout.pseudo(cycle), PSEUDO))
     device = pick_device(params.runtime.device)
-    print(f"cycle {cycle}: training on {len(labeled)} labeled + {len(pseudo)} pseudo-labeled images, {device}")
+    iterations = schedule_iterations(params.train, len(labeled))
+    print(f"cycle {cycle}: training on {len(labeled)} labeled + {len(pseudo)} pseudo-labeled images, "
+          f"{iterations} iterations ({iterations * params.train.batch_size / max(len(labeled), 1):.1f} epochs), {device}")
 
     t0 = time.perf_counter()
     with atomic_dir(layout.live(cycle)) as live_dir:
