@@ -1,0 +1,157 @@
+"""The semi-supervised path: L = L_sup + beta * L_semi by hand, the pseudo stage's exclusion
+rule, and a small in-process run that makes pseudo-labels and trains on them, twice, with
+byte-identical selections and metrics (sampler tsp, a fixed thread count)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from salis.artifacts.layout import Layout
+from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, read_table, write_table
+from salis.engine.datasets import Sample
+from salis.engine.training import Trainer
+from salis.model.build import seeded_model
+from salis.params import ModelParams, TrainParams, parse_params
+
+SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
+                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
+                    min_size=64, max_size=64, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
+                    detections_per_image=10)
+
+
+def sample(i: int, positive_only: bool) -> Sample:
+    rng = np.random.default_rng(i)
+    image = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
+    masks = np.zeros((2, 64, 64), dtype=np.uint8)
+    masks[0, 8:24, 8:24] = 1
+    masks[1, 30:50, 34:60] = 1
+    boxes = np.array([[8, 8, 24, 24], [34, 30, 60, 50]], dtype=np.float32)
+    return Sample(i, image, boxes, np.array([1, 2], dtype=np.int64), masks, positive_only=positive_only)
+
+
+def gradients(beta: float) -> tuple[list[torch.Tensor], dict[str, float]]:
+    torch.manual_seed(0)  # the RPN's and RoI heads' target sampling draws from torch's generator
+    model = seeded_model(SMALL, 2, seed=0).train()
+    trainer = Trainer(model, TrainParams(semi_loss_weight=beta), 10, torch.device("cpu"), amp=False)
+    loss, parts = trainer.losses([sample(0, False), sample(1, False)], [sample(2, True)])
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None], parts
+
+
+def test_beta_scales_the_pseudo_gradient_exactly():
+    g0, parts0 = gradients(0.0)
+    g1, parts1 = gradients(1.0)
+    gq, partsq = gradients(0.25)
+    semi = sum(v for k, v in parts1.items() if k.startswith("semi_"))
+    sup = sum(v for k, v in parts1.items() if not k.startswith("semi_") and k != "loss")
+    assert semi > 0
+    assert parts1["loss"] == pytest.approx(sup + semi, rel=1e-6)
+    assert partsq["loss"] == pytest.approx(sup + 0.25 * semi, rel=1e-6)
+    assert parts0["loss"] == pytest.approx(sup, rel=1e-6)
+    # grad(beta) = grad(L_sup) + beta grad(L_semi): what beta = 0.25 adds is a quarter of beta = 1's
+    changed = 0
+    for a0, a1, aq in zip(g0, g1, gq):
+        torch.testing.assert_close(aq - a0, 0.25 * (a1 - a0), rtol=1e-4, atol=1e-6)
+        changed += int(not torch.equal(a1, a0))
+    assert changed > 0
+
+
+def instance_rows(image_ids: list[int]) -> pd.DataFrame:
+    n = len(image_ids)
+    rows = {name: [0.0] * n for name in INSTANCES.schema.names}
+    rows.update(image_id=image_ids, det=[0] * n, category_id=[1] * n, score=[0.99] * n, box_iou=[0.95] * n,
+                mask_iou=[0.9] * n, area=[1] * n, height=[4] * n, width=[4] * n, rle=["04L4"] * n)
+    return INSTANCES.to_arrow(pd.DataFrame(rows)).to_pandas()
+
+
+def test_pseudo_stage_never_labels_labeled_or_just_selected_images(tmp_path: Path):
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+
+    layout = Layout(tmp_path)
+    labeled = pd.DataFrame({"image_id": [1, 2], "cycle": 1, "source": "simulated_oracle",
+                            "sampler": "initial_random", "rank": [0, 1], "seconds": 1.0})
+    write_table(layout.labeled(1), labeled, LABELED)
+    write_table(layout.selected(1), pd.DataFrame({"image_id": [3], "cycle": 1, "sampler": "tsp", "rank": [0]}),
+                SELECTED)
+    write_table(layout.instances(1), instance_rows([1, 2, 3, 4, 5, 5]), INSTANCES)
+    stage_pseudo_label(parse_params({}), layout, 1)
+    pseudo = read_table(layout.pseudo(2), PSEUDO)
+    assert pseudo["image_id"].tolist() == [4, 5, 5]  # 1, 2 labeled; 3 selected for labeling
+
+
+TINY = {
+    "sampler": "tsp",
+    "runtime": {"device": "cpu", "threads": 1},
+    "data": {"synthetic": {"pool_images": 14, "test_images": 3, "image_size": 64, "max_instances": 3}},
+    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 8, "mask_head_convs": 1,
+              "iou_head_channels": 8, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
+              "rpn_post_nms_top_n_test": 30, "detections_per_image": 10},
+    "train": {"min_iterations": 3, "max_iterations": 3, "warmup_iterations": 1, "batch_size": 2,
+              "pseudo_batch_size": 2, "semi_loss_weight": 0.5},
+    "score": {"batch_size": 4},
+    "select": {"initial": 4, "budget": 2},
+    "pseudo": {"score_thresh": 0.0, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},  # untrained: keep all
+    "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
+}
+
+
+def run_two_cycles(root: Path) -> tuple[Layout, list[dict]]:
+    """Every stage of two cycles, in process, as `dvc repro` orders them."""
+    from salis.pipeline.annotate import stage_annotate
+    from salis.pipeline.evaluate import stage_evaluate
+    from salis.pipeline.infer_score import stage_infer_score
+    from salis.pipeline.init import stage_init
+    from salis.pipeline.init_model import stage_init_model
+    from salis.pipeline.prepare import stage_prepare
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+    from salis.pipeline.select import stage_select
+    from salis.pipeline.train import stage_train
+
+    params, layout = parse_params(TINY), Layout(root)
+    stage_prepare(params, layout)
+    stage_init(params, layout)
+    stage_init_model(params, layout)
+    summaries = []
+    for k in (1, 2):
+        stage_annotate(params, layout, k)
+        summaries.append(stage_train(params, layout, k))
+        stage_infer_score(params, layout, k)
+        stage_select(params, layout, k)
+        stage_pseudo_label(params, layout, k)
+        stage_evaluate(params, layout, k)
+    return layout, summaries
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[tuple[Layout, list[dict]], tuple[Layout, list[dict]]]:
+    threads = torch.get_num_threads()
+    try:
+        return run_two_cycles(tmp_path_factory.mktemp("a")), run_two_cycles(tmp_path_factory.mktemp("b"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pseudo_labels_are_made_and_trained_on(two_runs):
+    (layout, summaries), _ = two_runs
+    pseudo = read_table(layout.pseudo(2), PSEUDO)
+    assert len(pseudo) > 0
+    next_labeled = set(read_table(layout.labeled(2), LABELED)["image_id"])
+    assert not set(pseudo["image_id"]) & next_labeled  # never on an image that cycle 2 trains on as labeled
+    assert "semi_loss_classifier" not in summaries[0]  # cycle 1 has no pseudo-labels yet
+    assert summaries[1]["semi_loss_mask"] > 0 and summaries[1]["semi_loss_box_reg"] >= 0
+    metrics = json.loads(layout.metrics(2).read_text())
+    assert metrics["pseudo_instances"] == len(pseudo) and metrics["pseudo_precision"] is not None
+
+
+def test_same_params_give_byte_identical_selections_and_metrics(two_runs):
+    (a, _), (b, _) = two_runs
+    for k in (1, 2):
+        for path in (a.selected(k), a.metrics(k), a.pseudo(k + 1), a.iou_pairs(k)):
+            twin = b.root / path.relative_to(a.root)
+            assert path.read_bytes() == twin.read_bytes(), path.relative_to(a.root)
