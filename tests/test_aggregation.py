@@ -116,3 +116,18 @@ def test_unknown_aggregation_is_refused():
         resolve("median", "mean")
     with pytest.raises(SalisError, match=r"select\.aggregation must be one of 'default', 'mean'"):
         parse_params({"select": {"aggregation": "median"}})
+
+
+def test_min_score_leaves_low_confidence_detections_out_of_the_image_score(tmp_path):
+    path = tmp_path / "i.parquet"
+    write_table(path, ROWS)
+    images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_entropy": [0.3, 0.5, float("nan"), 0.6]})
+    # class scores >= .75 keep image 1's entropies .1 and .3 (mean .2), none of image 2's
+    # (.5, .7), and image 4's .6: image 2 now counts as having no detection (log 3)
+    strict = get_sampler("entropy", SelectParams(min_score=0.75))
+    assert strict.score(ctx(path, images)) == pytest.approx([0.2, math.log(3), math.log(3), 0.6])
+    # the image table's precomputed mean holds every detection: it is not used then
+    assert sampler("entropy", "mean").score(ctx(path, images)) == pytest.approx([0.3, 0.5, math.log(3), 0.6])
+    tsp = get_sampler("tsp", SelectParams(min_score=0.75)).score(ctx(path, images))
+    s = lambda c: math.exp(-np.std([c, 0.5, 0.5])) * np.mean([c, 0.5, 0.5])  # noqa: E731
+    assert tsp[1] == 0.0 and tsp[3] == pytest.approx(s(0.8))  # image 2: no detection left, S = 0

@@ -115,6 +115,7 @@ class SelectParams:
     beta: float = 0.5
     tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")
     aggregation: Literal["default", "mean", "min", "max", "tsp"] = "default"
+    min_score: float = 0.0  # detections under this class score leave image-level aggregation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +311,7 @@ def _check_ranges(p: Params) -> None:
         "pseudo.box_iou_thresh": p.pseudo.box_iou_thresh,
         "pseudo.mask_iou_thresh": p.pseudo.mask_iou_thresh,
         "select.beta": p.select.beta,
+        "select.min_score": p.select.min_score,
         "model.iou_mask_threshold": p.model.iou_mask_threshold,
         "train.hflip": p.train.hflip,
         "train.learning_loss_stop_grad_after": p.train.learning_loss_stop_grad_after,

@@ -80,25 +80,29 @@ def aggregate_instances(
     columns: Sequence[str],
     combine: Callable[[list[np.ndarray]], np.ndarray] | None = None,
     missing_hint: str = "",
+    min_score: float = 0.0,
 ) -> np.ndarray:
-    """Aggregate a column of instances.parquet (or `combine` of several) per image, streamed."""
+    """Aggregate a column of instances.parquet (or `combine` of several) per image, streamed;
+    only detections whose class score is at least `min_score` count (select.min_score)."""
     names = set(pq.ParquetFile(path).schema_arrow.names)
     absent = [c for c in columns if c not in names]
     if absent:
         raise SalisError(f"{path} lacks the columns {absent}{missing_hint}")
     aggregator = InstanceAggregator()
-    for batch in pq.ParquetFile(path).iter_batches(columns=["image_id", *columns]):
-        arrays = [batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    read = ["image_id", *dict.fromkeys([*columns, "score"])]
+    for batch in pq.ParquetFile(path).iter_batches(columns=read):
+        keep = batch.column("score").to_numpy(zero_copy_only=False) >= min_score
+        arrays = [batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)[keep] for c in columns]
         values = combine(arrays) if combine is not None else arrays[0]
         if np.isnan(values).any():
             raise SalisError(f"{path}: NaN in {list(columns)}{missing_hint}")
-        aggregator.add(batch.column("image_id").to_numpy(), values)
+        aggregator.add(batch.column("image_id").to_numpy()[keep], values)
     return aggregator.result(image_ids, how)
 
 
 def image_scores(
     ctx: SelectionContext, aggregation: str, column: str, default: str, images_column: str | None = None,
-    missing_hint: str = "",
+    missing_hint: str = "", min_score: float = 0.0,
 ) -> np.ndarray:
     """One aggregated score per row of ctx.images (NaN for images without detections);
     `aggregation` is select.aggregation, `default` the sampler's own choice.
@@ -107,20 +111,26 @@ def image_scores(
     so samplers whose default is the mean need no pass over the instance table.
     """
     how = resolve(aggregation, default)
-    if how == "mean" and images_column is not None and images_column in ctx.images:
+    if how == "mean" and images_column is not None and images_column in ctx.images and min_score <= 0:
         return ctx.images[images_column].to_numpy(dtype=np.float64)
     if ctx.instances_path is None:
         raise SalisError(f"select.aggregation {how!r} needs the instance table of the cycle")
     return aggregate_instances(ctx.instances_path, ctx.images["image_id"].to_numpy(), how, [column],
-                               missing_hint=missing_hint)
+                               missing_hint=missing_hint, min_score=min_score)
 
 
 class AggregatingSampler(ScoreSampler):
-    """A score sampler whose image score aggregates detection values by select.aggregation."""
+    """A score sampler whose image score aggregates detection values by select.aggregation,
+    over the detections whose class score is at least select.min_score."""
 
-    def __init__(self, aggregation: str = "default") -> None:
+    def __init__(self, aggregation: str = "default", min_score: float = 0.0) -> None:
         self.aggregation = aggregation
+        self.min_score = min_score
 
     @classmethod
     def from_params(cls, params: SelectParams) -> "AggregatingSampler":
-        return cls(aggregation=params.aggregation)
+        return cls(aggregation=params.aggregation, min_score=params.min_score)
+
+    def image_scores(self, ctx: SelectionContext, column: str, default: str, images_column: str | None = None,
+                     missing_hint: str = "") -> np.ndarray:
+        return image_scores(ctx, self.aggregation, column, default, images_column, missing_hint, self.min_score)

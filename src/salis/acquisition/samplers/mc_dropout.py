@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from salis.errors import SalisError
-from salis.acquisition.samplers.aggregate import AggregatingSampler, image_scores
+from salis.acquisition.samplers.aggregate import AggregatingSampler
 from salis.acquisition.samplers.base import SelectionContext, register
 
 HOW_TO_ENABLE = "dvc exp run -S sampler=mc_dropout -S score.mc_passes=10"
@@ -33,7 +33,7 @@ class MCDropoutSampler(AggregatingSampler):
                 "sampler 'mc_dropout' needs MC-dropout scores, but the pool was scored with "
                 f"score.mc_passes = 0; set it to the number of passes T, e.g. `{HOW_TO_ENABLE}`"
             )
-        values = image_scores(ctx, self.aggregation, "mc_disagreement", default="mean", images_column="mc_disagreement",
+        values = self.image_scores(ctx, "mc_disagreement", default="mean", images_column="mc_disagreement",
                               missing_hint=f"; score the pool with MC passes (`{HOW_TO_ENABLE}`)")
         # an image without detections: nothing could be compared; counted as maximally uncertain,
         # as by `entropy`, since on data where every image holds objects these are the misses

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from salis.acquisition.measures import instance_scores
-from salis.acquisition.samplers.aggregate import AggregatingSampler, InstanceAggregator, aggregate_instances, image_scores, resolve
+from salis.acquisition.samplers.aggregate import AggregatingSampler, InstanceAggregator, aggregate_instances, resolve
 from salis.acquisition.samplers.base import SelectionContext, register
 from salis.errors import SalisError
 from salis.geometry import mask_ious, rle, rles_from_counts
@@ -32,7 +32,9 @@ from salis.params import SelectParams
 COMPONENT_COLUMNS = {"class": "score", "box": "box_iou", "mask": "mask_iou"}
 
 
-def tsp_image_scores(ctx: SelectionContext, components: tuple[str, ...], aggregation: str = "default") -> np.ndarray:
+def tsp_image_scores(
+    ctx: SelectionContext, components: tuple[str, ...], aggregation: str = "default", min_score: float = 0.0
+) -> np.ndarray:
     """S for every row of ctx.images, streamed over the instance table one row group at a time."""
     if not components or any(c not in COMPONENT_COLUMNS for c in components):
         raise SalisError(f"select.tsp_components must name some of {', '.join(COMPONENT_COLUMNS)}, got {components}")
@@ -44,6 +46,7 @@ def tsp_image_scores(ctx: SelectionContext, components: tuple[str, ...], aggrega
         columns,
         combine=lambda arrays: instance_scores(np.column_stack(arrays)),
         missing_hint="; the scoring model lacks IoU heads (model.iou_heads: true)",
+        min_score=min_score,
     )
     return np.where(np.isnan(scores), 0.0, scores)  # no detection: S = 0
 
@@ -54,16 +57,17 @@ class TSPSampler(AggregatingSampler):
 
     highest_first = False
 
-    def __init__(self, aggregation: str = "default", components: tuple[str, ...] = ("class", "box", "mask")) -> None:
-        super().__init__(aggregation)
+    def __init__(self, aggregation: str = "default", min_score: float = 0.0,
+                 components: tuple[str, ...] = ("class", "box", "mask")) -> None:
+        super().__init__(aggregation, min_score)
         self.components = tuple(components)
 
     @classmethod
     def from_params(cls, params: SelectParams) -> "TSPSampler":
-        return cls(aggregation=params.aggregation, components=params.tsp_components)
+        return cls(aggregation=params.aggregation, min_score=params.min_score, components=params.tsp_components)
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
-        return tsp_image_scores(ctx, self.components, self.aggregation)
+        return tsp_image_scores(ctx, self.components, self.aggregation, self.min_score)
 
 
 def _closest_to_beta(mean_iou: np.ndarray, beta: float) -> np.ndarray:
@@ -75,13 +79,13 @@ class _BetaSampler(AggregatingSampler):
 
     highest_first = False
 
-    def __init__(self, aggregation: str = "default", beta: float = 0.5) -> None:
-        super().__init__(aggregation)
+    def __init__(self, aggregation: str = "default", min_score: float = 0.0, beta: float = 0.5) -> None:
+        super().__init__(aggregation, min_score)
         self.beta = beta
 
     @classmethod
     def from_params(cls, params: SelectParams) -> "_BetaSampler":
-        return cls(aggregation=params.aggregation, beta=params.beta)
+        return cls(aggregation=params.aggregation, min_score=params.min_score, beta=params.beta)
 
 
 @register("beta_iou")
@@ -91,7 +95,7 @@ class BetaIoUSampler(_BetaSampler):
     def score(self, ctx: SelectionContext) -> np.ndarray:
         if "mean_mask_iou" not in ctx.images:
             raise SalisError("sampler 'beta_iou' needs mean_mask_iou from a model with IoU heads")
-        values = image_scores(ctx, self.aggregation, "mask_iou", default="mean", images_column="mean_mask_iou",
+        values = self.image_scores(ctx, "mask_iou", default="mean", images_column="mean_mask_iou",
                               missing_hint="; the scoring model lacks IoU heads (model.iou_heads: true)")
         return _closest_to_beta(values, self.beta)
 
@@ -115,10 +119,11 @@ class OracleIoUSampler(_BetaSampler):
             )
         wanted = set(ctx.images["image_id"].tolist())
         aggregator = InstanceAggregator()
-        columns = ["image_id", "rle", "height", "width"]
+        columns = ["image_id", "score", "rle", "height", "width"]
         for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=columns):
             rows = batch.to_pandas()
-            for image_id, group in rows[rows["image_id"].isin(wanted)].groupby("image_id", sort=False):
+            rows = rows[rows["image_id"].isin(wanted) & (rows["score"] >= self.min_score)]
+            for image_id, group in rows.groupby("image_id", sort=False):
                 rles = rles_from_counts(group["rle"], int(group["height"].iloc[0]), int(group["width"].iloc[0]))
                 gt = [rle(a["segmentation"]) for a in ctx.oracle.annotations(int(image_id))]
                 aggregator.add(np.full(len(rles), image_id), true_mask_ious(rles, gt))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from salis.acquisition.samplers.aggregate import AggregatingSampler, image_scores
+from salis.acquisition.samplers.aggregate import AggregatingSampler
 from salis.acquisition.samplers.base import Sampler, SelectionContext, register
 
 
@@ -30,5 +30,5 @@ class ClassEntropySampler(AggregatingSampler):
     highest_first = True
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
-        values = image_scores(ctx, self.aggregation, "entropy", default="mean", images_column="mean_entropy")
+        values = self.image_scores(ctx, "entropy", default="mean", images_column="mean_entropy")
         return np.where(np.isnan(values), np.log(ctx.num_classes + 1), values)
