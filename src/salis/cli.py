@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import typer
 
 from salis.errors import SalisError
 from salis.artifacts.layout import Layout
-from salis.params import load_params
+from salis.params import Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 labels_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Human labels for request batches.")
@@ -144,6 +145,90 @@ def savings(metric: str = typer.Option("mask_AP50", help="the metric whose rando
             f"{fmt(row['labels_saved_fraction'], '.0%'):>13} {fmt(row['hours_saved_fraction'], '.0%'):>12}"
             + ("" if row["reached"] else "   (never reached)")
         )
+
+
+def _grid_params(params_file: Path, overrides: list[str]) -> Params:
+    """params.yaml with the -S overrides applied, validated as a run would validate it."""
+    import yaml
+
+    from salis.params import parse_params
+
+    raw = yaml.safe_load(params_file.read_text()) if params_file.is_file() else None
+    if not isinstance(raw, dict):
+        raise SalisError(f"{params_file}: no params to run the grid with")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise SalisError(f"-S {override!r}: expected KEY=VALUE, e.g. -S train.epochs=20")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return parse_params(raw, f"{params_file} with {' '.join(overrides) or 'no overrides'}")
+
+
+def _pool_size(params: Params) -> int | None:
+    meta = Layout().prepared / "meta.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["num_pool_images"])
+    return params.data.synthetic.pool_images if params.data.source == "synthetic" else None
+
+
+@app.command()
+def compare(
+    samplers_: str = typer.Option("", "--samplers", help="samplers of the grid, comma-separated: random,tsp,entropy"),
+    seeds_: str = typer.Option("", "--seeds", help="seeds of the grid, comma-separated: 0,1,2 (data.seed keeps the test split fixed)"),
+    set_: list[str] = typer.Option([], "-S", "--set", help="KEY=VALUE passed to every run as `dvc exp run -S`"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="1: runs one after another; N > 1: DVC queue with N workers"),
+    no_run: bool = typer.Option(False, "--no-run", help="only write the report from the runs already present"),
+    match: list[str] = typer.Option([], "--match", help="KEY=VALUE: report only runs whose params match"),
+    metric: str = typer.Option("mask_AP50", help="the learning-curve metric to compare"),
+    out: Path = typer.Option(Path("metrics/compare"), help="where the report goes"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file the grid starts from"),
+) -> None:
+    """Compare samplers over seeds: run a grid as DVC experiments, then report with 95% CIs.
+
+    Grid: every sampler x seed (with the -S overrides) runs as a DVC experiment named cmp-SAMPLER-sSEED; those already present are not rerun, so an interrupted grid resumes. Commit the baseline first (git add -A && git commit): experiments branch from it. Example: salis compare --samplers random,tsp,entropy --seeds 0,1,2
+
+    Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match).
+    """
+    try:
+        samplers = [s for s in samplers_.split(",") if s]
+        seeds = [int(s) for s in seeds_.split(",") if s.strip()]
+    except ValueError:
+        _fail(SalisError(f"--seeds must be comma-separated integers, got {seeds_!r}"))
+    from salis.acquisition.samplers import SAMPLERS
+    from salis.analysis.compare import compare as compare_runs
+    from salis.analysis.compare import markdown, select_runs, write_report
+    from salis.analysis.experiments import collect_runs, run_grid
+
+    try:
+        if samplers or seeds:
+            unknown = [s for s in samplers if s not in SAMPLERS]
+            if unknown:
+                raise SalisError(f"unknown sampler(s) {', '.join(unknown)}; valid: {', '.join(sorted(SAMPLERS))}")
+            if not samplers or not seeds:
+                raise SalisError("a grid needs both --samplers and --seeds (or --no-run for the report alone)")
+            if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+                raise SalisError(f"--seeds must be distinct non-negative integers, got {seeds}")
+            params = _grid_params(params_file, set_)
+            pool, needed = _pool_size(params), params.select.initial + params.select.budget * params.num_cycles
+            if pool is not None and needed > pool:
+                raise SalisError(f"each run labels {needed} images (select.initial + cycles x select.budget) "
+                                 f"but the pool holds {pool}; lower select.budget or the number of cycles")
+            if not no_run:
+                if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode:
+                    raise SalisError("no git commit to branch experiments from: `git add -A && git commit -m baseline`")
+                run_grid(samplers, seeds, set_, jobs, Path("."), typer.echo)
+        selected, notes = select_runs(collect_runs(Path(".")), dict(m.split("=", 1) for m in match))
+        result = compare_runs(selected, metric)
+        result.notes[:0] = notes
+        write_report(result, out)
+    except SalisError as err:
+        _fail(err)
+    typer.echo(markdown(result).split("\n\n")[2])  # the per-sampler table
+    typer.echo(f"report: {out / 'report.md'} (per cycle, notes), {out / 'curves.png'}; `dvc plots show` draws the bands")
 
 
 @app.command()

@@ -1,0 +1,315 @@
+"""Which strategy saves labels, beyond the noise: learning curves of several samplers over
+several seeds, with 95% confidence intervals, paired against random seed by seed.
+
+For each sampler and cycle: the mean and a Student-t 95% interval of mask AP50 and AP over the
+seeds, of the annotation hours, and of the paired difference to random (same seed: the same
+initial set, weights and test split, so the pairing removes what the seeds share). Per run: the
+normalized area under the learning curve (mean AP50 over the labeled-images axis) and the
+labels and hours needed to reach random's final AP50 of the same seed. A difference whose
+interval holds 0 is reported as "within noise".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from salis.analysis.experiments import BASELINE, WORKSPACE, Run
+from salis.artifacts.atomic import atomic_path, write_text
+from salis.errors import SalisError
+
+REFERENCE = "random"
+VARYING = ("sampler", "seed")  # what a comparison may vary; everything else must agree
+IGNORED_PREFIXES = ("cycles.",)  # runs may stop at different cycles
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, half width of the 95% Student-t interval, n); the width is NaN below 2 values."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    if len(x) == 1:
+        return float(x[0]), math.nan, 1
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return float(x.mean()), half, len(x)
+
+
+def normalized_aulc(curve: pd.DataFrame, metric: str) -> float:
+    """Area under metric-vs-labeled-images over the labeled range: the curve's mean height."""
+    x, y = curve["labeled_images"].to_numpy(float), curve[metric].to_numpy(float)
+    if len(x) == 1 or x[-1] == x[0]:
+        return float(y[-1])
+    return float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum() / (x[-1] - x[0]))  # trapezoids
+
+
+def crossing(curve: pd.DataFrame, metric: str, target: float) -> tuple[float, float]:
+    """(labeled images, hours) where the curve first reaches `target`, linearly interpolated
+    between cycles; NaN when it never does."""
+    rows = curve.to_dict("records")
+    for i, row in enumerate(rows):
+        if row[metric] >= target:
+            if i == 0:
+                return row["labeled_images"], row.get("annotation_hours", math.nan)
+            prev = rows[i - 1]
+            t = (target - prev[metric]) / (row[metric] - prev[metric])
+            lerp = lambda key: prev[key] + t * (row[key] - prev[key])  # noqa: E731
+            return lerp("labeled_images"), lerp("annotation_hours") if "annotation_hours" in row else math.nan
+    return math.nan, math.nan
+
+
+@dataclasses.dataclass
+class Comparison:
+    metric: str
+    per_cycle: pd.DataFrame  # sampler x cycle
+    per_sampler: pd.DataFrame  # one row per sampler
+    per_run: pd.DataFrame  # one row per run and cycle
+    notes: list[str]
+
+
+def select_runs(runs: list[Run], match: dict[str, str] | None = None) -> tuple[list[Run], list[str]]:
+    """The runs of one comparison: filtered by `match`, one per (sampler, seed), all on the same
+    configuration. Refuses runs that differ in anything but sampler, seed and cycle count."""
+    notes = []
+    if match:
+        runs = [r for r in runs if all(str(r.params.get(k)) == v for k, v in match.items())]
+    chosen: dict[tuple[str, int], Run] = {}
+    for run in runs:  # experiments come first, so they win over HEAD and the workspace
+        key = (run.sampler, run.seed)
+        if key in chosen:
+            if run.name not in (BASELINE, WORKSPACE):
+                notes.append(f"two experiments ran {run.sampler} seed {run.seed}: kept {chosen[key].name}, "
+                             f"left out {run.name}")
+            continue
+        chosen[key] = run
+    kept = list(chosen.values())
+    _check_same_configuration(kept)
+    return kept, notes
+
+
+def _configuration(run: Run) -> dict[str, object]:
+    return {k: v for k, v in run.params.items() if k not in VARYING and not k.startswith(IGNORED_PREFIXES)}
+
+
+def _check_same_configuration(runs: list[Run]) -> None:
+    if len(runs) < 2:
+        return
+    base = _configuration(runs[0])
+    for run in runs[1:]:
+        other = _configuration(run)
+        differ = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+        if differ:
+            what = "datasets" if any(k.startswith("data.") for k in differ) else "settings"
+            shown = ", ".join(f"{k} ({base.get(k)!r} in {runs[0].name}, {other.get(k)!r} in {run.name})"
+                              for k in differ[:3])
+            raise SalisError(
+                f"the runs use different {what}: {shown}{' ...' if len(differ) > 3 else ''}; compare runs of one "
+                "configuration (`salis compare --match KEY=VALUE` keeps the runs whose params match)"
+            )
+
+
+def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFERENCE) -> Comparison:
+    if not runs:
+        raise SalisError("no runs with a learning curve (metrics/curve.csv): run `salis compare --samplers ...` first")
+    if any(metric not in r.curve for r in runs):
+        raise SalisError(f"metric {metric!r} is not in every run's metrics/curve.csv")
+    notes = _missing_notes(runs)
+    per_run = pd.concat(
+        [r.curve.assign(run=r.name, sampler=r.sampler, seed=r.seed) for r in runs], ignore_index=True
+    )
+    refs = {r.seed: r for r in runs if r.sampler == reference}
+    if not refs:
+        notes.append(f"no {reference} run: paired differences and labels-to-target need one per seed")
+    per_cycle = _per_cycle(per_run, refs, metric)
+    per_sampler = _per_sampler(runs, refs, metric)
+    return Comparison(metric, per_cycle, per_sampler, per_run, notes)
+
+
+def _missing_notes(runs: list[Run]) -> list[str]:
+    samplers = sorted({r.sampler for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    have = {(r.sampler, r.seed) for r in runs}
+    notes = [f"missing: {s} seed {seed}" for s in samplers for seed in seeds if (s, seed) not in have]
+    cycles = {r.name: int(r.curve["cycle"].max()) for r in runs}
+    if len(set(cycles.values())) > 1:
+        notes.append("runs end at different cycles: " + ", ".join(f"{n} at {c}" for n, c in sorted(cycles.items())))
+    return notes
+
+
+def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str) -> pd.DataFrame:
+    rows = []
+    for (sampler, cycle), group in per_run.groupby(["sampler", "cycle"], sort=True):
+        row: dict[str, object] = {"sampler": sampler, "cycle": int(cycle), "runs": len(group),
+                                  "labeled_images": float(group["labeled_images"].mean())}
+        for column in (metric, "mask_AP", "annotation_hours"):
+            if column in group:
+                mean, half, _ = t_interval(group[column].tolist())
+                row[f"{column}_mean"], row[f"{column}_ci95"] = mean, half
+        diffs = []
+        for _, r in group.iterrows():
+            ref = refs.get(int(r["seed"]))
+            match = ref.curve[ref.curve["cycle"] == cycle] if ref is not None else None
+            if match is not None and len(match):
+                diffs.append(float(r[metric]) - float(match[metric].iloc[0]))
+        mean, half, n = t_interval(diffs)
+        row.update({f"{metric}_diff_mean": mean, f"{metric}_diff_ci95": half, "pairs": n,
+                    "verdict": verdict(mean, half, n)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict(mean: float, half: float, n: int) -> str:
+    if n == 0:
+        return "no pair"
+    if n < 2 or math.isnan(half):
+        return "one seed: no interval"
+    if mean - half > 0:
+        return "better than random"
+    if mean + half < 0:
+        return "worse than random"
+    return "within noise"
+
+
+def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str) -> pd.DataFrame:
+    rows = []
+    for sampler in sorted({r.sampler for r in runs}):
+        mine = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.seed)
+        finals = [float(r.curve[metric].iloc[-1]) for r in mine]
+        aulcs = [normalized_aulc(r.curve, metric) for r in mine]
+        aulc_diffs, labels, hours, saved, reached = [], [], [], [], 0
+        for run in mine:
+            ref = refs.get(run.seed)
+            if ref is None:
+                continue
+            common = sorted(set(run.curve["cycle"]) & set(ref.curve["cycle"]))
+            a, b = (c[c["cycle"].isin(common)] for c in (run.curve, ref.curve))
+            aulc_diffs.append(normalized_aulc(a, metric) - normalized_aulc(b, metric))
+            target = float(ref.curve[metric].iloc[-1])
+            x, h = crossing(run.curve, metric, target)
+            if not math.isnan(x):
+                reached += 1
+                labels.append(x)
+                hours.append(h)
+                saved.append(1.0 - x / float(ref.curve["labeled_images"].iloc[-1]))
+        row: dict[str, object] = {"sampler": sampler, "runs": len(mine), "seeds": " ".join(str(r.seed) for r in mine)}
+        for name, values in ((f"final_{metric}", finals), ("aulc", aulcs), ("aulc_diff", aulc_diffs),
+                             ("labels_to_target", labels), ("hours_to_target", hours), ("labels_saved", saved)):
+            mean, half, _ = t_interval(values)
+            row[f"{name}_mean"], row[f"{name}_ci95"] = mean, half
+        row["aulc_verdict"] = verdict(row["aulc_diff_mean"], row["aulc_diff_ci95"], len(aulc_diffs))
+        row["reached_target"] = f"{reached}/{len(aulc_diffs)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- the report -------------------------------------------------------------------------
+
+def _pm(mean: float, half: float, digits: int = 3) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+
+
+def markdown(comparison: Comparison) -> str:
+    m = comparison.metric
+    lines = [f"# Sampler comparison: {m}", "",
+             "Mean ± half width of the 95% Student-t interval over seeds; differences to random are "
+             "paired by seed. Labels / hours to target: to reach the same seed's random final "
+             f"{m} (interpolated between cycles; only the seeds that reach it count).", "",
+             f"| sampler | runs | final {m} | AULC | AULC − random | verdict | labels to target | "
+             "hours to target | reached |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in comparison.per_sampler.to_dict("records"):
+        lines.append(
+            f"| {r['sampler']} | {r['runs']} | {_pm(r[f'final_{m}_mean'], r[f'final_{m}_ci95'])} | "
+            f"{_pm(r['aulc_mean'], r['aulc_ci95'])} | {_pm(r['aulc_diff_mean'], r['aulc_diff_ci95'])} | "
+            f"{r['aulc_verdict']} | {_pm(r['labels_to_target_mean'], r['labels_to_target_ci95'], 1)} | "
+            f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} |"
+        )
+    lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − random | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in comparison.per_cycle.to_dict("records"):
+        lines.append(
+            f"| {r['sampler']} | {r['cycle']} | {r['labeled_images']:.0f} | "
+            f"{_pm(r.get('annotation_hours_mean', math.nan), r.get('annotation_hours_ci95', math.nan), 2)} | "
+            f"{_pm(r[f'{m}_mean'], r[f'{m}_ci95'])} | {_pm(r.get('mask_AP_mean', math.nan), r.get('mask_AP_ci95', math.nan))} | "
+            f"{_pm(r[f'{m}_diff_mean'], r[f'{m}_diff_ci95'])} | {r['verdict']} |"
+        )
+    if comparison.notes:
+        lines += ["", "Notes:", *[f"- {note}" for note in comparison.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(comparison: Comparison, path: Path) -> None:
+    """mask AP50 against labeled images and against hours, one band (95% CI) per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    m = comparison.metric
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for sampler, rows in comparison.per_cycle.groupby("sampler", sort=True):
+        mean, half = rows[f"{m}_mean"].to_numpy(float), np.nan_to_num(rows[f"{m}_ci95"].to_numpy(float))
+        for ax, x in zip(axes, (rows["labeled_images"], rows.get("annotation_hours_mean"))):
+            if x is None:
+                continue
+            (line,) = ax.plot(x, mean, marker="o", label=sampler)
+            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+    axes[0].set_xlabel("labeled images")
+    axes[1].set_xlabel("annotation hours")
+    axes[0].set_ylabel(f"{m} (mean, 95% CI over seeds)")
+    axes[0].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """summary.csv (per sampler), cycles.csv (per sampler and cycle), runs.csv (per run and
+    cycle), report.md, curves.png, and a dvc.yaml whose plots `dvc plots show` renders."""
+    out_dir = Path(out_dir)
+    m = comparison.metric
+    cycles = comparison.per_cycle.assign(
+        low=comparison.per_cycle[f"{m}_mean"] - comparison.per_cycle[f"{m}_ci95"].fillna(0.0),
+        high=comparison.per_cycle[f"{m}_mean"] + comparison.per_cycle[f"{m}_ci95"].fillna(0.0),
+    )
+    files = {
+        "summary.csv": comparison.per_sampler.to_csv(index=False, float_format="%.6g"),
+        "cycles.csv": cycles.to_csv(index=False, float_format="%.6g"),
+        "runs.csv": comparison.per_run.to_csv(index=False, float_format="%.6g"),
+        "report.md": markdown(comparison),
+        "dvc.yaml": _PLOTS_YAML.format(metric=m),
+    }
+    written = []
+    for name, text in files.items():
+        write_text(out_dir / name, text)
+        written.append(out_dir / name)
+    with atomic_path(out_dir / "curves.png") as tmp:
+        plot(comparison, Path(str(tmp) + ".png"))
+        Path(str(tmp) + ".png").replace(tmp)
+    return [*written, out_dir / "curves.png"]
+
+
+# `dvc plots show` collects every dvc.yaml of the repository: this one defines the comparison's
+# plots next to its files (the band template lives in .dvc/plots/salis_bands.json).
+_PLOTS_YAML = """# written by `salis compare`: the comparison's plots for `dvc plots show`
+plots:
+  - {metric} vs labeled images (mean and 95% CI over seeds):
+      template: salis_bands
+      x: labeled_images
+      y:
+        cycles.csv: {metric}_mean
+  - {metric} vs annotation hours (mean and 95% CI over seeds):
+      template: salis_bands
+      x: annotation_hours_mean
+      y:
+        cycles.csv: {metric}_mean
+  - curves.png
+"""

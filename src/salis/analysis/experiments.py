@@ -1,0 +1,152 @@
+"""The runs a comparison reads: the workspace, the committed baseline (HEAD) and every DVC
+experiment (refs/exps), each with its params.yaml and metrics/curve.csv as git holds them
+(the metrics are `cache: false`, so git has them). Nothing is rerun here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from salis.errors import SalisError
+
+WORKSPACE = "workspace"
+BASELINE = "HEAD"
+CURVE = "metrics/curve.csv"
+PARAMS = "params.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str  # the experiment's name, or workspace / HEAD
+    params: dict[str, Any]  # params.yaml, flattened to dotted keys
+    curve: pd.DataFrame  # one row per cycle: cycle, labeled_images, annotation_hours, mask_AP50, ...
+
+    @property
+    def sampler(self) -> str:
+        return str(self.params.get("sampler", "random"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+
+def git(args: list[str], cwd: Path) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SalisError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def curve_rows(text: str) -> pd.DataFrame:
+    rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
+    return pd.DataFrame(rows).sort_values("cycle").reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def _run(name: str, params_text: str, curve_text: str) -> Run | None:
+    curve = curve_rows(curve_text)
+    if curve.empty:
+        return None
+    return Run(name, flatten(yaml.safe_load(params_text) or {}), curve)
+
+
+def experiment_refs(root: Path) -> list[tuple[str, str]]:
+    """(name, commit) of every DVC experiment; DVC's bookkeeping refs are left out."""
+    out = []
+    for line in git(["for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], root).splitlines():
+        ref, sha = line.split()
+        if ref.count("/") < 3 or ref.endswith(("/exec", "/runs")) or "/exec/" in ref or "/celery/" in ref:
+            continue
+        out.append((ref.rsplit("/", 1)[-1], sha))
+    return out
+
+
+def collect_runs(root: Path = Path(".")) -> list[Run]:
+    """Every run with a learning curve: experiments first, then HEAD, then the workspace."""
+    root = Path(root)
+    runs: list[Run] = []
+    commits = experiment_refs(root)
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode == 0:
+        commits.append((BASELINE, head.stdout.strip()))
+    for name, sha in commits:
+        try:
+            run = _run(name, git(["show", f"{sha}:{PARAMS}"], root), git(["show", f"{sha}:{CURVE}"], root))
+        except SalisError:
+            continue  # a commit that never reached the report stage
+        if run is not None:
+            runs.append(run)
+    if (root / CURVE).is_file() and (root / PARAMS).is_file():
+        run = _run(WORKSPACE, (root / PARAMS).read_text(), (root / CURVE).read_text())
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+def experiment_name(sampler: str, seed: int, overrides: Sequence[str]) -> str:
+    """cmp-<sampler>-s<seed>, plus a short hash of the -S overrides when there are any."""
+    suffix = f"-{hashlib.sha1(' '.join(sorted(overrides)).encode()).hexdigest()[:6]}" if overrides else ""
+    return f"cmp-{sampler}-s{seed}{suffix}"
+
+
+def run_grid(
+    samplers: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], jobs: int, root: Path,
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """Run every (sampler, seed) as a DVC experiment that does not exist yet; names of those run.
+
+    jobs = 1 runs them one after another (`dvc exp run`); jobs > 1 queues them and starts that
+    many DVC queue workers (`dvc exp run --queue`, `dvc queue start -j`), then waits.
+    """
+    existing = {name for name, _ in experiment_refs(root)}
+    todo = [(s, seed) for seed in seeds for s in samplers if experiment_name(s, seed, overrides) not in existing]
+    for s, seed in [(s, seed) for seed in seeds for s in samplers if (s, seed) not in todo]:
+        echo(f"{experiment_name(s, seed, overrides)}: already present, not rerun")
+    for s, seed in todo:
+        name = experiment_name(s, seed, overrides)
+        command = ["dvc", "exp", "run", "-n", name, "-S", f"sampler={s}", "-S", f"seed={seed}"]
+        command += [arg for o in overrides for arg in ("-S", o)]
+        if jobs > 1:
+            command.insert(3, "--queue")
+        echo(("queue: " if jobs > 1 else "run: ") + " ".join(command))
+        if subprocess.run(command, cwd=root).returncode != 0:
+            raise SalisError(f"`{' '.join(command)}` failed; fix it and run `salis compare` again (done runs are kept)")
+    if jobs > 1 and todo:
+        if subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root).returncode != 0:
+            raise SalisError("`dvc queue start` failed")
+        _wait_for_queue(root, echo)
+    return [experiment_name(s, seed, overrides) for s, seed in todo]
+
+
+def _wait_for_queue(root: Path, echo: Callable[[str], None], poll_seconds: float = 10.0) -> None:
+    while True:
+        status = subprocess.run(["dvc", "queue", "status"], cwd=root, capture_output=True, text=True).stdout
+        busy = [line for line in status.splitlines() if " Queued " in f" {line} " or " Running " in f" {line} "]
+        failed = [line for line in status.splitlines() if " Failed " in f" {line} "]
+        if failed:
+            raise SalisError(f"{len(failed)} queued experiments failed; `dvc queue logs <name>` says why")
+        if not busy:
+            return
+        echo(f"waiting for {len(busy)} queued experiments ...")
+        time.sleep(poll_seconds)

@@ -1,0 +1,123 @@
+"""salis compare: intervals, areas, crossings and verdicts by hand; runs of different datasets
+refused; the report's files; the command's refusals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from salis.analysis.compare import compare, crossing, normalized_aulc, select_runs, t_interval, verdict, write_report
+from salis.analysis.experiments import Run, flatten
+from salis.cli import app
+from salis.errors import SalisError
+
+
+def run(sampler: str, seed: int, ap50: list[float], name: str | None = None, **params) -> Run:
+    n = len(ap50)
+    curve = pd.DataFrame({"cycle": range(1, n + 1), "labeled_images": [20.0 * (k + 1) for k in range(n)],
+                          "annotation_hours": [2.0 * (k + 1) for k in range(n)], "mask_AP50": ap50,
+                          "mask_AP": [v / 2 for v in ap50]})
+    flat = {"sampler": sampler, "seed": seed, "data.source": "synthetic", **params}
+    return Run(name or f"cmp-{sampler}-s{seed}", flat, curve)
+
+
+def test_t_interval_by_hand():
+    mean, half, n = t_interval([1.0, 2.0, 3.0])
+    # sd 1, t(0.975, 2 dof) = 4.302653: half width 4.302653 / sqrt(3)
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(t_interval([0.4])[1]) and t_interval([0.4])[0] == 0.4
+    assert t_interval([]) [2] == 0
+
+
+def test_area_and_crossing_by_hand():
+    curve = run("tsp", 0, [0.2, 0.4, 0.8]).curve  # labeled 20, 40, 60
+    # trapezoids (0.2+0.4)/2*20 + (0.4+0.8)/2*20 = 18 over a range of 40
+    assert normalized_aulc(curve, "mask_AP50") == pytest.approx(18 / 40)
+    # 0.6 lies halfway between 0.4 (40 images, 4 h) and 0.8 (60 images, 6 h)
+    assert crossing(curve, "mask_AP50", 0.6) == pytest.approx((50.0, 5.0))
+    assert crossing(curve, "mask_AP50", 0.1) == (20.0, 2.0)
+    assert all(math.isnan(v) for v in crossing(curve, "mask_AP50", 0.9))
+
+
+def test_verdicts():
+    assert verdict(0.05, 0.02, 3) == "better than random"
+    assert verdict(-0.05, 0.02, 3) == "worse than random"
+    assert verdict(0.01, 0.02, 3) == "within noise"
+    assert verdict(0.05, math.nan, 1) == "one seed: no interval"
+
+
+def test_paired_differences_labels_to_target_and_missing_seeds():
+    runs = [
+        run("random", 0, [0.2, 0.4, 0.5]), run("random", 1, [0.3, 0.4, 0.6]),
+        run("tsp", 0, [0.2, 0.5, 0.6]), run("tsp", 1, [0.3, 0.6, 0.7]),
+        run("entropy", 0, [0.2, 0.3, 0.4]),  # seed 1 missing
+    ]
+    result = compare(runs)
+    tsp = result.per_cycle.set_index(["sampler", "cycle"]).loc[("tsp", 2)]
+    assert tsp["mask_AP50_diff_mean"] == pytest.approx(0.15) and tsp["pairs"] == 2  # (0.1 + 0.2) / 2
+    # differences 0.1 and 0.2: sd 0.0707, t(0.975, 1) = 12.706: the interval holds 0
+    assert tsp["mask_AP50_diff_ci95"] == pytest.approx(12.7062 * 0.070711 / math.sqrt(2), rel=1e-4)
+    assert tsp["verdict"] == "within noise"
+    summary = result.per_sampler.set_index("sampler")
+    # seed 0: random's final 0.5 reached at 40 + 20 * (0.5-0.5)/(0.6-0.5)... = 40 images (0.5 at cycle 2);
+    # seed 1: random's final 0.6 reached at cycle 2 exactly: 40 images -> saved 1 - 40/60 both times
+    assert summary.loc["tsp", "labels_to_target_mean"] == pytest.approx(40.0)
+    assert summary.loc["tsp", "labels_saved_mean"] == pytest.approx(1 / 3)
+    assert summary.loc["tsp", "reached_target"] == "2/2"
+    assert summary.loc["entropy", "reached_target"] == "0/1"
+    assert "missing: entropy seed 1" in result.notes
+
+
+def test_runs_on_different_datasets_or_settings_are_refused():
+    a = run("random", 0, [0.2], **{"data.synthetic.pool_images": 400})
+    b = run("tsp", 0, [0.3], **{"data.synthetic.pool_images": 200})
+    with pytest.raises(SalisError, match=r"different datasets: data\.synthetic\.pool_images"):
+        select_runs([a, b])
+    c = run("tsp", 0, [0.3], **{"data.synthetic.pool_images": 400, "train.epochs": 50})
+    with pytest.raises(SalisError, match=r"different settings: train\.epochs .*--match"):
+        select_runs([a, c])
+    kept, _ = select_runs([a, b], match={"data.synthetic.pool_images": "400"})
+    assert kept == [a]
+
+
+def test_an_experiment_wins_over_the_workspace_copy_of_the_same_run():
+    exp, workspace = run("random", 0, [0.2], name="cmp-random-s0"), run("random", 0, [0.2], name="workspace")
+    kept, notes = select_runs([exp, workspace])
+    assert kept == [exp] and notes == []
+
+
+def test_report_files(tmp_path: Path):
+    runs = [run("random", s, [0.2 + s / 10, 0.4]) for s in (0, 1)] + [run("tsp", s, [0.2, 0.5]) for s in (0, 1)]
+    written = write_report(compare(runs), tmp_path)
+    assert {p.name for p in written} == {"summary.csv", "cycles.csv", "runs.csv", "report.md", "dvc.yaml", "curves.png"}
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert "| tsp | 2 |" in report and "within noise" in report or "better than random" in report
+    cycles = pd.read_csv(tmp_path / "cycles.csv")
+    assert {"low", "high", "mask_AP50_mean", "sampler"} <= set(cycles.columns)
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--samplers", "random,tsp2", "--seeds", "0"], "unknown sampler(s) tsp2"),
+        (["--samplers", "random", "--seeds", "0,0"], "distinct non-negative"),
+        (["--samplers", "random", "--seeds", "a"], "comma-separated integers"),
+        (["--samplers", "random"], "needs both --samplers and --seeds"),
+        (["--samplers", "random", "--seeds", "0", "-S", "select.budget=500"], "the pool holds 400"),
+        (["--samplers", "random", "--seeds", "0", "-S", "train.epochs"], "expected KEY=VALUE"),
+    ],
+)
+def test_the_command_refuses_bad_grids_with_one_line(args, message, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the shipped params.yaml: pool of 400
+    result = CliRunner().invoke(app, ["compare", "--no-run", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
