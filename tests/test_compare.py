@@ -121,3 +121,16 @@ def test_the_command_refuses_bad_grids_with_one_line(args, message, monkeypatch)
     result = CliRunner().invoke(app, ["compare", "--no-run", *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_samplers_own_requirements_may_differ_and_the_grid_adds_them():
+    from salis.analysis.experiments import with_requirements
+
+    a = run("random", 0, [0.2], **{"score.mc_passes": 0, "model.learning_loss": False})
+    b = run("mc_dropout", 0, [0.3], **{"score.mc_passes": 10, "model.learning_loss": False})
+    c = run("learning_loss", 0, [0.3], **{"score.mc_passes": 0, "model.learning_loss": True})
+    kept, _ = select_runs([a, b, c])
+    assert len(kept) == 3
+    assert with_requirements("mc_dropout", ["train.epochs=5"]) == ["train.epochs=5", "score.mc_passes=10"]
+    assert with_requirements("mc_dropout", ["score.mc_passes=4"]) == ["score.mc_passes=4"]
+    assert with_requirements("tsp", []) == []

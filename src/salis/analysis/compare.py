@@ -92,8 +92,16 @@ def select_runs(runs: list[Run], match: dict[str, str] | None = None) -> tuple[l
     return kept, notes
 
 
+def _sampler_requirements() -> set[str]:
+    """Params a sampler needs set (MC passes, the loss-prediction module): they may differ."""
+    from salis.acquisition.samplers import SAMPLERS
+
+    return {r.split("=", 1)[0] for cls in SAMPLERS.values() for r in cls.requires}
+
+
 def _configuration(run: Run) -> dict[str, object]:
-    return {k: v for k, v in run.params.items() if k not in VARYING and not k.startswith(IGNORED_PREFIXES)}
+    skip = set(VARYING) | _sampler_requirements()
+    return {k: v for k, v in run.params.items() if k not in skip and not k.startswith(IGNORED_PREFIXES)}
 
 
 def _check_same_configuration(runs: list[Run]) -> None:

@@ -110,6 +110,14 @@ def experiment_name(sampler: str, seed: int, overrides: Sequence[str]) -> str:
     return f"cmp-{sampler}-s{seed}{suffix}"
 
 
+def with_requirements(sampler: str, overrides: Sequence[str]) -> list[str]:
+    """The overrides plus what the sampler needs (e.g. MC passes), unless an override sets it."""
+    from salis.acquisition.samplers import SAMPLERS
+
+    given = {o.split("=", 1)[0] for o in overrides}
+    return [*overrides, *(r for r in SAMPLERS[sampler].requires if r.split("=", 1)[0] not in given)]
+
+
 def run_grid(
     samplers: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], jobs: int, root: Path,
     echo: Callable[[str], None] = print,
@@ -126,7 +134,7 @@ def run_grid(
     for s, seed in todo:
         name = experiment_name(s, seed, overrides)
         command = ["dvc", "exp", "run", "-n", name, "-S", f"sampler={s}", "-S", f"seed={seed}"]
-        command += [arg for o in overrides for arg in ("-S", o)]
+        command += [arg for o in with_requirements(s, overrides) for arg in ("-S", o)]
         if jobs > 1:
             command.insert(3, "--queue")
         echo(("queue: " if jobs > 1 else "run: ") + " ".join(command))

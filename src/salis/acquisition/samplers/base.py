@@ -33,6 +33,8 @@ class Sampler(abc.ABC):
     """Orders the unlabeled images; the select stage takes the first `budget`."""
 
     name: str = ""
+    # KEY=VALUE params a run of this sampler needs beyond the defaults (salis compare adds them)
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: SelectParams) -> "Sampler":

@@ -20,6 +20,7 @@ class LearningLossSampler(ScoreSampler):
     """Loss predicted by the loss-prediction module (Yoo & Kweon), highest first."""
 
     highest_first = True
+    requires = ("model.learning_loss=true",)
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
         values = (

@@ -25,6 +25,7 @@ class MCDropoutSampler(AggregatingSampler):
     """MC-dropout disagreement of the detections (class, box, mask), highest first."""
 
     highest_first = True
+    requires = ("score.mc_passes=10",)
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
         passes = ctx.images["mc_passes"] if "mc_passes" in ctx.images else None
