@@ -75,7 +75,7 @@ class TrainParams:
     # iterations per cycle follow the labeled set: epochs x labeled images / batch size,
     # clamped to [min_iterations, max_iterations] (max 0 = no ceiling)
     epochs: float = 15.0
-    min_iterations: int = 100
+    min_iterations: int = 150
     max_iterations: int = 250
     batch_size: int = 4
     pseudo_batch_size: int = 2
