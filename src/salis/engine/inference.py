@@ -72,6 +72,17 @@ def _load_batch(prepared: PreparedData, image_ids: Sequence[int], device: torch.
     ]
 
 
+def _batches(
+    prepared: PreparedData, image_ids: Sequence[int], batch_size: int, device: torch.device, desc: str
+) -> Iterator[tuple[int, list[int], list[torch.Tensor]]]:
+    """(start, ids, image tensors) per batch, in order, with a progress bar over the images."""
+    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = list(image_ids[start : start + batch_size])
+            yield start, batch_ids, _load_batch(prepared, batch_ids, device)
+            bar.update(len(batch_ids))
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -96,21 +107,17 @@ def predict(
     heads = model.roi_heads
     if mc_passes and not hasattr(heads, "mc_dropout"):
         raise SalisError("MC dropout needs salis's RoI heads (salis.model.build.build_model)")
-    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
-        for start in range(0, len(image_ids), batch_size):
-            batch_ids = list(image_ids[start : start + batch_size])
-            images = _load_batch(prepared, batch_ids, device)
-            with autocast(device, amp):
-                if mc_passes:
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        torch.manual_seed(derive_seed(seed, 0, "mc_dropout_batch", index=start))
-                        with heads.mc_dropout(mc_passes, mc_dropout_p):
-                            outputs = model(images)
-                else:
-                    outputs = model(images)
-            for image_id, output in zip(batch_ids, outputs):
-                yield _to_prediction(image_id, output, prepared, mc_passes)
-            bar.update(len(batch_ids))
+    for start, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc):
+        with autocast(device, amp):
+            if mc_passes:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(derive_seed(seed, 0, "mc_dropout_batch", index=start))
+                    with heads.mc_dropout(mc_passes, mc_dropout_p):
+                        outputs = model(images)
+            else:
+                outputs = model(images)
+        for image_id, output in zip(batch_ids, outputs):
+            yield _to_prediction(image_id, output, prepared, mc_passes)
 
 
 @torch.inference_mode()
@@ -126,13 +133,10 @@ def embed(
     """(image_id, embedding) per image: the backbone and FPN only, pooled as in inference
     (SalisRoIHeads.image_features), for images that need a vector but no scores."""
     model.to(device).eval()
-    with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
-        for start in range(0, len(image_ids), batch_size):
-            batch_ids = list(image_ids[start : start + batch_size])
-            with autocast(device, amp):
-                batch, _ = model.transform(_load_batch(prepared, batch_ids, device))
-                features = model.backbone(batch.tensors)
-                vectors = torch.cat(model.roi_heads.image_features(features, batch.image_sizes), dim=1)
-            for image_id, vector in zip(batch_ids, vectors.float().cpu().numpy()):
-                yield image_id, vector
-            bar.update(len(batch_ids))
+    for _, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc):
+        with autocast(device, amp):
+            batch, _ = model.transform(images)
+            features = model.backbone(batch.tensors)
+            vectors = torch.cat(model.roi_heads.image_features(features, batch.image_sizes), dim=1)
+        for image_id, vector in zip(batch_ids, vectors.float().cpu().numpy()):
+            yield image_id, vector
