@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -111,15 +113,10 @@ def test_changing_the_sampler_keeps_cycle_one_training_and_scoring_cached(projec
     assert (labeled["sampler"].iloc[4:] == "entropy").all()
 
 
-def test_human_annotators_in_the_loop(tmp_path):
-    """A test plays the annotator: dvc repro waits for labels, an import lets it go on."""
-    work = new_project(tmp_path, {"oracle": "human", "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
-    out = run(["dvc", "repro"], work, expect_ok=False)
-    assert "waiting for the labels of request batch 0" in out and "salis labels import --cycle 0" in out
-    assert not (work / "models" / "cycle_1").exists()
-
-    # the annotator labels the requested images (here: with the dataset's hidden ground truth)
-    request = json.loads((work / "data" / "requests" / "cycle_0" / "request.json").read_text())
+def label_like_an_annotator(work: Path, batch: int, out: Path) -> set[int]:
+    """A COCO export answering request batch `batch` with the dataset's hidden ground truth,
+    numbered as an annotation tool would (its own category ids)."""
+    request = json.loads((work / "data" / "requests" / f"cycle_{batch}" / "request.json").read_text())
     pool = json.loads((work / "data" / "prepared" / "pool.json").read_text())
     wanted = {im["id"] for im in request["images"]}
     export = {
@@ -129,17 +126,43 @@ def test_human_annotators_in_the_loop(tmp_path):
             dict(a, category_id=a["category_id"] + 10) for a in pool["annotations"] if a["image_id"] in wanted
         ],
     }
-    (tmp_path / "export.json").write_text(json.dumps(export))
-    out = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export.json")], work)
+    out.write_text(json.dumps(export))
+    return wanted
+
+
+def test_human_annotators_in_the_loop(tmp_path):
+    """A test plays the annotator: dvc repro waits for labels, an import lets it go on, and
+    while batch k awaits its labels the model of cycle k has been evaluated."""
+    (tmp_path / "p").mkdir()
+    work = new_project(tmp_path / "p", {"oracle": "human"})
+    out = run(["dvc", "repro"], work, expect_ok=False)
+    assert "waiting for the labels of request batch 0" in out and "salis labels import --cycle 0" in out
+    assert not (work / "models" / "cycle_1").exists()
+    readme = (work / "data" / "requests" / "cycle_0" / "README.txt").read_text()
+    assert "no model exists yet, so the images come without" in readme
+
+    wanted = label_like_an_annotator(work, 0, tmp_path / "export0.json")
+    out = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export0.json")], work)
     assert "cycle 0: 4 images" in out
-    again = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export.json")], work, expect_ok=False)
+    again = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export0.json")], work, expect_ok=False)
     assert "already imported" in again
 
-    run(["dvc", "repro"], work)
+    out = run(["dvc", "repro"], work, expect_ok=False)  # cycle 1 runs, then batch 1 awaits labels
+    assert "waiting for the labels of request batch 1" in out
     labeled = pd.read_parquet(work / "data" / "cycles" / "1" / "labeled.parquet")
     assert sorted(labeled["image_id"]) == sorted(wanted) and (labeled["source"] == "human").all()
+    metrics = json.loads((work / "metrics" / "cycles" / "1.json").read_text())  # evaluate@1 ran before the stop
     status = run(["salis", "status"], work)
+    assert f"current model: cycle 1, mask AP50 {metrics['mask_AP50']:.3f}" in status
     assert "awaiting labels: request batch 1, 3 images" in status
+    readme = (work / "data" / "requests" / "cycle_1" / "README.txt").read_text()
+    assert f"scores mask AP50 {metrics['mask_AP50']:.3f} on the test split" in readme
+
+    label_like_an_annotator(work, 1, tmp_path / "export1.json")
+    run(["salis", "labels", "import", "--cycle", "1", str(tmp_path / "export1.json")], work)
+    run(["dvc", "repro"], work)
+    status = run(["salis", "status"], work)
+    assert "batch 2 (3 images" in status and "add c3: {k: 3, prev: 2, next: 4}" in status
 
 
 def test_compare_runs_a_grid_of_experiments_and_reports_it(tmp_path: Path):
@@ -159,3 +182,36 @@ def test_compare_runs_a_grid_of_experiments_and_reports_it(tmp_path: Path):
     assert again.count("already present, not rerun") == 4
     plots = run(["dvc", "plots", "show", "--json"], work)
     assert "vs labeled images (mean and 95% CI over seeds)" in plots and "curves.png" in plots
+
+
+def test_killing_dvc_mid_stage_leaves_no_orphan_writer(tmp_path: Path):
+    """kill -9 of `dvc repro` during train@c1: the trainer ends with it, nothing half-written
+    stays, and the next `dvc repro` finishes the cycle."""
+    work = new_project(tmp_path, {"train": {"min_iterations": 400, "max_iterations": 400},
+                                  "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cycle_dir = work / "models" / "cycle_1"
+    deadline = time.monotonic() + 300
+    while not list(cycle_dir.glob(".live.*.tmp")):  # train@c1 is writing its dvclive folder
+        assert dvc.poll() is None and time.monotonic() < deadline, "train@c1 never started"
+        time.sleep(0.2)
+    trainer = int(next(cycle_dir.glob(".live.*.tmp")).name.split(".")[2])
+    os.kill(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    deadline = time.monotonic() + 30
+    while _running(trainer):
+        assert time.monotonic() < deadline, "the trainer outlived dvc"
+        time.sleep(0.2)
+    assert not (cycle_dir / "model.pt").exists() and not list(cycle_dir.glob(".*.tmp"))
+    run(["dvc", "repro"], work)
+    assert (cycle_dir / "model.pt").is_file() and not list(work.rglob(".*.tmp"))
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

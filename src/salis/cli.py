@@ -34,7 +34,7 @@ def _count(path: Path, column: str = "image_id") -> tuple[int, int] | None:
 
 @app.command()
 def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file")) -> None:
-    """Per cycle: labeled, pseudo-labeled and unlabeled counts, hours, AP; what awaits labels; budget left."""
+    """Per cycle: labeled, pseudo-labeled and unlabeled counts, hours, AP; the current model; what awaits labels."""
     try:
         params = load_params(params_file)
     except SalisError as err:
@@ -53,33 +53,52 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
                f"{params.num_cycles} cycles x {params.select.budget} = {total_budget} of {pool} pool images")
     header = f"{'cycle':>5} {'labeled':>8} {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'hours':>7} {'mask AP50':>9}"
     typer.echo(header)
-    spent = 0
+    labeled_now, hours_now, current = 0, 0.0, None
     for k in sorted(c.k for c in params.cycles.values()):
         labeled_path = layout.labeled(k)
         if not labeled_path.is_file():
             typer.echo(f"{k:>5} {'-':>8} {'-':>10} {'-':>11} {'-':>9} {'-':>7} {'-':>9}")
             continue
         labeled = pd.read_parquet(labeled_path, columns=["image_id", "seconds"])
-        spent = len(labeled)
+        labeled_now, hours_now = len(labeled), float(labeled["seconds"].sum()) / 3600
         pseudo = _count(layout.pseudo(k))
         metrics_path = layout.metrics(k)
         ap50 = json.loads(metrics_path.read_text())["mask_AP50"] if metrics_path.is_file() else None
+        if ap50 is not None:
+            current = (k, ap50)
         typer.echo(
             f"{k:>5} {len(labeled):>8} {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
-            f"{pool - len(labeled):>9} {labeled['seconds'].sum() / 3600:>7.2f} "
+            f"{pool - len(labeled):>9} {hours_now:>7.2f} "
             f"{'-' if ap50 is None else f'{ap50:.3f}':>9}"
         )
+    if current is not None:
+        typer.echo(f"current model: cycle {current[0]}, mask AP50 {current[1]:.3f} on the test split "
+                   f"({layout.metrics(current[0])})")
+    for line in _awaiting(params, layout):
+        typer.echo(line)
+    typer.echo(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {total_budget} "
+               f"images ({params.select.initial} initial + {params.num_cycles} x {params.select.budget})")
+
+
+def _awaiting(params: Params, layout: Layout) -> list[str]:
+    """What the loop waits for: labels of a request batch, or a cycle to use the last batch."""
+    lines = []
     for batch in range(0, params.num_cycles + 1):
         selected = layout.selected(batch)
-        if selected.is_file() and not (batch + 1 <= params.num_cycles and layout.labeled(batch + 1).is_file()):
-            ids = pd.read_parquet(selected, columns=["image_id"])["image_id"].tolist()
-            if params.oracle == "human" and not layout.imported_labels(batch).is_file():
-                typer.echo(f"awaiting labels: request batch {batch}, {len(ids)} images ({layout.requests(batch)}); "
-                           f"then: salis labels import --cycle {batch} <export.json>")
-            elif batch == params.num_cycles:
-                typer.echo(f"next request: batch {batch}, {len(ids)} images ({layout.requests(batch)}), "
-                           "for a cycle beyond the configured ones")
-    typer.echo(f"labels spent: {spent} of {total_budget} images; budget left: {total_budget - spent} images")
+        answered = batch + 1 <= params.num_cycles and layout.labeled(batch + 1).is_file()
+        if not selected.is_file() or answered:
+            continue
+        ids = pd.read_parquet(selected, columns=["image_id"])["image_id"].tolist()
+        if batch == params.num_cycles:
+            lines.append(
+                f"batch {batch} ({len(ids)} images, {layout.requests(batch)}) is selected but no cycle uses it: "
+                f"add c{batch + 1}: {{k: {batch + 1}, prev: {batch}, next: {batch + 2}}} under `cycles:` in "
+                "params.yaml to go on"
+            )
+        elif params.oracle == "human" and not layout.imported_labels(batch).is_file():
+            lines.append(f"awaiting labels: request batch {batch}, {len(ids)} images ({layout.requests(batch)}); "
+                         f"then: salis labels import --cycle {batch} <export.json> && dvc repro")
+    return lines
 
 
 @labels_app.command("import")

@@ -49,6 +49,7 @@ def write_request_batch(
     cycle: int,
     min_score: float = 0.5,
     image_url: str = DEFAULT_IMAGE_URL,
+    model_note: str = "",
 ) -> dict:
     """Write the request batch for `image_ids` (in selection order) into out_dir.
 
@@ -56,6 +57,7 @@ def write_request_batch(
     below min_score are left out, so annotators start from confident predictions only.
     image_url: the Label Studio image reference, a template over {file_name} (relative to
     the image root), {path} (absolute) and {image_id}.
+    model_note: a line for README.txt on the model that made the predictions.
     Returns {cycle, images, pre_annotations, below_min_score, empty_masks, out_dir}.
     """
     ids = _checked_ids(prepared, image_ids)
@@ -73,7 +75,8 @@ def write_request_batch(
         write_text(tmp / "label_studio_tasks.json", _dumps(tasks))
         write_text(tmp / "label_config.xml", label_config(categories))
         write_text(tmp / "images.txt", "".join(f"{prepared.image_path(i)}\n" for i in ids))
-        write_text(tmp / "README.txt", _readme(cycle, out_dir, prepared.image_root(ids[0]) if ids else None))
+        note = _pre_annotation_note(cycle, len(request["annotations"]), counts, min_score, model_note)
+        write_text(tmp / "README.txt", _readme(cycle, out_dir, prepared.image_root(ids[0]) if ids else None, note))
     return {
         "cycle": cycle,
         "images": len(images),
@@ -214,8 +217,9 @@ def _predictions(
     if missing:
         raise SalisError(f"the instance table lacks the column(s) {missing}")
     by_image: dict[int, list[dict]] = {i: [] for i in images}
-    counts = {"below_min_score": 0, "empty_masks": 0}
+    counts: dict[str, Any] = {"below_min_score": 0, "empty_masks": 0}
     rows = instances[instances["image_id"].isin(list(images))]
+    counts["best_score"] = float(rows["score"].max()) if len(rows) else None
     if "det" in rows.columns:
         rows = rows.sort_values(["image_id", "det"], kind="stable")
     for row in rows.itertuples(index=False):
@@ -359,14 +363,32 @@ def label_config(categories: list[dict]) -> str:
     )
 
 
-def _readme(cycle: int, out_dir: Path, image_root: Path | None) -> str:
+def _pre_annotation_note(cycle: int, kept: int, counts: dict[str, Any], min_score: float, model_note: str) -> str:
+    """What the annotators get to start from, and why (a batch without pre-annotations is no bug)."""
+    if cycle == 0:
+        return ("Batch 0 is the random initial set: no model exists yet, so the images come without\n"
+                "pre-annotations. Draw every instance.")
+    best = counts.get("best_score")
+    if kept == 0:
+        why = ("the model detected nothing on them" if best is None else
+               f"none of the model's detections reached the pre-annotation floor (score >= {min_score}; "
+               f"best here {best:.3f})")
+        text = f"These images come without pre-annotations: {why}. Draw every instance."
+    else:
+        text = (f"{kept} of the model's detections come along as pre-annotations (score >= {min_score}; "
+                f"{counts['below_min_score']} scored lower and were left out): correct them, delete wrong "
+                "ones, add what is missing.")
+    return "\n".join(filter(None, [model_note, text]))
+
+
+def _readme(cycle: int, out_dir: Path, image_root: Path | None, note: str) -> str:
     root = image_root if image_root is not None else "<image root>"
     return f"""salis request batch for cycle {cycle}
 =================================
 
 The images listed in request.json (file names relative to {root}; absolute paths in
-images.txt) need instance masks. The model's predictions come along as pre-annotations:
-correct them, delete wrong ones, add what is missing. Keep the category names unchanged.
+images.txt) need instance masks. Keep the category names unchanged.
+{note}
 
 CVAT
   1. Create a task whose labels are the category names in request.json (same spelling),

@@ -1,7 +1,9 @@
 """Atomic writes: a temp file beside the target, then os.replace.
 
 A crash or Ctrl-C leaves either the old file or the new one, never a half-written
-artifact that a later stage could read.
+artifact that a later stage could read. Temp names carry the writer's pid
+(`.model.pt.<pid>.<random>.tmp`), so what a killed process left behind can be told apart
+from what a live one is writing, and removed (remove_stale_temp).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +23,40 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 _DIR_MODE = 0o777 & ~_UMASK
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<name>.<pid>.<random>.tmp
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp(roots: list[Path]) -> list[Path]:
+    """Remove temp files and folders under `roots` whose writer no longer runs; returns them."""
+    removed = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob(f".*{TEMP_SUFFIX}")):
+            match = _TEMP_NAME.match(path.name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -27,7 +64,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto target on success only."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -44,7 +81,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside target; it replaces target as a whole on success only."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, _DIR_MODE)

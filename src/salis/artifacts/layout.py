@@ -11,6 +11,16 @@ class Layout:
     root: Path = Path(".")
 
     @property
+    def artifact_roots(self) -> list[Path]:
+        """The folders stages write into (where stale temp files are looked for)."""
+        return [self.root / "data", self.root / "models", self.root / "metrics", self.labels_dir]
+
+    @property
+    def locks(self) -> Path:
+        """Per-stage locks (git-ignored): one process at a time writes a stage's outputs."""
+        return self.root / ".salis" / "locks"
+
+    @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 

@@ -1,11 +1,10 @@
-"""Stage `select@k`: the next batch, written as a request batch with the model's predictions."""
+"""Stage `select@k`: the next batch (request@k writes it out for annotators)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from salis.acquisition.samplers import get_sampler
-from salis.annotation.export import write_request_batch
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import IMAGES, INSTANCES, LABELED, SELECTED, check_parquet_schema, read_table, write_table
 from salis.data.prepared import PreparedData, SimulatedOracle
@@ -30,8 +29,5 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
         embeddings_path=layout.embeddings(cycle),
         oracle=SimulatedOracle(prepared) if params.oracle == "simulated" else None,
     )
-    ids = selected["image_id"].tolist()
-    predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])
     write_table(layout.selected(cycle), selected, SELECTED)
-    write_request_batch(layout.requests(cycle), prepared, ids, predictions, cycle=cycle)
     return selected
