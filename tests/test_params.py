@@ -132,3 +132,30 @@ def test_old_checkpoint_model_params_still_load():
 def test_runtime_threads_must_not_be_negative():
     with pytest.raises(ParamsError, match=r"runtime\.threads must be >= 0"):
         parse_params({"runtime": {"threads": -1}})
+
+
+
+@pytest.mark.parametrize(
+    "override, old, new",
+    [
+        ("sampler=entropy", "sampler: random             #", "sampler: entropy            #"),
+        ("model.weights=backbone.pt", "  weights:\n", "  weights: backbone.pt\n"),
+        ("data.coco.test_instances=t.json", "    test_instances:\n", "    test_instances: t.json\n"),
+        ("train.lr_steps=[0.5,0.8]", "  lr_steps:\n  - 0.75\n  - 0.9\n", "  lr_steps:\n  - 0.5\n  - 0.8\n"),
+        ("select.tsp_components=[class,mask]", "  - class\n  - box\n  - mask\n", "  - class\n  - mask\n"),
+        ("model.anchor_sizes=[16,32]", "  - 8\n  - 16\n  - 32\n  - 64\n  - 128\n", "  - 16\n  - 32\n"),
+    ],
+)
+def test_dvc_exp_run_set_changes_only_the_value_it_sets(tmp_path, override, old, new):
+    """`dvc exp run -S` rewrites params.yaml through dvc.utils.hydra.apply_overrides: params.yaml
+    is shaped (block lists, empty for none, comments on lines of their own) so that nothing else
+    moves: no comment lost or displaced, no list re-flowed, no null rewritten."""
+    from dvc.utils.hydra import apply_overrides
+
+    original = (ROOT / "params.yaml").read_text()
+    assert original.count(old) == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(original)
+    apply_overrides(str(path), [override])
+    assert path.read_text() == original.replace(old, new)
+    load_params(path)  # and it still validates

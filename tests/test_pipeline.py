@@ -103,14 +103,20 @@ def test_nothing_reruns_without_changes(project: Path):
 
 
 def test_changing_the_sampler_keeps_cycle_one_training_and_scoring_cached(project: Path):
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
-    out = run(["dvc", "exp", "run", "-S", "sampler=entropy"], project)
+    final = pd.read_csv(project / "metrics" / "curve.csv")["mask_AP50"].iloc[-1]
+    out = run(["salis", "baseline"], project)
+    assert f"committed: baseline: sampler random, seed 0, 2 cycles, mask AP50 {final:.3f} at 7 labeled" in out
+    assert run(["git", "status", "--porcelain"], project).strip() == ""  # nothing of the run left out
+    assert "nothing to record" in run(["salis", "baseline"], project, expect_ok=False)
+    out = run(["dvc", "exp", "run", "-n", "try-entropy", "-S", "sampler=entropy"], project)
     for cached in ("train@c1", "infer_score@c1", "evaluate@c1", "annotate@c1", "init", "prepare"):
         assert f"'{cached}' didn't change" in out or f"'{cached}' is cached" in out, out
     assert "Running stage 'select@c1'" in out
     labeled = pd.read_parquet(project / "data" / "cycles" / "2" / "labeled.parquet")
     assert (labeled["sampler"].iloc[4:] == "entropy").all()
+    rows = [line.split() for line in run(["salis", "runs"], project).splitlines()[1:]]
+    assert {(r[0], r[1], r[4]) for r in rows} >= {("try-entropy", "entropy", "7"), ("HEAD", "random", "7")}
+    assert all(len(line) <= 100 for line in run(["salis", "runs"], project).splitlines())
 
 
 def label_like_an_annotator(work: Path, batch: int, out: Path) -> set[int]:

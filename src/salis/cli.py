@@ -140,6 +140,45 @@ def labels_import(
 
 
 @app.command()
+def baseline() -> None:
+    """Commit the finished run in the workspace (dvc.lock, params, metrics) as the baseline.
+
+    `dvc metrics diff`, `dvc exp diff`, `salis savings` and every `dvc exp run` compare against
+    or branch from the last commit: without this step they have nothing to compare with.
+    """
+    from salis.analysis.experiments import record_baseline
+
+    try:
+        message = record_baseline(Path("."))
+    except SalisError as err:
+        _fail(err)
+    typer.echo(f"committed: {message}")
+    typer.echo("next: dvc exp run -S sampler=entropy, then dvc exp diff / salis runs / salis savings")
+
+
+@app.command()
+def runs(metric: str = typer.Option("mask_AP50", help="the learning-curve metric to show")) -> None:
+    """Every run side by side (experiments, the baseline commit, the workspace): sampler, seed,
+    cycles, labeled images, annotator hours, final and best metric. A readable `dvc exp show`."""
+    from salis.analysis.experiments import collect_runs, run_rows
+
+    try:
+        table = run_rows(collect_runs(Path(".")), metric)
+    except SalisError as err:
+        _fail(err)
+    if table.empty:
+        typer.echo("no run with a learning curve yet: `dvc repro` (then `salis baseline`) or `dvc exp run`")
+        return
+    typer.echo(f"{'run':<28} {'sampler':<13} {'seed':>4} {'cycles':>6} {'labeled':>7} {'hours':>7} "
+               f"{'final ' + metric:>16} {'best':>6}")
+    for row in table.sort_values(["sampler", "seed", "run"]).itertuples(index=False):
+        values = row._asdict()
+        typer.echo(f"{values['run'][:28]:<28} {values['sampler'][:13]:<13} {values['seed']:>4} {values['cycles']:>6} "
+                   f"{values['labeled_images']:>7} {values['annotation_hours']:>7.2f} "
+                   f"{values[f'final_{metric}']:>16.3f} {values[f'best_{metric}']:>6.3f}")
+
+
+@app.command()
 def savings(metric: str = typer.Option("mask_AP50", help="the metric whose random-sampler final value is the target")) -> None:
     """Labels and annotation hours each experiment needed to reach the random sampler's final AP."""
     from salis.analysis.savings import savings_table
@@ -149,7 +188,11 @@ def savings(metric: str = typer.Option("mask_AP50", help="the metric whose rando
     except SalisError as err:
         _fail(err)
     if reference is None:
-        typer.echo("no run with sampler=random to compare with: `dvc exp run -S sampler=random` first")
+        typer.echo(
+            "no run with sampler=random to compare with. After the random demo run, `salis baseline` "
+            "records it (a git commit); if it is gone from the workspace, `dvc exp run -S sampler=random` "
+            "brings it back (from DVC's run cache when nothing changed), then `salis baseline`"
+        )
         return
     target = next(iter(table.values()))["target"]
     typer.echo(f"target: {metric} {target:.3f}, the final value of '{reference}' (random)")

@@ -158,3 +158,46 @@ def _wait_for_queue(root: Path, echo: Callable[[str], None], poll_seconds: float
             return
         echo(f"waiting for {len(busy)} queued experiments ...")
         time.sleep(poll_seconds)
+
+
+def run_rows(runs: Sequence[Run], metric: str = "mask_AP50") -> pd.DataFrame:
+    """One row per run, what a user compares: sampler, seed, cycles, labels, hours, final metric."""
+    rows = []
+    for run in runs:
+        last = run.curve.iloc[-1]
+        rows.append({
+            "run": run.name,
+            "sampler": run.sampler,
+            "seed": run.seed,
+            "cycles": len(run.curve),
+            "labeled_images": int(last.get("labeled_images", 0)),
+            "annotation_hours": float(last.get("annotation_hours", float("nan"))),
+            f"final_{metric}": float(last.get(metric, float("nan"))),
+            f"best_{metric}": float(run.curve[metric].max()) if metric in run.curve else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
+BASELINE_PATHS = ("dvc.lock", "params.yaml", "metrics", "data", "models", "labels", ".gitignore")
+
+
+def record_baseline(root: Path) -> str:
+    """Commit the workspace's finished run as the baseline that `dvc metrics diff`, `dvc exp diff`,
+    `salis savings` and experiments start from; returns the commit message."""
+    root = Path(root)
+    if not (root / CURVE).is_file() or not (root / "dvc.lock").is_file():
+        raise SalisError(f"no finished run in {root.resolve()} ({CURVE} is missing): run `dvc repro` first")
+    stale = subprocess.run(["dvc", "status", "-q"], cwd=root, capture_output=True, text=True)
+    if stale.returncode != 0:
+        raise SalisError("the workspace is not what dvc.lock records (`dvc status` lists changes): run `dvc repro` "
+                         "to finish the run, then `salis baseline`")
+    run = _run(BASELINE, (root / PARAMS).read_text(), (root / CURVE).read_text())
+    assert run is not None
+    last = run.curve.iloc[-1]
+    message = (f"baseline: sampler {run.sampler}, seed {run.seed}, {len(run.curve)} cycles, "
+               f"mask AP50 {last['mask_AP50']:.3f} at {int(last['labeled_images'])} labeled images")
+    git(["add", "--", *[p for p in BASELINE_PATHS if (root / p).exists()]], root)
+    if not git(["diff", "--cached", "--name-only"], root).strip():
+        raise SalisError("nothing to record: HEAD already holds this run (`git log -1` shows it)")
+    git(["commit", "-q", "-m", message], root)
+    return message

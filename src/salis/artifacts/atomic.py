@@ -112,3 +112,9 @@ def write_parquet(path: str | Path, frame: Any) -> None:
     """Write a pandas DataFrame as parquet, atomically, without the pandas index."""
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def write_csv(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame as CSV, atomically, without the index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

@@ -68,6 +68,10 @@ class Layout:
     def live(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "live"
 
+    def train_log(self, k: int) -> Path:
+        """Cycle k's training losses and learning rate by iteration (a `dvc plots` source)."""
+        return self.root / "metrics" / "train" / f"{k}.csv"
+
     @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics" / "cycles"

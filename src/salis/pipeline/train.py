@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 from dvclive import Live
 
-from salis.artifacts.atomic import atomic_dir
+from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, PSEUDO, read_table
 from salis.data.prepared import PreparedData
@@ -38,8 +39,11 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     with atomic_dir(layout.live(cycle)) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
 
+            logged: list[dict[str, float]] = []
+
             def log(step: int, values: dict[str, float]) -> None:
                 live.step = step
+                logged.append({"step": step, **values})
                 for name, value in values.items():
                     live.log_metric(f"train/{name}", value, plot=True)
 
@@ -49,6 +53,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
                 live.summary[f"final/{name}"] = value
+    columns = list(dict.fromkeys(["step", *(key for row in logged for key in row)]))
+    write_csv(layout.train_log(cycle), pd.DataFrame(logged, columns=columns))
     save_checkpoint(
         layout.model(cycle), model, params.model, prepared.categories,
         {"cycle": cycle, "labeled_images": len(labeled), "pseudo_images": len(pseudo)},
