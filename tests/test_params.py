@@ -143,7 +143,7 @@ def test_runtime_threads_must_not_be_negative():
         ("data.coco.test_instances=t.json", "    test_instances:\n", "    test_instances: t.json\n"),
         ("train.lr_steps=[0.5,0.8]", "  lr_steps:\n  - 0.75\n  - 0.9\n", "  lr_steps:\n  - 0.5\n  - 0.8\n"),
         ("select.tsp_components=[class,mask]", "  - class\n  - box\n  - mask\n", "  - class\n  - mask\n"),
-        ("model.anchor_sizes=[16,32]", "  - 8\n  - 16\n  - 32\n  - 64\n  - 128\n", "  - 16\n  - 32\n"),
+        ("model.anchor_sizes=[4,8,16,32,64]", "  - 8\n  - 16\n  - 32\n  - 64\n  - 128\n", "  - 4\n  - 8\n  - 16\n  - 32\n  - 64\n"),
     ],
 )
 def test_dvc_exp_run_set_changes_only_the_value_it_sets(tmp_path, override, old, new):
