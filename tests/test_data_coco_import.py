@@ -403,3 +403,20 @@ def test_split_test_keeps_an_image_on_each_side(fraction, n_test):
 def test_split_test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2 images"):
         split_test(_many(1), 0.5, seed=0)
+
+
+# --- silent hazards, refused by name ----------------------------------------------------------
+
+
+def test_two_image_ids_naming_one_file_are_refused(tmp_path):
+    json_path, image_dir = _write(tmp_path, _base())
+    _rewrite(json_path, lambda c: c["images"].append({"id": 9, "file_name": "./sub//b.png", "width": 12, "height": 10}))
+    with pytest.raises(InputError, match=_names(json_path, "image ids 2 and 9 both name the file 'sub/b.png'")):
+        load_coco(json_path, image_dir)
+
+
+def test_two_categories_with_one_name_are_refused(tmp_path):
+    json_path, image_dir = _write(tmp_path, _base())
+    _rewrite(json_path, lambda c: c["categories"].append({"id": 5, "name": "cell"}))
+    with pytest.raises(InputError, match=_names(json_path, "categories 1 and 5 are both named 'cell'")):
+        load_coco(json_path, image_dir)

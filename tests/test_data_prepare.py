@@ -184,14 +184,33 @@ def test_coco_separate_test_file(tmp_path, monkeypatch):
     assert data.load_image(10).shape == (12, 16, 3)
 
 
-def test_coco_overlapping_test_ids(tmp_path, monkeypatch):
+def test_coco_overlapping_test_ids_are_renumbered_apart(tmp_path, monkeypatch):
+    """train.json and test.json both numbered from 1, as most tools write them: the pool keeps its
+    ids (the ones every table and label import uses), the test images move past them."""
     monkeypatch.chdir(tmp_path)
     instances, images = _coco_source(tmp_path, "raw", range(1, 5))
     test_instances, test_images = _coco_source(tmp_path, "held_out", range(4, 6))
     coco = {"instances": instances, "images": images, "test_instances": test_instances, "test_images": test_images}
-    with pytest.raises(InputError, match="held_out/instances.json: image ids also used in raw/instances.json: 4 "):
+    with pytest.warns(UserWarning, match="held_out/instances.json: 1 image id.*numbers the test images from 5"):
         prepare_dataset(_coco_params(coco), Path("prepared"))
-    assert not Path("prepared").exists()  # nothing half-written
+    data = PreparedData(Path("prepared"))
+    assert data.pool_ids() == [1, 2, 3, 4] and data.test_ids() == [5, 6]
+    test = json.loads(Path("prepared/test.json").read_text())
+    assert [(im["id"], im["source_id"], im["file_name"]) for im in test["images"]] == [(5, 4, "im4.png"), (6, 5, "im5.png")]
+    assert {a["image_id"] for a in test["annotations"]} <= {5, 6}
+    assert data.image_path(5) == (tmp_path / "held_out" / "images" / "im4.png").resolve()
+
+
+def test_coco_test_file_listing_a_pool_image_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    instances, images = _coco_source(tmp_path, "raw", range(1, 5))
+    test = json.loads(Path(instances).read_text())
+    test["images"] = [dict(test["images"][1], id=20)]
+    test["annotations"] = [dict(a, image_id=20) for a in test["annotations"] if a["image_id"] == 2]
+    Path("test.json").write_text(json.dumps(test))
+    coco = {"instances": instances, "images": images, "test_instances": "test.json", "test_images": images}
+    with pytest.raises(InputError, match=r"test.json: 1 test image\(s\) are also pool images: im2.png \(pool id 2, test id 20\)"):
+        prepare_dataset(_coco_params(coco), Path("prepared"))
 
 
 def test_coco_test_categories_differ(tmp_path, monkeypatch):

@@ -108,3 +108,23 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return "Z"
+
+
+def test_stage_warnings_print_as_one_clean_line(tmp_path: Path):
+    """A library warning reaches the user as `salis <stage>: warning: ...`, not with a source line."""
+    script = textwrap.dedent(
+        """
+        import sys, warnings
+        from salis.pipeline.runner import run_stage
+
+        def noisy(params, layout):
+            warnings.warn("data/x.json: dropped 4 annotation(s)", UserWarning, stacklevel=2)
+
+        sys.exit(run_stage("prepare", noisy, argv=["--params", sys.argv[1]]))
+        """
+    )
+    (tmp_path / "stage.py").write_text(script)
+    done = subprocess.run([sys.executable, "stage.py", str(ROOT / "params.yaml")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stderr == "salis prepare: warning: data/x.json: dropped 4 annotation(s)\n"

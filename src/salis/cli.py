@@ -19,6 +19,14 @@ labels_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Human
 app.add_typer(labels_app, name="labels")
 
 
+@app.callback()
+def _one_line_warnings() -> None:
+    """Library warnings print as one line, without the Python source line behind them."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *_args, **_kw: f"salis: warning: {message}\n"
+
+
 def _fail(err: Exception) -> None:
     typer.echo(f"salis: error: {err}", err=True)
     raise typer.Exit(2)

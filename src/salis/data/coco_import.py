@@ -160,6 +160,12 @@ def _parse_categories(items: list, path: Path) -> list[dict]:
             raise InputError(path, f"{where} name must be a string, got {entry['name']!r}")
         if cat_id in categories:
             raise InputError(path, f"duplicate category id {cat_id} ({where})")
+        twin = next((c["id"] for c in categories.values() if c["name"] == entry["name"]), None)
+        if twin is not None:
+            raise InputError(
+                path, f"categories {twin} and {cat_id} are both named {entry['name']!r}: label imports match "
+                "categories by name, so each name must be unique (merge them or rename one)"
+            )
         categories[cat_id] = {"id": cat_id, "name": entry["name"]}
     if not categories:
         raise InputError(path, "'categories' is empty: at least one category is needed")
@@ -170,18 +176,48 @@ def _parse_images(items: list, path: Path, image_dir: Path) -> list[dict]:
     root = image_dir.resolve()
     images: dict[int, dict] = {}
     first_seen: dict[int, str] = {}
+    by_file: dict[str, int] = {}
     for where, entry in _entries(items, "images", IMAGE_KEYS, path):
         image_id = _int(entry["id"], f"{where} id", path)
         if image_id in images:
             raise InputError(path, f"duplicate image id {image_id}: {first_seen[image_id]} and {where}")
         first_seen[image_id] = where
+        file_name = _safe_file_name(entry["file_name"], where, path, image_dir, root)
+        if file_name in by_file:
+            raise InputError(
+                path, f"image ids {by_file[file_name]} and {image_id} both name the file {file_name!r}: one image "
+                "listed twice could land in both the pool and the test split; keep one entry"
+            )
+        by_file[file_name] = image_id
         images[image_id] = {
             "id": image_id,
-            "file_name": _safe_file_name(entry["file_name"], where, path, image_dir, root),
+            "file_name": file_name,
             "width": _int(entry["width"], f"{where} width", path, positive=True),
             "height": _int(entry["height"], f"{where} height", path, positive=True),
         }
     return [images[k] for k in sorted(images)]
+
+
+def check_no_shared_files(pool: dict, pool_root: Path, test: dict, test_root: Path, test_path: str | Path) -> None:
+    """The same image file in the pool and the test split would leak the test set into training."""
+    pool_files = {(Path(pool_root) / img["file_name"]).resolve(): img["id"] for img in pool["images"]}
+    shared = [(img["file_name"], pool_files[f], img["id"]) for img in test["images"]
+              if (f := (Path(test_root) / img["file_name"]).resolve()) in pool_files]
+    if shared:
+        shown = ", ".join(f"{name} (pool id {a}, test id {b})" for name, a, b in shared[:5])
+        raise InputError(test_path, f"{len(shared)} test image(s) are also pool images: {shown}"
+                         f"{' ...' if len(shared) > 5 else ''}; the test split must hold other images")
+
+
+def renumber_images(coco: dict, start: int) -> dict:
+    """coco with its images numbered start, start+1, ... (in id order); each keeps its own id as
+    `source_id`, and annotations follow their image."""
+    new_ids = {img["id"]: start + i for i, img in enumerate(sorted(coco["images"], key=lambda im: im["id"]))}
+    return {
+        **coco,
+        "images": [dict(img, id=new_ids[img["id"]], source_id=img["id"]) for img in coco["images"]],
+        "annotations": [dict(a, image_id=new_ids[a["image_id"]]) for a in coco["annotations"]],
+    }
 
 
 def _safe_file_name(name: Any, where: str, path: Path, image_dir: Path, root: Path) -> str:

@@ -10,6 +10,7 @@ Layout of out_dir (written as a whole through atomic_dir, so a crash leaves the 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,9 @@ from PIL import Image
 
 from salis.artifacts.atomic import atomic_dir, write_json, write_parquet, write_text
 from salis.data import synthetic
-from salis.data.coco_import import DROP_REASONS, check_same_categories, load_coco, split_test
+from salis.data.coco_import import (
+    DROP_REASONS, check_no_shared_files, check_same_categories, load_coco, renumber_images, split_test,
+)
 from salis.errors import InputError, ParamsError
 from salis.params import DataParams
 from salis.seeds import derive_seed
@@ -119,12 +122,15 @@ def _coco(data: DataParams) -> tuple[dict, dict, dict]:
         test_root = cfg.test_images or cfg.images
         test, test_dropped = load_coco(Path(cfg.test_instances), Path(test_root))
         check_same_categories(pool, test, instances, cfg.test_instances)
-        shared = sorted({i["id"] for i in pool["images"]} & {i["id"] for i in test["images"]})
-        if shared:
-            raise InputError(
-                cfg.test_instances,
-                f"image ids also used in {instances}: {', '.join(map(str, shared[:10]))}"
-                f"{' ...' if len(shared) > 10 else ''} (pool and test ids must be disjoint)",
+        check_no_shared_files(pool, images, test, Path(test_root), cfg.test_instances)
+        shared = {i["id"] for i in pool["images"]} & {i["id"] for i in test["images"]}
+        if shared:  # most tools number each COCO file from 1: keep the pool's ids, move the test's
+            start = max(i["id"] for i in pool["images"]) + 1
+            test = renumber_images(test, start)
+            warnings.warn(
+                f"{cfg.test_instances}: {len(shared)} image id(s) also used in {instances}; salis numbers the "
+                f"test images from {start} (prepared/test.json keeps each one's own id as source_id)",
+                UserWarning, stacklevel=2,
             )
         dropped = {k: dropped[k] + test_dropped[k] for k in dropped}
     else:

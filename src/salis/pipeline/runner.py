@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ def run_stage(name: str, fn: Callable[..., Any], with_cycle: bool = False, argv:
     args = parser.parse_args(argv)
     label = f"{name}@c{args.cycle}" if with_cycle else name
     layout = Layout()
+    warnings.formatwarning = lambda message, *_args, **_kw: f"salis {label}: warning: {message}\n"
     try:
         die_with_parent()
         with stage_lock(layout.locks, label):
