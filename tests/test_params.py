@@ -146,13 +146,14 @@ def test_runtime_threads_must_not_be_negative():
         ("model.anchor_sizes=[4,8,16,32,64]", "  - 8\n  - 16\n  - 32\n  - 64\n  - 128\n", "  - 4\n  - 8\n  - 16\n  - 32\n  - 64\n"),
     ],
 )
-def test_dvc_exp_run_set_changes_only_the_value_it_sets(tmp_path, override, old, new):
+@pytest.mark.parametrize("params_file", ["params.yaml", "examples/dsb2018/params.yaml"])
+def test_dvc_exp_run_set_changes_only_the_value_it_sets(tmp_path, params_file, override, old, new):
     """`dvc exp run -S` rewrites params.yaml through dvc.utils.hydra.apply_overrides: params.yaml
     is shaped (block lists, empty for none, comments on lines of their own) so that nothing else
     moves: no comment lost or displaced, no list re-flowed, no null rewritten."""
     from dvc.utils.hydra import apply_overrides
 
-    original = (ROOT / "params.yaml").read_text()
+    original = (ROOT / params_file).read_text()
     assert original.count(old) == 1
     path = tmp_path / "params.yaml"
     path.write_text(original)
