@@ -20,6 +20,8 @@ demo: install
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	time $(BIN)/dvc repro
 	$(BIN)/dvc metrics show
+	@echo "next: source $(VENV)/bin/activate && salis baseline   (records this run: what dvc metrics diff,"
+	@echo "      dvc exp diff, salis savings and every dvc exp run compare against; see README)"
 
 repro: install
 	$(BIN)/dvc repro
