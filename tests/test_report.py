@@ -58,7 +58,7 @@ def test_build_report_sorts_and_summarises() -> None:
     assert summary["mask_AP50_gain"] == pytest.approx(0.5 - 0.25)
     assert summary["labeled_images_final"] == 30
     last = CYCLES[0]  # cycle 2, the last one
-    assert summary["final"] == {k: last[k] for k in ("cycle", "labeled_images", "pseudo_images", "mask_AP", "mask_AP50", "mask_AP75", "box_AP") if k in last}
+    assert summary["final"] == {k: last[k] for k in ("cycle", "labeled_images", "annotation_hours", "pseudo_images", "mask_AP", "mask_AP50", "mask_AP75", "box_AP") if k in last}
 
 
 def test_best_cycle_tie_goes_to_earliest() -> None:

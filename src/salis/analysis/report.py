@@ -102,7 +102,7 @@ def _curve_row(metrics: dict) -> dict:
     return row
 
 
-FINAL_KEYS = ("cycle", "labeled_images", "pseudo_images", "mask_AP", "mask_AP50", "mask_AP75", "box_AP")
+FINAL_KEYS = ("cycle", "labeled_images", "annotation_hours", "pseudo_images", "mask_AP", "mask_AP50", "mask_AP75", "box_AP")
 
 
 def _summary(ordered: list[dict]) -> dict:
