@@ -259,7 +259,7 @@ def compare(
 ) -> None:
     """Compare samplers over seeds: run a grid as DVC experiments, then report with 95% CIs.
 
-    Grid: every sampler x seed (with the -S overrides) runs as a DVC experiment named cmp-SAMPLER-sSEED; those already present are not rerun, so an interrupted grid resumes. A sampler that needs more gets it unless -S sets it (mc_dropout: score.mc_passes=10; learning_loss: model.learning_loss=true). Commit the baseline first (git add -A && git commit): experiments branch from it. Example: salis compare --samplers random,tsp,entropy --seeds 0,1,2
+    Grid: every sampler x seed (with the -S overrides) runs as a DVC experiment named cmp-SAMPLER-sSEED; those already present are not rerun, so an interrupted grid resumes. A sampler that needs more gets it unless -S sets it (mc_dropout: score.mc_passes=10; learning_loss: model.learning_loss=true). Commit first (`salis baseline` after a `dvc repro`, or git add -A && git commit): experiments branch from HEAD. Example: salis compare --samplers random,tsp,entropy --seeds 0,1,2
 
     Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match).
     """
