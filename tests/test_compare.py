@@ -134,3 +134,41 @@ def test_a_samplers_own_requirements_may_differ_and_the_grid_adds_them():
     assert with_requirements("mc_dropout", ["train.epochs=5"]) == ["train.epochs=5", "score.mc_passes=10"]
     assert with_requirements("mc_dropout", ["score.mc_passes=4"]) == ["score.mc_passes=4"]
     assert with_requirements("tsp", []) == []
+
+
+def test_saved_runs_load_back_equal_and_a_bad_file_is_refused_by_name(tmp_path: Path):
+    from salis.analysis.experiments import load_runs, save_runs
+
+    runs = [run("random", 0, [0.25, 0.5], **{"train.lr_steps": [0.75, 0.9], "model.weights": None}),
+            run("tsp", 1, [0.125, 0.75])]
+    save_runs(runs, tmp_path / "runs.json")
+    back = load_runs(tmp_path / "runs.json")
+    assert [(r.name, r.params) for r in back] == [(r.name, r.params) for r in runs]
+    for a, b in zip(back, runs):
+        pd.testing.assert_frame_equal(a.curve, b.curve, check_dtype=False)
+    assert compare(back).per_sampler.equals(compare(runs).per_sampler)
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    with pytest.raises(SalisError, match=r"bad.json: expected a list of \{name, params, curve\}"):
+        load_runs(tmp_path / "bad.json")
+    with pytest.raises(SalisError, match="missing.json: no such file"):
+        load_runs(tmp_path / "missing.json")
+
+
+def test_included_runs_join_the_report_and_present_experiments_win(tmp_path: Path, monkeypatch):
+    """Grids run in two clones: the report of one includes the other's runs.json."""
+    from salis.analysis import experiments
+
+    from salis.analysis.experiments import save_runs
+
+    elsewhere = [run("random", 1, [0.3, 0.6]), run("tsp", 1, [0.3, 0.7]), run("tsp", 0, [0.9, 0.9], name="old-tsp-s0")]
+    save_runs(elsewhere, tmp_path / "other.json")
+    here = [run("random", 0, [0.2, 0.4]), run("tsp", 0, [0.2, 0.5])]
+    monkeypatch.setattr(experiments, "collect_runs", lambda root: list(here))
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["compare", "--no-run", "--include", "other.json", "--out", "rep"])
+    assert out.exit_code == 0, out.output
+    runs = pd.read_csv(tmp_path / "rep" / "runs.csv")
+    assert sorted(set(zip(runs["sampler"], runs["seed"], runs["run"]))) == [
+        ("random", 0, "cmp-random-s0"), ("random", 1, "cmp-random-s1"), ("tsp", 0, "cmp-tsp-s0"), ("tsp", 1, "cmp-tsp-s1")]
+    assert "kept cmp-tsp-s0, left out old-tsp-s0" in (tmp_path / "rep" / "report.md").read_text()
+    assert len(experiments.load_runs(tmp_path / "rep" / "runs.json")) == 4

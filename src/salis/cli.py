@@ -256,12 +256,13 @@ def compare(
     metric: str = typer.Option("mask_AP50", help="the learning-curve metric to compare"),
     out: Path = typer.Option(Path("metrics/compare"), help="where the report goes"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file the grid starts from"),
+    include: list[Path] = typer.Option([], "--include", help="runs.json of an earlier report (another machine or clone) to report with the runs present"),
 ) -> None:
     """Compare samplers over seeds: run a grid as DVC experiments, then report with 95% CIs.
 
     Grid: every sampler x seed (with the -S overrides) runs as a DVC experiment named cmp-SAMPLER-sSEED; those already present are not rerun, so an interrupted grid resumes. A sampler that needs more gets it unless -S sets it (mc_dropout: score.mc_passes=10; learning_loss: model.learning_loss=true). Commit first (`salis baseline` after a `dvc repro`, or git add -A && git commit): experiments branch from HEAD. Example: salis compare --samplers random,tsp,entropy --seeds 0,1,2
 
-    Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match).
+    Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, runs.json (every run's params and curve: --include it in a later report, e.g. to merge grids run on several machines), curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match).
     """
     try:
         samplers = [s for s in samplers_.split(",") if s]
@@ -271,7 +272,7 @@ def compare(
     from salis.acquisition.samplers import SAMPLERS
     from salis.analysis.compare import compare as compare_runs
     from salis.analysis.compare import markdown, select_runs, write_report
-    from salis.analysis.experiments import collect_runs, run_grid
+    from salis.analysis.experiments import collect_runs, load_runs, run_grid, save_runs
 
     try:
         if samplers or seeds:
@@ -291,10 +292,12 @@ def compare(
                 if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode:
                     raise SalisError("no git commit to branch experiments from: `git add -A && git commit -m baseline`")
                 run_grid(samplers, seeds, set_, jobs, Path("."), typer.echo)
-        selected, notes = select_runs(collect_runs(Path(".")), dict(m.split("=", 1) for m in match))
+        present = collect_runs(Path(".")) + [run for path in include for run in load_runs(path)]
+        selected, notes = select_runs(present, dict(m.split("=", 1) for m in match))
         result = compare_runs(selected, metric)
         result.notes[:0] = notes
         write_report(result, out)
+        save_runs(sorted(selected, key=lambda r: (r.sampler, r.seed)), out / "runs.json")
     except SalisError as err:
         _fail(err)
     typer.echo(markdown(result).split("\n\n")[2])  # the per-sampler table

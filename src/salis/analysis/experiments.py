@@ -201,3 +201,39 @@ def record_baseline(root: Path) -> str:
         raise SalisError("nothing to record: HEAD already holds this run (`git log -1` shows it)")
     git(["commit", "-q", "-m", message], root)
     return message
+
+
+def save_runs(runs: Sequence[Run], path: Path) -> None:
+    """The runs of a report as JSON (name, flattened params, curve rows), so a later report, on
+    this machine or another, can include them without their DVC experiments (`--include`)."""
+    from salis.artifacts.atomic import write_text
+    import json
+
+    records = [{"name": r.name, "params": r.params, "curve": r.curve.to_dict(orient="records")} for r in runs]
+    write_text(path, json.dumps(records, indent=1, default=str) + "\n")
+
+
+def load_runs(path: Path) -> list[Run]:
+    """Runs saved by save_runs; a file that is not such a list is refused by name."""
+    import json
+
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SalisError(f"{path}: no such file (a runs.json written by `salis compare`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SalisError(f"{path}: not a runs.json written by `salis compare` ({err})") from None
+    ok = isinstance(records, list) and all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("params"), dict)
+        and isinstance(r.get("curve"), list) and r["curve"] for r in records
+    )
+    if not ok:
+        raise SalisError(f"{path}: expected a list of {{name, params, curve}} runs as `salis compare` writes them")
+    runs = []
+    for r in records:
+        curve = pd.DataFrame(r["curve"])
+        if "cycle" not in curve.columns:
+            raise SalisError(f"{path}: run {r['name']!r} has a curve without a cycle column")
+        runs.append(Run(r["name"], r["params"], curve.sort_values("cycle").reset_index(drop=True)))
+    return runs
