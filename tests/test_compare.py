@@ -172,3 +172,46 @@ def test_included_runs_join_the_report_and_present_experiments_win(tmp_path: Pat
         ("random", 0, "cmp-random-s0"), ("random", 1, "cmp-random-s1"), ("tsp", 0, "cmp-tsp-s0"), ("tsp", 1, "cmp-tsp-s1")]
     assert "kept cmp-tsp-s0, left out old-tsp-s0" in (tmp_path / "rep" / "report.md").read_text()
     assert len(experiments.load_runs(tmp_path / "rep" / "runs.json")) == 4
+
+
+def test_a_run_of_another_sampler_with_a_requirement_is_refused():
+    """entropy that trained a loss-prediction module (inherited from a learning_loss run) is not
+    comparable; learning_loss itself and mc_dropout may carry their own requirements."""
+    ok = [run("random", 0, [0.2]), run("learning_loss", 0, [0.2], **{"model.learning_loss": True}),
+          run("mc_dropout", 0, [0.2], **{"score.mc_passes": 10})]
+    assert len(select_runs(ok)[0]) == 3
+    bad = ok + [run("entropy", 0, [0.2], **{"model.learning_loss": True})]
+    with pytest.raises(SalisError, match=r"model.learning_loss.*cmp-entropy-s0"):
+        select_runs(bad)
+
+
+def test_every_run_of_a_grid_starts_from_heads_params(tmp_path: Path, monkeypatch):
+    """`dvc exp run` leaves its -S in params.yaml; the next run of the grid must not inherit it."""
+    import subprocess
+
+    from salis.analysis import experiments
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("sampler: random\nscore:\n  mc_passes: 0\n")
+    git("add", "params.yaml")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "base")
+    seen = []
+    real_run = subprocess.run
+
+    def fake_dvc(command, cwd, **kw):
+        if command[0] == "git":
+            return real_run(command, cwd=cwd, **kw)
+        seen.append((command, (Path(cwd) / "params.yaml").read_text()))
+        (Path(cwd) / "params.yaml").write_text("sampler: mc_dropout\nscore:\n  mc_passes: 10\n")  # what -S left
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_dvc)
+    monkeypatch.setattr(experiments, "experiment_refs", lambda root: [])
+    experiments.run_grid(["mc_dropout", "entropy"], [0], [], 1, tmp_path, echo=lambda _: None)
+    assert [c[0][c[0].index("-n") + 1] for c in seen] == ["cmp-mc_dropout-s0", "cmp-entropy-s0"]
+    assert all(text == "sampler: random\nscore:\n  mc_passes: 0\n" for _, text in seen)
+    assert "score.mc_passes=10" in seen[0][0] and not any("mc_passes" in a for a in seen[1][0])
+    (tmp_path / "params.yaml").write_text("sampler: tsp\n")
+    with pytest.raises(SalisError, match="params.yaml differs from the committed one"):
+        experiments.run_grid(["tsp"], [0], [], 1, tmp_path, echo=lambda _: None)

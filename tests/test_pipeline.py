@@ -47,7 +47,7 @@ def run(args: list[str], cwd: Path, expect_ok: bool = True) -> str:
 
 
 def new_project(work: Path, extra: dict) -> Path:
-    for name in ("dvc.yaml", "stages", "src", "labels"):
+    for name in ("dvc.yaml", "stages", "src", "labels", ".gitignore"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     params = merge(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY), extra)

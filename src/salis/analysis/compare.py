@@ -92,33 +92,36 @@ def select_runs(runs: list[Run], match: dict[str, str] | None = None) -> tuple[l
     return kept, notes
 
 
-def _sampler_requirements() -> set[str]:
-    """Params a sampler needs set (MC passes, the loss-prediction module): they may differ."""
+def _own_requirements(sampler: str) -> set[str]:
+    """Params this sampler needs set (MC passes, the loss-prediction module): on its own runs they
+    may differ from the others'; on any other sampler's run they must not (a run of entropy that
+    trained a loss-prediction module is not the entropy the others compare with)."""
     from salis.acquisition.samplers import SAMPLERS
 
-    return {r.split("=", 1)[0] for cls in SAMPLERS.values() for r in cls.requires}
+    cls = SAMPLERS.get(sampler)
+    return {r.split("=", 1)[0] for r in cls.requires} if cls is not None else set()
 
 
-def _configuration(run: Run) -> dict[str, object]:
-    skip = set(VARYING) | _sampler_requirements()
+def _configuration(run: Run, skip: set[str]) -> dict[str, object]:
     return {k: v for k, v in run.params.items() if k not in skip and not k.startswith(IGNORED_PREFIXES)}
 
 
 def _check_same_configuration(runs: list[Run]) -> None:
-    if len(runs) < 2:
-        return
-    base = _configuration(runs[0])
-    for run in runs[1:]:
-        other = _configuration(run)
-        differ = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
-        if differ:
-            what = "datasets" if any(k.startswith("data.") for k in differ) else "settings"
-            shown = ", ".join(f"{k} ({base.get(k)!r} in {runs[0].name}, {other.get(k)!r} in {run.name})"
-                              for k in differ[:3])
-            raise SalisError(
-                f"the runs use different {what}: {shown}{' ...' if len(differ) > 3 else ''}; compare runs of one "
-                "configuration (`salis compare --match KEY=VALUE` keeps the runs whose params match)"
-            )
+    """Every pair of runs agrees on every param but sampler, seed, cycles and the pair's own
+    sampler requirements."""
+    for i, first in enumerate(runs):
+        for run in runs[i + 1:]:
+            skip = set(VARYING) | _own_requirements(first.sampler) | _own_requirements(run.sampler)
+            base, other = _configuration(first, skip), _configuration(run, skip)
+            differ = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+            if differ:
+                what = "datasets" if any(k.startswith("data.") for k in differ) else "settings"
+                shown = ", ".join(f"{k} ({base.get(k)!r} in {first.name}, {other.get(k)!r} in {run.name})"
+                                  for k in differ[:3])
+                raise SalisError(
+                    f"the runs use different {what}: {shown}{' ...' if len(differ) > 3 else ''}; compare runs of "
+                    "one configuration (`salis compare --match KEY=VALUE` keeps the runs whose params match)"
+                )
 
 
 def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFERENCE) -> Comparison:

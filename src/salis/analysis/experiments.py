@@ -127,6 +127,13 @@ def run_grid(
     jobs = 1 runs them one after another (`dvc exp run`); jobs > 1 queues them and starts that
     many DVC queue workers (`dvc exp run --queue`, `dvc queue start -j`), then waits.
     """
+    # `dvc exp run` applies -S to the workspace's params.yaml, which still holds the previous
+    # run's overrides: without a reset, a run after mc_dropout or learning_loss would inherit
+    # score.mc_passes or model.learning_loss. Every run starts from HEAD's params.yaml.
+    head_params = git(["show", f"HEAD:{PARAMS}"], root)
+    if (root / PARAMS).read_text() != head_params:
+        raise SalisError(f"{PARAMS} differs from the committed one: commit it, or pass the change to every run "
+                         "with -S KEY=VALUE (each run of the grid starts from HEAD's params.yaml)")
     existing = {name for name, _ in experiment_refs(root)}
     todo = [(s, seed) for seed in seeds for s in samplers if experiment_name(s, seed, overrides) not in existing]
     for s, seed in [(s, seed) for seed in seeds for s in samplers if (s, seed) not in todo]:
@@ -138,8 +145,10 @@ def run_grid(
         if jobs > 1:
             command.insert(3, "--queue")
         echo(("queue: " if jobs > 1 else "run: ") + " ".join(command))
+        (root / PARAMS).write_text(head_params)
         if subprocess.run(command, cwd=root).returncode != 0:
             raise SalisError(f"`{' '.join(command)}` failed; fix it and run `salis compare` again (done runs are kept)")
+    (root / PARAMS).write_text(head_params)
     if jobs > 1 and todo:
         if subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root).returncode != 0:
             raise SalisError("`dvc queue start` failed")
