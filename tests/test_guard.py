@@ -71,21 +71,26 @@ STAGE = textwrap.dedent(
 )
 PARENT = textwrap.dedent(
     """
-    import subprocess, sys, time
-    subprocess.Popen([sys.executable, "stage.py", sys.argv[1]])
+    import shlex, subprocess, sys, time
+    stage = [sys.executable, "stage.py", sys.argv[1]]
+    if sys.argv[2] == "shell":  # as dvc runs it: through /bin/sh, which forks (`; :` keeps any shell from exec-ing)
+        stage = ["/bin/sh", "-c", shlex.join(stage) + "; :"]
+    subprocess.Popen(stage)
     time.sleep(120)
     """
 )
 
 
-def test_a_stage_ends_when_its_parent_is_killed_and_leaves_no_partial_output(tmp_path: Path):
-    """kill -9 of the parent (dvc's place): the stage gets SIGTERM and cleans up its temp file."""
+@pytest.mark.parametrize("launch", ["direct", "shell"])
+def test_a_stage_ends_when_its_parent_is_killed_and_leaves_no_partial_output(tmp_path: Path, launch: str):
+    """kill -9 of the parent (dvc's place), whether it ran the stage itself or through a shell
+    that stays alive: the stage gets SIGTERM and cleans up its temp file."""
     if not sys.platform.startswith("linux"):
         pytest.skip("parent-death signal is Linux only")
     (tmp_path / "stage.py").write_text(STAGE)
     (tmp_path / "parent.py").write_text(PARENT)
     params = ROOT / "params.yaml"
-    parent = subprocess.Popen([sys.executable, "parent.py", str(params)], cwd=tmp_path)
+    parent = subprocess.Popen([sys.executable, "parent.py", str(params), launch], cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not (tmp_path / "started").exists():
         assert time.monotonic() < deadline and parent.poll() is None, "the stage never started"
