@@ -18,8 +18,8 @@ def test_defaults_are_the_literature_values():
     assert model.box_seconds == 7.0
     assert model.point_seconds == 2.4
     assert model.image_label_seconds_per_category == 1.0
+    assert model.count_seconds_per_instance == 0.8
     assert model.hourly_rate == 0.0
-    assert model.kind == "mask"
 
 
 @pytest.mark.parametrize(
@@ -29,11 +29,17 @@ def test_defaults_are_the_literature_values():
         ("mask", 0, 3, 3.0),  # an empty image still costs the category check
         ("box", 3, 2, 7 * 3 + 2),
         ("point", 3, 2, 2.4 * 3 + 2),
-        ("image", 3, 2, 2.0),  # image-level labels: only the categories count
+        ("image", 3, 2, 0.8 * 3 + 2.0),  # image-level labels and counts: 2 categories, 3 counted
+        ("image", 0, 3, 3.0),
     ],
 )
 def test_image_seconds(kind, instances, categories, seconds):
-    assert CostModel(kind=kind).image_seconds(instances, categories) == pytest.approx(seconds)
+    assert CostModel().image_seconds(instances, categories, kind) == pytest.approx(seconds)
+
+
+def test_an_unknown_label_type_is_refused():
+    with pytest.raises(ValueError, match="unknown label type 'polygon'"):
+        CostModel().image_seconds(1, 1, "polygon")
 
 
 def test_image_seconds_uses_the_configured_rates():
@@ -43,10 +49,16 @@ def test_image_seconds_uses_the_configured_rates():
 
 def test_cost_table_one_row_per_image_sorted_by_id():
     table = CostModel().cost_table({5: 3, 2: 0, 9: 1}, num_categories=2)
-    assert list(table.columns) == ["image_id", "instances", "seconds"]
+    assert list(table.columns) == ["image_id", "label_type", "instances", "seconds"]
     assert table["image_id"].tolist() == [2, 5, 9]
     assert table["instances"].tolist() == [0, 3, 1]
     assert table["seconds"].tolist() == [2.0, 239.0, 81.0]
+
+
+def test_cost_table_prices_each_image_by_its_label_type():
+    table = CostModel().cost_table({1: 3, 2: 3, 3: 3}, num_categories=2, label_types={2: "point", 3: "box"})
+    assert table["label_type"].tolist() == ["mask", "point", "box"]
+    assert table["seconds"].tolist() == pytest.approx([239.0, 2.4 * 3 + 2, 7 * 3 + 2])
 
 
 def test_cumulative_hours_and_money_per_cycle():
@@ -71,7 +83,7 @@ def test_cost_table_feeds_the_cumulative_totals():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"mask_seconds_per_instance": -1.0}, {"hourly_rate": float("nan")}, {"box_seconds": True}, {"kind": "polygon"}],
+    [{"mask_seconds_per_instance": -1.0}, {"hourly_rate": float("nan")}, {"box_seconds": True}, {"point_seconds": "2"}],
 )
 def test_bad_cost_params_are_refused(kwargs):
     with pytest.raises(ParamsError):

@@ -31,21 +31,35 @@ def write_labels(path, image_ids, returned=(), category=1):
 def test_human_batch_reads_labels_and_returned_images(tmp_path):
     path = tmp_path / "cycle_0.json"
     write_labels(path, [5, 6], returned=[7])
-    batch, returned = human_batch(path, [5, 6, 7], {1})
-    assert sorted(batch) == [5, 6] and returned == [7]
+    batch = human_batch({"mask": path}, [5, 6, 7], ["mask"] * 3, {1})
+    assert sorted(batch.annotations) == [5, 6] and batch.returned == [7]
+    assert batch.label_type(5) == "mask" and batch.instances(5) == 1
+
+
+def test_human_batch_reads_one_file_per_label_type(tmp_path):
+    masks, counts = tmp_path / "cycle_0.json", tmp_path / "cycle_0.image.json"
+    write_labels(masks, [5])
+    store = extend_store(empty_store(CATS), [{"id": 6, "label_type": "image", "counts": [{"category_id": 1, "count": 4}]}], {6: []})
+    write_json(counts, store | {"partial_unlabeled": [], "label_type": "image"})
+    batch = human_batch({"mask": masks, "image": counts}, [5, 6], ["mask", "image"], {1})
+    assert sorted(batch.annotations) == [5, 6]
+    assert (batch.label_type(5), batch.label_type(6)) == ("mask", "image")
+    assert batch.instances(6) == 4  # the count, not the (absent) annotations
+    with pytest.raises(InputError, match="holds mask labels but the batch asked for image labels"):
+        human_batch({"mask": masks, "image": masks}, [5, 6], ["mask", "image"], {1})
 
 
 def test_human_batch_refuses_unrequested_images_unknown_categories_and_gaps(tmp_path):
     path = tmp_path / "cycle_0.json"
     write_labels(path, [5, 8])
     with pytest.raises(InputError, match="not requested: \\[8\\]"):
-        human_batch(path, [5, 6], {1})
+        human_batch({"mask": path}, [5, 6], ["mask"] * 2, {1})
     write_labels(path, [5], category=4)
     with pytest.raises(InputError, match="unknown category ids \\[4\\]"):
-        human_batch(path, [5], {1})
+        human_batch({"mask": path}, [5], ["mask"], {1})
     write_labels(path, [5])
     with pytest.raises(SalisError, match="neither labeled nor returned: \\[6\\]"):
-        human_batch(path, [5, 6], {1})
+        human_batch({"mask": path}, [5, 6], ["mask"] * 2, {1})
 
 
 def test_read_store_errors_name_the_file(tmp_path):

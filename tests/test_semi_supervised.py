@@ -75,9 +75,9 @@ def test_pseudo_stage_never_labels_labeled_or_just_selected_images(tmp_path: Pat
 
     layout = Layout(tmp_path)
     labeled = pd.DataFrame({"image_id": [1, 2], "cycle": 1, "source": "simulated_oracle",
-                            "sampler": "initial_random", "rank": [0, 1], "seconds": 1.0})
+                            "sampler": "initial_random", "rank": [0, 1], "label_type": "mask", "seconds": 1.0})
     write_table(layout.labeled(1), labeled, LABELED)
-    write_table(layout.selected(1), pd.DataFrame({"image_id": [3], "cycle": 1, "sampler": "tsp", "rank": [0]}),
+    write_table(layout.selected(1), pd.DataFrame({"image_id": [3], "cycle": 1, "sampler": "tsp", "rank": [0], "label_type": "mask"}),
                 SELECTED)
     write_table(layout.instances(1), instance_rows([1, 2, 3, 4, 5, 5]), INSTANCES)
     stage_pseudo_label(parse_params({}), layout, 1)
@@ -112,6 +112,7 @@ def run_two_cycles(root: Path) -> tuple[Layout, list[dict]]:
     from salis.pipeline.pseudo_label import stage_pseudo_label
     from salis.pipeline.select import stage_select
     from salis.pipeline.train import stage_train
+    from salis.pipeline.weak_label import stage_weak_label
 
     params, layout = parse_params(TINY), Layout(root)
     stage_prepare(params, layout)
@@ -120,6 +121,7 @@ def run_two_cycles(root: Path) -> tuple[Layout, list[dict]]:
     summaries = []
     for k in (1, 2):
         stage_annotate(params, layout, k)
+        stage_weak_label(params, layout, k)
         summaries.append(stage_train(params, layout, k))
         stage_infer_score(params, layout, k)
         stage_select(params, layout, k)

@@ -90,6 +90,10 @@ class TrainParams:
     warm_start: bool = True
     grad_clip: float = 10.0
     learning_loss_stop_grad_after: float = 0.6
+    # box-labeled images train the mask head with BoxInst's losses (Tian et al. 2021)
+    box_projection_weight: float = 1.0
+    box_pairwise_weight: float = 1.0
+    box_pairwise_color_tau: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,44 @@ class SelectParams:
     tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")
     aggregation: Literal["default", "mean", "min", "max", "tsp"] = "default"
     min_score: float = 0.0  # detections under this class score leave image-level aggregation
+    budget_hours: float = 0.0  # > 0: each cycle buys this many annotator hours instead of `budget` images
+
+
+LabelType = Literal["mask", "box", "point", "image"]
+LABEL_TYPES: tuple[str, ...] = ("mask", "box", "point", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotationParams:
+    """What the annotators are asked for (salis.loop.budget assigns each selected image its label type)."""
+
+    policy: Literal["mask", "box", "point", "image", "mixed"] = "mask"
+    # mixed: the share of each cycle's hours spent on full masks; the rest buys `cheap` labels
+    mask_share: float = 0.5
+    cheap: Literal["box", "point", "image"] = "point"
+    # mixed: rank = masks for the sampler's top-ranked images, cheap labels for the next ones;
+    # mask_iou = walking the sampler's ranking, an image whose mean predicted mask IoU is at least
+    # cheap_above gets a cheap label, the others full masks (mask-guided, Bellver et al.)
+    mixed_order: Literal["rank", "mask_iou"] = "rank"
+    cheap_above: float = 0.6
+    # where the simulated annotator clicks an instance's point: center (the pixel deepest inside
+    # the mask), uniform (any mask pixel), annotator (well inside, but not always at the centre:
+    # a pixel drawn with probability growing with its distance to the mask border)
+    point_placement: Literal["center", "uniform", "annotator"] = "annotator"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeakParams:
+    """How weak labels become training targets (salis.loop.weak)."""
+
+    # point-labeled images: a point claims the best detection whose mask contains it
+    point_min_score: float = 0.05
+    # a point no detection explains: the mask head runs at a box this many times the class's
+    # median labeled box side around the point, then once more at the box of that mask
+    refine_box_scale: float = 1.0
+    # image-labeled images: detections with class score >= this, of the classes present, at most
+    # the counted number per class (best first)
+    image_score_thresh: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +171,12 @@ class PseudoParams:
 class CostParams:
     """Annotation cost model (salis.annotation.cost.CostModel); defaults from the literature."""
 
-    kind: Literal["mask", "box", "point", "image"] = "mask"
     mask_seconds_per_instance: float = 79.0
     seconds_per_category_checked: float = 1.0
     box_seconds: float = 7.0
     point_seconds: float = 2.4
     image_label_seconds_per_category: float = 1.0
+    count_seconds_per_instance: float = 0.8
     hourly_rate: float = 50.0
 
 
@@ -161,6 +203,8 @@ class Params:
     train: TrainParams = TrainParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
+    annotation: AnnotationParams = AnnotationParams()
+    weak: WeakParams = WeakParams()
     pseudo: PseudoParams = PseudoParams()
     eval: EvalParams = EvalParams()
     cost: CostParams = CostParams()
@@ -232,6 +276,7 @@ MOVED_KEYS = {
     "train.amp": "runtime.amp",
     "model.mc_dropout_p": "score.mc_dropout_p (an inference knob: changing it no longer retrains)",
     "model.mc_dropout_train": "model.train_dropout_p (a probability; 0 = no dropout while training)",
+    "cost.kind": "annotation.policy (mask | box | point | image | mixed; each labeled image's cost follows its own label type)",
     "train.iterations": "train.epochs with train.min_iterations / train.max_iterations "
     "(set both to N for a fixed N per cycle)",
 }
@@ -296,6 +341,17 @@ def _check_ranges(p: Params) -> None:
     for name, value in {"score.mc_dropout_p": p.score.mc_dropout_p, "model.train_dropout_p": p.model.train_dropout_p}.items():
         if not 0.0 <= value < 1.0:
             raise ParamsError(f"{name} must lie in [0, 1), got {value}")
+    if p.select.budget_hours < 0:
+        raise ParamsError(f"select.budget_hours must be >= 0 (0 = select.budget images per cycle), got {p.select.budget_hours}")
+    if p.annotation.policy == "mixed" and not p.select.budget_hours:
+        raise ParamsError("annotation.policy mixed splits each cycle's hours between masks and cheap labels: "
+                          "set select.budget_hours (hours per cycle)")
+    if p.weak.refine_box_scale <= 0:
+        raise ParamsError(f"weak.refine_box_scale must be positive, got {p.weak.refine_box_scale}")
+    for name, value in {"train.box_projection_weight": p.train.box_projection_weight,
+                        "train.box_pairwise_weight": p.train.box_pairwise_weight}.items():
+        if value < 0:
+            raise ParamsError(f"{name} must be >= 0, got {value}")
     if p.runtime.threads < 0:
         raise ParamsError(f"runtime.threads must be >= 0 (0 = torch's default), got {p.runtime.threads}")
     if p.model.learning_loss_channels <= 0:
@@ -316,6 +372,11 @@ def _check_ranges(p: Params) -> None:
         "train.hflip": p.train.hflip,
         "train.learning_loss_stop_grad_after": p.train.learning_loss_stop_grad_after,
         "data.coco.test_fraction": p.data.coco.test_fraction,
+        "annotation.mask_share": p.annotation.mask_share,
+        "annotation.cheap_above": p.annotation.cheap_above,
+        "weak.point_min_score": p.weak.point_min_score,
+        "weak.image_score_thresh": p.weak.image_score_thresh,
+        "train.box_pairwise_color_tau": p.train.box_pairwise_color_tau,
     }.items():
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")

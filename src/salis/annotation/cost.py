@@ -7,10 +7,13 @@ semi-supervised semantic and instance segmentation"):
   "What's the point", from the COCO annotation statistics);
 - box: 7 s per box (Papadopoulos et al., ICCV 2017, "Extreme clicking");
 - point: 2.4 s per clicked point (Bearman et al.);
-- image-level label: 1 s per category checked (Bearman et al.).
+- image-level label: 1 s per category checked (Bearman et al.), plus 0.8 s per instance counted
+  (Bellver et al. measured 20.0 s per PASCAL image for labels, 22.2 s for labels and counts:
+  2.2 s more for about 2.7 instances).
 
-Every kind except "image" also pays the per-category check: the annotator looks at each
-category once per image to decide whether it is present, whatever the count.
+Every label type pays the per-category check: the annotator looks at each category once per
+image to decide whether it is present, whatever the count. Each labeled image is priced by its
+own label type (a mixed batch holds several).
 
 The label-savings comparison (label_savings) answers: how many labeled images and annotation
 hours did an experiment need to reach the final mask AP50 of the random sampler?
@@ -21,16 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from salis.errors import ParamsError
-from salis.params import CostParams
+from salis.params import LABEL_TYPES, CostParams
 
-AnnotationKind = Literal["mask", "box", "point", "image"]
-KINDS: tuple[str, ...] = ("mask", "box", "point", "image")
 SECONDS_PER_HOUR = 3600.0
 
 
@@ -39,8 +40,7 @@ class CostModel:
     """Annotation time per image, and money at `hourly_rate` currency units per annotator hour.
 
     hourly_rate is in whatever currency the user budgets in (0 leaves money out: every money
-    figure is then 0). `kind` says what the annotators draw: full masks (what salis trains
-    on), boxes, points, or image-level labels.
+    figure is then 0).
     """
 
     mask_seconds_per_instance: float = 79.0
@@ -48,8 +48,8 @@ class CostModel:
     box_seconds: float = 7.0
     point_seconds: float = 2.4
     image_label_seconds_per_category: float = 1.0
+    count_seconds_per_instance: float = 0.8
     hourly_rate: float = 0.0
-    kind: AnnotationKind = "mask"
 
     @classmethod
     def from_params(cls, params: CostParams) -> "CostModel":
@@ -57,51 +57,50 @@ class CostModel:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name == "kind":
-                continue
             value = getattr(self, f.name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or value < 0:
                 raise ParamsError(f"annotation cost: {f.name} must be a non-negative number, got {value!r}")
-        if self.kind not in KINDS:
-            raise ParamsError(f"annotation cost: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
-    @property
-    def seconds_per_instance(self) -> float:
-        """The per-instance time of this kind (0 for image-level labels: nothing is drawn)."""
+    def seconds_per_instance(self, label_type: str = "mask") -> float:
+        """The per-instance time of a label type (counting, for image-level labels)."""
         return {
             "mask": self.mask_seconds_per_instance,
             "box": self.box_seconds,
             "point": self.point_seconds,
-            "image": 0.0,
-        }[self.kind]
+            "image": self.count_seconds_per_instance,
+        }[_checked(label_type)]
 
-    @property
-    def seconds_per_category(self) -> float:
-        if self.kind == "image":
+    def seconds_per_category(self, label_type: str = "mask") -> float:
+        if _checked(label_type) == "image":
             return self.image_label_seconds_per_category
         return self.seconds_per_category_checked
 
-    def image_seconds(self, num_instances: int, num_categories: int) -> float:
+    def image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
         """Seconds to label one image holding num_instances objects, num_categories categories checked."""
         if num_instances < 0 or num_categories < 0:
             raise ValueError(f"counts must be non-negative, got {num_instances} instances, {num_categories} categories")
-        return self.seconds_per_instance * num_instances + self.seconds_per_category * num_categories
+        return self.seconds_per_instance(label_type) * num_instances + self.seconds_per_category(label_type) * num_categories
 
-    def cost_table(self, instances_per_image: Mapping[int, int], num_categories: int) -> pd.DataFrame:
-        """One row per image (sorted by id): image_id, instances, seconds."""
+    def cost_table(
+        self, instances_per_image: Mapping[int, int], num_categories: int, label_types: Mapping[int, str] | None = None
+    ) -> pd.DataFrame:
+        """One row per image (sorted by id): image_id, label_type, instances, seconds (masks unless
+        label_types says otherwise)."""
         ids = sorted(int(i) for i in instances_per_image)
         counts = np.array([int(instances_per_image[i]) for i in ids], dtype=np.int64)
         if (counts < 0).any():
             raise ValueError("instance counts must be non-negative")
         if num_categories < 0:
             raise ValueError(f"num_categories must be non-negative, got {num_categories}")
-        seconds = self.seconds_per_instance * counts + self.seconds_per_category * num_categories
+        types = [str((label_types or {}).get(i, "mask")) for i in ids]
+        seconds = [self.image_seconds(int(n), num_categories, t) for n, t in zip(counts, types)]
         return pd.DataFrame(
             {
                 "image_id": np.array(ids, dtype=np.int64),
+                "label_type": types,
                 "instances": counts,
-                "seconds": seconds.astype(np.float64),
+                "seconds": np.array(seconds, dtype=np.float64),
             }
         )
 
@@ -136,6 +135,12 @@ class CostModel:
                 "cumulative_money": np.cumsum(hours) * self.hourly_rate,
             }
         )
+
+
+def _checked(label_type: str) -> str:
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"unknown label type {label_type!r}; label types are {', '.join(LABEL_TYPES)}")
+    return label_type
 
 
 def instances_per_image(annotations: Iterable[Mapping[str, Any]], image_ids: Iterable[int]) -> dict[int, int]:

@@ -33,6 +33,14 @@ class Layout:
     def pseudo(self, k: int) -> Path:
         return self.cycle_dir(k) / "pseudo.parquet"
 
+    def weak(self, k: int) -> Path:
+        """Cycle k's training targets made from weak labels (weak_label@k)."""
+        return self.cycle_dir(k) / "weak.parquet"
+
+    def weak_summary(self, k: int) -> Path:
+        """What weak_label@k made of the weak labels (points claimed, refined, failed, ...)."""
+        return self.cycle_dir(k) / "weak.json"
+
     def instances(self, k: int) -> Path:
         return self.cycle_dir(k) / "instances.parquet"
 
@@ -56,8 +64,10 @@ class Layout:
         """Human labels, one file per request batch, written by `salis labels import`."""
         return self.root / "labels"
 
-    def imported_labels(self, k: int) -> Path:
-        return self.labels_dir / f"cycle_{k}.json"
+    def imported_labels(self, k: int, label_type: str = "mask") -> Path:
+        """Batch k's imported labels of one label type: cycle_K.json (masks), cycle_K.point.json, ..."""
+        suffix = "" if label_type == "mask" else f".{label_type}"
+        return self.labels_dir / f"cycle_{k}{suffix}.json"
 
     def embeddings(self, k: int) -> Path:
         return self.cycle_dir(k) / "embeddings"

@@ -100,6 +100,7 @@ _SELECTED_FIELDS = [
     ("cycle", pa.int64()),  # the cycle whose model picked it (0: init's random set)
     ("sampler", pa.string()),  # what picked it (initial_random for the initial set)
     ("rank", pa.int64()),  # its place in that pick
+    ("label_type", pa.string()),  # what the annotator is asked for: mask | box | point | image
 ]
 SELECTED = Table("selected", pa.schema(_SELECTED_FIELDS), "select (init for cycle 0)")
 
@@ -119,6 +120,31 @@ LABELED = Table(
 
 # Detections kept as pseudo-labels for the next cycle's training: instance rows.
 PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label (init for cycle 1)")
+
+# Weak labels turned into training targets for cycle k (weak_label@k): point-guided pseudo-labels
+# of point-labeled images and image-label-filtered detections of image-labeled images.
+WEAK = Table(
+    "weak",
+    pa.schema(
+        [
+            ("image_id", pa.int64()),
+            ("category_id", pa.int64()),
+            ("score", pa.float32()),  # the detection's class score (NaN for a refined point)
+            ("x", pa.float32()),
+            ("y", pa.float32()),
+            ("w", pa.float32()),
+            ("h", pa.float32()),
+            ("area", pa.int64()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("rle", pa.string()),
+            ("label_type", pa.string()),  # point | image: the weak label it came from
+            ("supervision", pa.string()),  # full (every instance known) | positive_only
+            ("origin", pa.string()),  # detection (claimed) | refined (the mask head at the point)
+        ]
+    ),
+    "weak_label",
+)
 
 # Predicted vs true IoU of matched test detections: a CSV, since `dvc plots` reads it.
 IOU_PAIRS = Table(
@@ -140,7 +166,7 @@ IOU_PAIRS = Table(
 # Row i of the embedding matrix (salis.acquisition.embeddings) belongs to image_id i.
 EMBEDDING_INDEX = Table("embedding_index", pa.schema([("image_id", pa.int64())]), "infer_score")
 
-ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, IOU_PAIRS, EMBEDDING_INDEX)
+ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, WEAK, IOU_PAIRS, EMBEDDING_INDEX)
 
 
 def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> None:

@@ -1,4 +1,5 @@
-"""Training datasets: samples of an image with its instances, from expert labels or from pseudo-labels."""
+"""Training datasets: samples of an image with its instances, from expert labels (masks or boxes),
+from weak labels turned into targets, or from pseudo-labels."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ class Sample:
     image: np.ndarray  # H x W x 3 uint8
     boxes: np.ndarray  # N x 4 float32, xyxy
     labels: np.ndarray  # N int64, contiguous 1..C
-    masks: np.ndarray  # N x H x W uint8
+    masks: np.ndarray  # N x H x W uint8 (the filled boxes when mask_from_box)
     positive_only: bool = False  # pseudo-labeled: classification loss on positives only
+    mask_from_box: bool = False  # box-labeled: the mask head learns from the boxes (BoxInst)
+    own_labels: bool = False  # targets the model made itself (no IoU-head loss)
 
     def flipped(self) -> "Sample":
         width = self.image.shape[1]
@@ -39,22 +42,31 @@ class Sample:
             "masks": torch.from_numpy(self.masks).to(device, torch.uint8),
             "positive_only": torch.tensor(self.positive_only, device=device),
         }
+        if self.mask_from_box:
+            target["mask_from_box"] = torch.tensor(True, device=device)
+        if self.own_labels:
+            target["own_labels"] = torch.tensor(True, device=device)
         return image, target
 
 
 class LabeledSamples:
-    """Expert-labeled pool images with their labels from the cycle's label store.
+    """Expert-labeled pool images with their labels from the cycle's label store: full masks, or
+    boxes (label_types says which; masks by default), whose targets are the filled boxes.
 
     Samples are decoded once and kept: the labeled set is the small, expensive one.
     """
 
-    def __init__(self, prepared: PreparedData, image_ids: list[int], labels: dict[int, list[dict]]) -> None:
+    def __init__(
+        self, prepared: PreparedData, image_ids: list[int], labels: dict[int, list[dict]],
+        label_types: dict[int, str] | None = None,
+    ) -> None:
         missing = [i for i in image_ids if int(i) not in labels]
         if missing:
             raise ValueError(f"no labels for labeled images {missing[:5]}")
         self.prepared = prepared
         self.image_ids = list(image_ids)
         self.labels = labels
+        self.label_types = label_types or {}
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -64,19 +76,55 @@ class LabeledSamples:
         image_id = self.image_ids[index]
         if image_id not in self._cache:
             image = self.prepared.load_image(image_id)
-            arrays = target_arrays(self.labels[int(image_id)], image.shape[0], image.shape[1], self.prepared.label_of)
-            self._cache[image_id] = Sample(image_id, image, **arrays)
+            anns = self.labels[int(image_id)]
+            if self.label_types.get(int(image_id), "mask") == "box":
+                arrays = box_target_arrays(anns, image.shape[0], image.shape[1], self.prepared.label_of)
+                self._cache[image_id] = Sample(image_id, image, **arrays, mask_from_box=True)
+            else:
+                arrays = target_arrays(anns, image.shape[0], image.shape[1], self.prepared.label_of)
+                self._cache[image_id] = Sample(image_id, image, **arrays)
         return self._cache[image_id]
+
+
+def box_target_arrays(anns: list[dict], height: int, width: int, label_of) -> dict[str, np.ndarray]:
+    """Targets of a box-labeled image: its boxes, labels, and each box filled as its "mask" (the
+    pixels whose centres lie inside it), which BoxInst's losses project onto the RoIs."""
+    boxes = xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float32)) if anns else np.zeros((0, 4), np.float32)
+    masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+        rows = slice(max(int(np.round(y0)), 0), min(int(np.round(y1)), height))
+        cols = slice(max(int(np.round(x0)), 0), min(int(np.round(x1)), width))
+        mask[rows, cols] = 1
+    labels = np.array([label_of(a["category_id"]) for a in anns], dtype=np.int64)
+    return {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+class ConcatSamples:
+    """Several sample sources as one (the labeled batch draws from all of them)."""
+
+    def __init__(self, *sources) -> None:
+        self.sources = [s for s in sources if len(s)]
+        self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> Sample:
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.sources[k][index - int(self._starts[k])]
 
 
 class PseudoSamples:
     """Pseudo-labeled images from a pseudo table (one row per kept detection, mask as RLE).
 
-    Decoded on demand: the pseudo set can be most of the pool.
+    positive_only (TSP's pseudo-labels): the image's background is not trusted; False where every
+    instance is known (point-guided pseudo-labels, complete image-level counts). Decoded on
+    demand: the pseudo set can be most of the pool.
     """
 
-    def __init__(self, prepared: PreparedData, table: pd.DataFrame) -> None:
+    def __init__(self, prepared: PreparedData, table: pd.DataFrame, positive_only: bool = True) -> None:
         self.prepared = prepared
+        self.positive_only = positive_only
         self.groups = {int(k): g for k, g in table.groupby("image_id", sort=True)} if len(table) else {}
         self.image_ids = sorted(self.groups)
 
@@ -91,4 +139,4 @@ class PseudoSamples:
         masks = decode_rles(rles_from_counts(rows["rle"], height, width), height, width)
         boxes = xywh_to_xyxy(rows[["x", "y", "w", "h"]].to_numpy(np.float32))
         labels = np.array([self.prepared.label_of(int(c)) for c in rows["category_id"]], dtype=np.int64)
-        return Sample(image_id, image, boxes, labels, masks, positive_only=True)
+        return Sample(image_id, image, boxes, labels, masks, positive_only=self.positive_only, own_labels=True)

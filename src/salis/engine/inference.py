@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection.roi_heads import maskrcnn_inference
 from tqdm import tqdm
 
 from salis.data.prepared import PreparedData
@@ -140,3 +141,35 @@ def embed(
             vectors = torch.cat(model.roi_heads.image_features(features, batch.image_sizes), dim=1)
         for image_id, vector in zip(batch_ids, vectors.float().cpu().numpy()):
             yield image_id, vector
+
+
+@torch.inference_mode()
+def masks_at_boxes(
+    model: nn.Module,
+    prepared: PreparedData,
+    image_id: int,
+    boxes: np.ndarray,
+    category_ids: Sequence[int],
+    device: torch.device,
+    amp: bool = True,
+) -> np.ndarray:
+    """The mask head's masks (N x H x W bool, binarised at MASK_THRESHOLD) for given boxes (N x 4
+    xyxy, image pixels) and categories: the mask branch alone, run where the detector did not
+    look (a point-labeled instance nothing was detected on)."""
+    image = _load_batch(prepared, [image_id], device)[0]
+    height, width = image.shape[-2:]
+    if len(boxes) == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    model.to(device).eval()
+    with autocast(device, amp):
+        batch, _ = model.transform([image])
+        features = model.backbone(batch.tensors)
+        (new_h, new_w), = batch.image_sizes
+        scale = torch.tensor([new_w / width, new_h / height] * 2, device=device)
+        scaled = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=device) * scale
+        labels = torch.tensor([prepared.label_of(int(c)) for c in category_ids], device=device)
+        heads = model.roi_heads
+        logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [scaled], batch.image_sizes)))
+        probs = maskrcnn_inference(logits, [labels])[0]
+        pasted = model.transform.postprocess([{"boxes": scaled, "masks": probs}], batch.image_sizes, [(height, width)])
+    return (pasted[0]["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy()

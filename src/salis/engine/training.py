@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from salis.engine.device import autocast
 from salis.errors import SalisError
+from salis.model.heads import BoxSupervision
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.params import TrainParams
 from salis.engine.datasets import Sample
@@ -162,6 +163,10 @@ def train_model(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.to(device).train()
+    if hasattr(model.roi_heads, "box_supervision"):  # box-labeled images' mask losses
+        model.roi_heads.box_supervision = BoxSupervision(
+            params.box_projection_weight, params.box_pairwise_weight, params.box_pairwise_color_tau
+        )
     trainer = Trainer(model, params, iterations, device, amp)
     labeled_batches = index_batches(len(labeled), params.batch_size, rng)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0

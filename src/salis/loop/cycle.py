@@ -30,13 +30,17 @@ def check_budget(pool_size: int, initial: int, budget: int, num_cycles: int) -> 
         )
 
 
-def selected_frame(ids: Sequence[int], cycle: int, sampler: str) -> pd.DataFrame:
+def selected_frame(ids: Sequence[int], cycle: int, sampler: str, label_types: Sequence[str] | None = None) -> pd.DataFrame:
+    """A selected table: the images in ranking order, each with the label type asked for (masks by default)."""
+    if label_types is not None and len(label_types) != len(ids):
+        raise ValueError(f"{len(ids)} images but {len(label_types)} label types")
     return pd.DataFrame(
         {
             "image_id": np.asarray(ids, dtype=np.int64),
             "cycle": np.full(len(ids), cycle, dtype=np.int64),
             "sampler": [sampler] * len(ids),
             "rank": np.arange(len(ids), dtype=np.int64),
+            "label_type": list(label_types) if label_types is not None else ["mask"] * len(ids),
         }
     )
 

@@ -1,19 +1,42 @@
 """Where the labels of the labeled set come from, and the cumulative store training reads.
 
-Each cycle's store (data/cycles/k/annotations.json) holds the ground truth of every image
-labeled for cycle k: the previous store plus the batch that came back from the annotators,
-the simulated oracle (pool ground truth, revealed only for the selected images) or humans
-(labels/cycle_<j>.json, written by `salis labels import`).
+Each cycle's store (data/cycles/k/annotations.json) holds the labels of every image labeled for
+cycle k: the previous store plus the batch that came back from the annotators, the simulated
+oracle (pool ground truth, revealed only for the selected images, and reduced to the label type
+each image was requested with) or humans (labels/cycle_<j>[.<type>].json, written by `salis
+labels import`). Each image entry carries its `label_type`; its annotations are masks
+(segmentation), boxes (bbox only) or points (point), and an image-level label keeps its
+per-category `counts` on the image entry (see salis.annotation.label_types).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from salis.annotation.label_types import derive_labels, label_suffix
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
+from salis.seeds import derive_rng
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledBatch:
+    """The labels of one request batch: per image its annotations and image-level fields."""
+
+    annotations: dict[int, list[dict]]
+    fields: dict[int, dict]  # label_type, and counts for image-level labels
+    returned: list[int] = dataclasses.field(default_factory=list)  # sent back to the pool unlabeled
+
+    def instances(self, image_id: int) -> int:
+        """Instances the labels reveal: annotations, or the counts of an image-level label."""
+        counts = self.fields.get(image_id, {}).get("counts")
+        return sum(int(c["count"]) for c in counts) if counts is not None else len(self.annotations[image_id])
+
+    def label_type(self, image_id: int) -> str:
+        return str(self.fields.get(image_id, {}).get("label_type", "mask"))
 
 
 def empty_store(categories: list[dict]) -> dict:
@@ -34,7 +57,8 @@ def read_store(path: Path) -> dict:
 
 
 def extend_store(store: dict, images: Iterable[dict], annotations: dict[int, list[dict]]) -> dict:
-    """A new store: the old one plus a labeled batch; annotation ids renumbered 1..N."""
+    """A new store: the old one plus a labeled batch; annotation ids renumbered 1..N. `images` carry
+    their label_type (and counts) when not masks."""
     known = {int(im["id"]) for im in store["images"]}
     new_images = [dict(im) for im in images if int(im["id"]) not in known]
     anns = [dict(a) for a in store["annotations"]]
@@ -56,23 +80,76 @@ def annotations_by_image(store: dict) -> dict[int, list[dict]]:
     return by_image
 
 
-def simulated_batch(prepared: PreparedData, image_ids: list[int]) -> dict[int, list[dict]]:
-    """The simulated oracle labels every requested pool image with its ground truth."""
+def label_types_of(store: dict) -> dict[int, str]:
+    """Each labeled image's label type (masks where the store says nothing: stores before types)."""
+    return {int(im["id"]): str(im.get("label_type", "mask")) for im in store["images"]}
+
+
+def instance_counts(store: dict) -> dict[int, int]:
+    """Instances per labeled image: its annotations, or the sum of an image-level label's counts."""
+    counts = {int(im["id"]): 0 for im in store["images"]}
+    for ann in store["annotations"]:
+        counts[int(ann["image_id"])] += 1
+    for im in store["images"]:
+        if im.get("counts") is not None:
+            counts[int(im["id"])] = sum(int(c["count"]) for c in im["counts"])
+    return counts
+
+
+def simulated_batch(
+    prepared: PreparedData, image_ids: list[int], label_types: list[str] | None = None,
+    placement: str = "annotator", seed: int = 0, cycle: int = 0,
+) -> LabeledBatch:
+    """The simulated oracle labels every requested pool image from its ground truth, reduced to
+    the label type it was requested with (full masks when none is given); point clicks are
+    seeded per image from `seed` and the cycle."""
     oracle = SimulatedOracle(prepared)
-    return {int(i): oracle.annotations(int(i)) for i in image_ids}
+    types = label_types or ["mask"] * len(image_ids)
+    annotations, fields = {}, {}
+    for image_id, label_type in zip(image_ids, types):
+        info = prepared.image_info(int(image_id))
+        rng = derive_rng(seed, cycle, "points", index=int(image_id))
+        anns, extra = derive_labels(oracle.annotations(int(image_id)), label_type, info["height"], info["width"],
+                                    prepared.category_ids, placement, rng)
+        annotations[int(image_id)] = anns
+        if label_type != "mask":
+            fields[int(image_id)] = extra
+    return LabeledBatch(annotations, fields)
 
 
-def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path) -> str:
+def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, label_type: str = "mask") -> str:
+    suffix = label_suffix(label_type)
+    kind = "" if label_type == "mask" else f" --type {label_type}"
     return (
-        f"waiting for the labels of request batch {batch_cycle} ({labels_path} does not exist). "
-        f"Label {request_dir / 'request.json'} in CVAT or Label Studio (see {request_dir / 'README.txt'}), "
-        f"export COCO, then run:  salis labels import --cycle {batch_cycle} <export.json>  and `dvc repro` again"
+        f"waiting for the {label_type} labels of request batch {batch_cycle} ({labels_path} does not exist). "
+        f"Label {request_dir / f'request{suffix}.json'} in CVAT or Label Studio (see {request_dir / 'README.txt'}), "
+        f"export it, then run:  salis labels import --cycle {batch_cycle}{kind} <export.json>  and `dvc repro` again"
     )
 
 
-def human_batch(labels_path: Path, image_ids: list[int], category_ids: set[int]) -> tuple[dict[int, list[dict]], list[int]]:
-    """Labels imported for a request batch: ({image_id: annotations}, ids sent back unlabeled)."""
+def human_batch(
+    labels_paths: dict[str, Path], image_ids: list[int], label_types: list[str], category_ids: set[int]
+) -> LabeledBatch:
+    """Labels imported for a request batch, one file per label type it asked for."""
+    annotations: dict[int, list[dict]] = {}
+    fields: dict[int, dict] = {}
+    returned: list[int] = []
+    for label_type in sorted(set(label_types)):
+        ids = [int(i) for i, t in zip(image_ids, label_types) if t == label_type]
+        anns, image_fields, back = _human_labels(labels_paths[label_type], ids, category_ids, label_type)
+        annotations.update(anns)
+        fields.update(image_fields)
+        returned += back
+    return LabeledBatch(annotations, fields, sorted(returned))
+
+
+def _human_labels(
+    labels_path: Path, image_ids: list[int], category_ids: set[int], label_type: str
+) -> tuple[dict[int, list[dict]], dict[int, dict], list[int]]:
     store = read_store(labels_path)
+    stored_type = store.get("label_type", "mask")
+    if stored_type != label_type:
+        raise InputError(labels_path, f"holds {stored_type} labels but the batch asked for {label_type} labels")
     requested = {int(i) for i in image_ids}
     labeled = {int(im["id"]) for im in store["images"]}
     if not labeled <= requested:
@@ -85,4 +162,8 @@ def human_batch(labels_path: Path, image_ids: list[int], category_ids: set[int])
     if missing:
         raise SalisError(f"{labels_path}: requested images neither labeled nor returned: {sorted(missing)[:5]}")
     by_image = annotations_by_image(store)
-    return {i: by_image[i] for i in sorted(labeled)}, sorted(returned)
+    fields = {} if label_type == "mask" else {
+        int(im["id"]): {"label_type": label_type, **({"counts": im["counts"]} if "counts" in im else {})}
+        for im in store["images"]
+    }
+    return {i: by_image[i] for i in sorted(labeled)}, fields, sorted(returned)

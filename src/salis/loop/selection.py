@@ -12,8 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from salis.acquisition.samplers.base import Sampler, SelectionContext
+from salis.annotation.cost import CostModel
 from salis.errors import SalisError
+from salis.loop.budget import CycleBudget, assign_label_types, ranking_depth
 from salis.loop.cycle import selected_frame
+from salis.params import AnnotationParams
 from salis.seeds import derive_rng
 
 
@@ -22,15 +25,20 @@ def select_batch(
     labeled: pd.DataFrame,
     images: pd.DataFrame,
     pool_ids: Sequence[int],
-    budget: int,
+    budget: int | CycleBudget,
     cycle: int,
     seed: int,
     num_classes: int,
     instances_path: Path | None = None,
     embeddings_path: Path | None = None,
     oracle: object | None = None,
+    policy: AnnotationParams | None = None,
 ) -> pd.DataFrame:
-    """The `budget` unlabeled pool images the sampler wants labeled after cycle `cycle`."""
+    """The unlabeled pool images the sampler wants labeled after cycle `cycle`, each with the label
+    type the policy asks for: `budget` images (an int: full masks), or what a CycleBudget buys."""
+    policy = policy or AnnotationParams()
+    if isinstance(budget, int):
+        budget = CycleBudget(images=budget, hours=0.0, mean_instances=0.0, num_categories=num_classes, cost=CostModel())
     pool = set(int(i) for i in pool_ids)
     already = frozenset(int(i) for i in labeled["image_id"])
     if not already <= pool:
@@ -38,8 +46,10 @@ def select_batch(
     unlabeled = images[~images["image_id"].isin(already)].sort_values("image_id").reset_index(drop=True)
     if not set(unlabeled["image_id"].tolist()) <= pool:
         raise SalisError("the score table holds images outside the pool (a test image must never be scored)")
-    if len(unlabeled) < budget:
-        raise SalisError(f"cycle {cycle}: only {len(unlabeled)} unlabeled images are left for a budget of {budget}")
+    if unlabeled.empty:
+        raise SalisError(f"cycle {cycle}: every pool image is labeled; there is nothing left to select")
+    if not budget.hours and len(unlabeled) < budget.images:
+        raise SalisError(f"cycle {cycle}: only {len(unlabeled)} unlabeled images are left for a budget of {budget.images}")
     ctx = SelectionContext(
         images=unlabeled,
         instances_path=instances_path,
@@ -49,4 +59,11 @@ def select_batch(
         oracle=oracle,
         embeddings_path=embeddings_path,
     )
-    return selected_frame(sampler.select(ctx, budget), cycle=cycle, sampler=sampler.name)
+    ranked = sampler.select(ctx, ranking_depth(policy, budget, len(unlabeled)))
+    ious = dict(zip(unlabeled["image_id"].astype(int), unlabeled["mean_mask_iou"])) if "mean_mask_iou" in unlabeled else {}
+    chosen = assign_label_types(ranked, policy, budget, ious)
+    if not chosen:
+        raise SalisError(f"cycle {cycle}: the budget buys no image (select.budget_hours {budget.hours} h; an image "
+                         f"is estimated at {budget.seconds('mask') / 3600:.3f} h with full masks)")
+    ids, types = zip(*chosen)
+    return selected_frame(ids, cycle=cycle, sampler=sampler.name, label_types=types)

@@ -1,6 +1,6 @@
-"""The whole Mask R-CNN: torchvision's MaskRCNN with salis's RPN and RoI heads; turns their
-per-image losses into the loss-prediction module's ranking loss (learning loss), when the model
-has that module."""
+"""The whole Mask R-CNN: torchvision's MaskRCNN with salis's RPN, RoI heads and transform; turns
+their per-image losses into the loss-prediction module's ranking loss (learning loss), when the
+model has that module."""
 
 from __future__ import annotations
 
@@ -9,11 +9,34 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from salis.model.heads import RoIHeadsParts, SalisRoIHeads
+from salis.model.heads import IMAGE_RGB, MASK_FROM_BOX, OWN_LABELS, RoIHeadsParts, SalisRoIHeads, target_flags
 from salis.model.learning_loss import PREDICTED_LOSSES, ROI_IMAGE_LOSSES, RPN_IMAGE_LOSSES
 from salis.model.positive_only import positive_only_flags
 from salis.model.rpn import SalisRPN
+
+
+class SalisTransform(GeneralizedRCNNTransform):
+    """torchvision's transform; a box-labeled image's target also gets the resized image in [0, 1]
+    (IMAGE_RGB), which BoxInst's pairwise colour term reads on the RoI grid."""
+
+    @classmethod
+    def from_torchvision(cls, stock: GeneralizedRCNNTransform) -> SalisTransform:
+        return cls(stock.min_size, stock.max_size, stock.image_mean, stock.image_std,
+                   size_divisible=stock.size_divisible, fixed_size=stock.fixed_size)
+
+    def forward(self, images, targets=None):  # type: ignore[override]
+        image_list, targets = super().forward(images, targets)
+        if targets is not None and any(target_flags(targets, MASK_FROM_BOX)):
+            tensors = image_list.tensors
+            mean = torch.as_tensor(self.image_mean, dtype=tensors.dtype, device=tensors.device)[:, None, None]
+            std = torch.as_tensor(self.image_std, dtype=tensors.dtype, device=tensors.device)[:, None, None]
+            for i, target in enumerate(targets):
+                if bool(target.get(MASK_FROM_BOX, False)):
+                    h, w = image_list.image_sizes[i]
+                    target[IMAGE_RGB] = (tensors[i, :, :h, :w] * std + mean).clamp(0.0, 1.0)
+        return image_list, targets
 
 
 class SalisMaskRCNN(MaskRCNN):
@@ -29,6 +52,7 @@ class SalisMaskRCNN(MaskRCNN):
         # submodules handed to it, so salis's subclasses are built around the same ones
         self.rpn = SalisRPN.from_torchvision(self.rpn, per_image_losses=parts.loss_prediction is not None)
         self.roi_heads = SalisRoIHeads.from_torchvision(self.roi_heads, parts)
+        self.transform = SalisTransform.from_torchvision(self.transform)
 
     def forward(self, images, targets=None):  # type: ignore[override]
         out = super().forward(images, targets)
@@ -38,6 +62,8 @@ class SalisMaskRCNN(MaskRCNN):
         # the target is each image's detector loss, with no gradient (as in the paper)
         target = (out.pop(RPN_IMAGE_LOSSES) + out.pop(ROI_IMAGE_LOSSES)).detach()
         # pseudo-labeled images' "loss" is measured against the model's own output: not ranked
-        expert = torch.tensor([not flag for flag in positive_only_flags(targets)], device=predicted.device)
+        # (and so are images whose targets the model made itself)
+        mine = [p or own for p, own in zip(positive_only_flags(targets), target_flags(targets, OWN_LABELS))]
+        expert = torch.tensor([not flag for flag in mine], device=predicted.device)
         out["loss_learning_loss"] = self.roi_heads.loss_prediction.ranking_loss(predicted[expert], target[expert])
         return out

@@ -21,8 +21,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    fastrcnn_loss,
+    maskrcnn_inference,
+    maskrcnn_loss,
+    project_masks_on_boxes,
+)
 from torchvision.ops import boxes as box_ops
+
+from salis.model.box_supervision import box_mask_losses, rgb_to_lab, roi_colors
 
 from salis.model.detections import Detections, postprocess_detections
 from salis.model.image_features import image_level_features
@@ -39,7 +47,25 @@ from salis.model.learning_loss import (
 from salis.model.mc_dropout import MCDropout, MCSources, mc_disagreement
 from salis.model.positive_only import POSITIVE_ONLY, PositiveOnlyTargets, positive_only_flags
 
-__all__ = ["POSITIVE_ONLY", "RoIHeadsParts", "SalisRoIHeads"]
+__all__ = ["MASK_FROM_BOX", "OWN_LABELS", "POSITIVE_ONLY", "BoxSupervision", "RoIHeadsParts", "SalisRoIHeads"]
+
+# target keys, besides torchvision's and POSITIVE_ONLY:
+MASK_FROM_BOX = "mask_from_box"  # True: a box-labeled image; its "masks" are the filled boxes
+OWN_LABELS = "own_labels"  # True: targets made from the model's own outputs (no IoU-head loss)
+IMAGE_RGB = "image_rgb"  # the resized image in [0, 1], added by SalisTransform for box-labeled images
+
+
+def target_flags(targets, key: str) -> list[bool]:
+    return [bool(t.get(key, False)) for t in targets] if targets is not None else []
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSupervision:
+    """BoxInst's loss weights for box-labeled images (train.box_*); a training setting."""
+
+    projection_weight: float = 1.0
+    pairwise_weight: float = 1.0
+    color_tau: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,6 +135,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         self.loss_prediction = parts.loss_prediction
         self.train_dropout_p = parts.train_dropout_p
         self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
+        self.box_supervision = BoxSupervision()  # a training setting: train_model sets it
 
     @classmethod
     def from_torchvision(cls, stock: RoIHeads, parts: RoIHeadsParts | None = None) -> SalisRoIHeads:
@@ -226,21 +253,60 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         return F.dropout(x, self.train_dropout_p, training=True) if self.training and self.train_dropout_p > 0 else x
 
     def _box_mask_losses(self, box: BoxBranch, mask: MaskBranch, samples: RoISamples, targets) -> dict[str, Tensor]:
+        from_box = target_flags(targets, MASK_FROM_BOX)
         box_args = (box.class_logits, box.regression, samples.labels, samples.regression_targets)
-        mask_args = (mask.logits, mask.rois, [t["masks"] for t in targets], [t["labels"] for t in targets],
-                     samples.mask_matched)
+        # box-labeled images' mask RoIs train with BoxInst's losses, the others with torchvision's
+        mask_rois = [r if not b else r[:0] for r, b in zip(mask.rois, from_box)]
+        mask_matched = [m if not b else m[:0] for m, b in zip(samples.mask_matched, from_box)]
+        keep = torch.cat([torch.full((len(r),), not b, dtype=torch.bool, device=box.class_logits.device)
+                          for r, b in zip(mask.rois, from_box)]) if any(from_box) else None
+        mask_logits = mask.logits if keep is None else mask.logits[keep]
+        mask_args = (mask_logits, mask_rois, [t["masks"] for t in targets], [t["labels"] for t in targets], mask_matched)
+        boxed = self._boxinst_losses(mask, samples, targets, from_box) if any(from_box) else None
         if self.loss_prediction is None:
             loss_classifier, loss_box_reg = fastrcnn_loss(*box_args)
-            return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": maskrcnn_loss(*mask_args)}
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": maskrcnn_loss(*mask_args)}
+            if boxed is not None:
+                losses["loss_mask_box"] = boxed.sum() / max(len(boxed), 1)
+            return losses
         # the same losses, reduced per image too: the loss-prediction module's targets
         cls, box_reg, rois = fastrcnn_loss_terms(*box_args)
         mask_bce, pixels = maskrcnn_loss_terms(*mask_args)
-        return {
+        image_losses = per_image(cls + box_reg, rois) + per_image(mask_bce, pixels)
+        losses = {
             "loss_classifier": batch_mean(cls, rois),
             "loss_box_reg": batch_mean(box_reg, rois),
             "loss_mask": batch_mean(mask_bce, pixels),
-            ROI_IMAGE_LOSSES: per_image(cls + box_reg, rois) + per_image(mask_bce, pixels),
         }
+        if boxed is not None:
+            counts = [len(r) if b else 0 for r, b in zip(mask.rois, from_box)]
+            image = torch.repeat_interleave(torch.arange(len(counts), device=boxed.device), torch.tensor(counts, device=boxed.device))
+            sums = boxed.new_zeros(len(counts)).index_add(0, image, boxed)
+            image_losses = image_losses + per_image(sums, boxed.new_tensor(counts, dtype=torch.float32))
+            losses["loss_mask_box"] = boxed.sum() / max(len(boxed), 1)
+        losses[ROI_IMAGE_LOSSES] = image_losses
+        return losses
+
+    def _boxinst_losses(self, mask: MaskBranch, samples: RoISamples, targets, from_box: list[bool]) -> Tensor:
+        """Per positive RoI of the box-labeled images: BoxInst's projection + pairwise loss."""
+        counts = [len(r) for r in mask.rois]
+        logits = mask.logits.split(counts, 0)
+        size = mask.logits.shape[-1]
+        settings = self.box_supervision
+        out = []
+        for i, target in enumerate(targets):
+            if not from_box[i] or counts[i] == 0:
+                continue
+            rois, matched = mask.rois[i], samples.mask_matched[i]
+            labels = target["labels"][matched]
+            chosen = logits[i][torch.arange(len(labels), device=labels.device), labels]
+            boxes = (project_masks_on_boxes(target["masks"], rois, matched, size) >= 0.5).to(chosen.dtype)
+            colors = None
+            if settings.pairwise_weight > 0 and IMAGE_RGB in target:
+                colors = roi_colors(rgb_to_lab(target[IMAGE_RGB].float()), rois.float(), size)
+            out.append(box_mask_losses(chosen.float(), boxes.float(), colors, settings.projection_weight,
+                                       settings.pairwise_weight, settings.color_tau))
+        return torch.cat(out) if out else mask.logits.new_zeros(0)
 
     # --- IoU branch ----------------------------------------------------------------------
 
@@ -251,7 +317,8 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         Pseudo-labeled images (positive_only) give no IoU-head loss: their "ground truth" is the
         model's own output. Targets carry no gradient.
         """
-        flags = positive_only_flags(targets)
+        flags = [p or own for p, own in zip(positive_only_flags(targets), target_flags(targets, OWN_LABELS))]
+        from_box = target_flags(targets, MASK_FROM_BOX)
         decoded = self.box_coder.decode(box.regression.detach(), samples.proposals).split(
             [len(p) for p in samples.proposals], 0
         )
@@ -269,6 +336,8 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
             boxes = box_ops.clip_boxes_to_image(decoded[i][pos, cls], image_shapes[i])
             pred_boxes.append(boxes)
             box_targets.append(box_iou_targets(boxes, target["boxes"][matched]))
+            if from_box[i]:  # no mask to measure the predicted mask's IoU against
+                continue
             probs = mask_logits[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
             mask_targets.append(
                 mask_iou_targets(probs, mask.rois[i], target["masks"], matched, self.iou_mask_threshold)
@@ -280,12 +349,12 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         if not box_targets:
             zero = box_pred.sum() * 0.0 + self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
             return {"loss_box_iou": zero, "loss_mask_iou": zero}
-        mask_pred = self.mask_iou_head(torch.cat(mask_inputs))
         weight = self.iou_loss_weight
-        return {
-            "loss_box_iou": weight * F.mse_loss(box_pred, torch.cat(box_targets)),
-            "loss_mask_iou": weight * F.mse_loss(mask_pred, torch.cat(mask_targets)),
-        }
+        if mask_targets:
+            mask_loss = weight * F.mse_loss(self.mask_iou_head(torch.cat(mask_inputs)), torch.cat(mask_targets))
+        else:  # only box-labeled images: the mask-IoU head has nothing to learn from
+            mask_loss = self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
+        return {"loss_box_iou": weight * F.mse_loss(box_pred, torch.cat(box_targets)), "loss_mask_iou": mask_loss}
 
     def _predict_iou(self, features, image_shapes, detections: Detections, mask: MaskBranch) -> list[dict[str, Tensor]]:
         if not self.has_iou_heads:

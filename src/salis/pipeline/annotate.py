@@ -27,20 +27,28 @@ def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     labeled = read_table(layout.labeled(batch_cycle), LABELED)
     store = read_store(layout.annotations(batch_cycle))
     ids = selected["image_id"].tolist()
+    types = selected["label_type"].tolist()
     if params.oracle == "simulated":
-        batch, returned, source = simulated_batch(prepared, ids), [], "simulated_oracle"
+        batch = simulated_batch(prepared, ids, types, params.annotation.point_placement, params.seed, batch_cycle)
+        source = "simulated_oracle"
     else:
-        labels_path = layout.imported_labels(batch_cycle)
-        if not labels_path.is_file():
-            raise SalisError(awaiting_message(batch_cycle, layout.requests(batch_cycle), labels_path))
-        batch, returned = human_batch(labels_path, ids, set(prepared.category_ids))
+        paths = {t: layout.imported_labels(batch_cycle, t) for t in set(types)}
+        waiting = [awaiting_message(batch_cycle, layout.requests(batch_cycle), paths[t], t)
+                   for t in sorted(paths) if not paths[t].is_file()]
+        if waiting:
+            raise SalisError("; and ".join(waiting))
+        batch = human_batch(paths, ids, types, set(prepared.category_ids))
         source = "human"
     cost = CostModel.from_params(params.cost)
-    seconds = {i: cost.image_seconds(len(anns), len(prepared.categories)) for i, anns in batch.items()}
-    merged = add_labeled(labeled, selected, set(batch), seconds, cycle, source)
-    infos = [prepared.image_info(i) for i in batch]
-    write_json(layout.annotations(cycle), extend_store(store, infos, batch))
+    categories = len(prepared.categories)
+    seconds = {i: cost.image_seconds(batch.instances(i), categories, batch.label_type(i)) for i in batch.annotations}
+    merged = add_labeled(labeled, selected, set(batch.annotations), seconds, cycle, source)
+    infos = [prepared.image_info(i) | batch.fields.get(i, {}) for i in batch.annotations]
+    write_json(layout.annotations(cycle), extend_store(store, infos, batch.annotations))
     write_table(layout.labeled(cycle), merged, LABELED)
-    note = f"; {len(returned)} returned to the pool unlabeled" if returned else ""
-    print(f"cycle {cycle}: {len(batch)} images labeled by {source}{note}; {len(merged)} labeled in all")
+    note = f"; {len(batch.returned)} returned to the pool unlabeled" if batch.returned else ""
+    kinds = pd.Series([batch.label_type(i) for i in batch.annotations]).value_counts().sort_index()
+    by_type = ", ".join(f"{n} {t}" for t, n in kinds.items())
+    print(f"cycle {cycle}: {len(batch.annotations)} images labeled by {source} ({by_type}){note}; "
+          f"{len(merged)} labeled in all")
     return merged

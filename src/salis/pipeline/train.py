@@ -9,12 +9,12 @@ from dvclive import Live
 
 from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import LABELED, PSEUDO, read_table
+from salis.artifacts.tables import LABELED, PSEUDO, WEAK, read_table
 from salis.data.prepared import PreparedData
-from salis.engine.datasets import LabeledSamples, PseudoSamples
+from salis.engine.datasets import ConcatSamples, LabeledSamples, PseudoSamples
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.training import schedule_iterations, train_model
-from salis.loop.labels import annotations_by_image, read_store
+from salis.loop.labels import annotations_by_image, label_types_of, read_store
 from salis.model.build import build_model
 from salis.model.checkpoint import restore, save_checkpoint
 from salis.params import Params
@@ -27,12 +27,25 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     start = layout.model(cycle - 1) if params.train.warm_start else layout.model(0)
     model = build_model(params.model, len(prepared.categories))
     restore(model, start)
+    store = read_store(layout.annotations(cycle))
+    types = label_types_of(store)
     labeled_ids = read_table(layout.labeled(cycle), LABELED)["image_id"].tolist()
-    labeled = LabeledSamples(prepared, labeled_ids, annotations_by_image(read_store(layout.annotations(cycle))))
-    pseudo = PseudoSamples(prepared, read_table(layout.pseudo(cycle), PSEUDO))
+    # masks and boxes come from the annotators; points and image labels through weak_label@k's targets
+    expert_ids = [i for i in labeled_ids if types.get(int(i), "mask") in ("mask", "box")]
+    expert = LabeledSamples(prepared, expert_ids, annotations_by_image(store), types)
+    weak = read_table(layout.weak(cycle), WEAK)
+    weak_full = PseudoSamples(prepared, weak[weak["supervision"] == "full"], positive_only=False)
+    labeled = ConcatSamples(expert, weak_full) if len(weak_full) else expert
+    pseudo_table = read_table(layout.pseudo(cycle), PSEUDO)
+    pseudo = PseudoSamples(prepared, pseudo_table)
+    weak_partial = weak[weak["supervision"] != "full"]
+    if len(weak_partial):
+        pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
     device = pick_device(params.runtime.device)
     iterations = schedule_iterations(params.train, len(labeled))
-    print(f"cycle {cycle}: training on {len(labeled)} labeled + {len(pseudo)} pseudo-labeled images, "
+    boxes = sum(types.get(int(i)) == "box" for i in expert_ids)
+    weak_note = f" ({boxes} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
+    print(f"cycle {cycle}: training on {len(labeled)} labeled{weak_note} + {len(pseudo)} pseudo-labeled images, "
           f"{iterations} iterations ({iterations * params.train.batch_size / max(len(labeled), 1):.1f} epochs), {device}")
 
     t0 = time.perf_counter()

@@ -1,0 +1,94 @@
+"""What a cycle buys: how many of the sampler's ranked images, and which label type each gets.
+
+With `select.budget_hours` = 0 a cycle labels `select.budget` images, all with the policy's label
+type. With hours, each label type's cost per image is estimated before labeling from the
+labeled images' mean instance count (the pool's ground truth is never looked at), and images are
+taken down the ranking while the hours last. `mixed` splits the hours: `mask_share` of them buys
+full masks, the rest cheap labels; the order decides which images get which (see AnnotationParams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from salis.annotation.cost import CostModel
+from salis.errors import SalisError
+from salis.params import AnnotationParams
+
+# the mask-IoU walk looks this many times the affordable number of images down the ranking
+WALK_DEPTH = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleBudget:
+    """What one cycle may spend: `images` (hours 0) or `hours`."""
+
+    images: int
+    hours: float
+    mean_instances: float  # the estimate of instances per image (labeled images' mean)
+    num_categories: int
+    cost: CostModel
+
+    def seconds(self, label_type: str) -> float:
+        """The estimated cost of one image with this label type."""
+        return self.cost.image_seconds(self.mean_instances, self.num_categories, label_type)
+
+    def affordable(self, label_type: str, hours: float) -> int:
+        """How many images of this label type `hours` buy (by the estimate)."""
+        each = self.seconds(label_type)
+        if each <= 0:
+            raise SalisError(f"label type {label_type} costs nothing in `cost:`: an hour budget cannot bound it")
+        return int(math.floor(hours * 3600.0 / each + 1e-9))
+
+
+def planned_types(policy: AnnotationParams, budget: CycleBudget) -> dict[str, int]:
+    """Images per label type the cycle can afford, before looking at the ranking."""
+    if not budget.hours:
+        return {policy.policy: budget.images} if policy.policy != "mixed" else {}
+    if policy.policy != "mixed":
+        return {policy.policy: budget.affordable(policy.policy, budget.hours)}
+    mask_hours = budget.hours * policy.mask_share
+    return {
+        "mask": budget.affordable("mask", mask_hours),
+        policy.cheap: budget.affordable(policy.cheap, budget.hours - mask_hours),
+    }
+
+
+def ranking_depth(policy: AnnotationParams, budget: CycleBudget, unlabeled: int) -> int:
+    """How many ranked images the sampler must deliver for this cycle's plan."""
+    wanted = sum(planned_types(policy, budget).values())
+    if policy.policy == "mixed" and policy.mixed_order == "mask_iou":
+        wanted *= WALK_DEPTH
+    return min(unlabeled, wanted)
+
+
+def assign_label_types(
+    ranked: Sequence[int], policy: AnnotationParams, budget: CycleBudget, mean_mask_iou: dict[int, float]
+) -> list[tuple[int, str]]:
+    """(image id, label type) for the images this cycle labels, in ranking order.
+
+    mean_mask_iou: per image, the mean predicted mask IoU of its detections (mask_iou order only;
+    an image without one gets a full mask).
+    """
+    plan = planned_types(policy, budget)
+    if policy.policy != "mixed":
+        (label_type, count), = plan.items()
+        return [(int(i), label_type) for i in ranked[:count]]
+    if policy.mixed_order == "rank":
+        masks, cheap = plan["mask"], plan[policy.cheap]
+        return [(int(i), "mask") for i in ranked[:masks]] + [(int(i), policy.cheap) for i in ranked[masks : masks + cheap]]
+    left = dict(plan)
+    out = []
+    for image_id in ranked:
+        if not any(left.values()):
+            break
+        iou = mean_mask_iou.get(int(image_id), float("nan"))
+        wants = policy.cheap if np.isfinite(iou) and iou >= policy.cheap_above else "mask"
+        if left[wants]:
+            left[wants] -= 1
+            out.append((int(image_id), wants))
+    return out

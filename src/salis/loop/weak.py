@@ -1,0 +1,256 @@
+"""Weak labels become training targets, with the latest model's detections (weak_label stage).
+
+Points (PointWSSIS: "The Devil is in the Points"): every instance of a point-labeled image is
+known by its click. Each point claims the detection that best explains it: one of its class,
+scoring at least weak.point_min_score, whose mask contains the point, ranked by TSP's instance
+score s (the class score without IoU heads); a detection serves one point at most (the best
+pairs are matched first). Unclaimed detections are dropped. A point left without a detection is
+reported and refined: the mask head runs at a square box around it (weak.refine_box_scale x the
+class's median labeled box side), then once more at the box of the connected part of that mask
+which holds the point. As every instance is known, the image trains with the full
+classification loss, not the positive-only loss of pseudo-labeled images; a point whose
+refinement finds nothing leaves its image incomplete, so that image falls back to positive-only.
+
+Image-level labels (class presence and counts): detections of classes the image does not hold
+are dropped, at most the counted number per class are kept (best class score first, at least
+weak.image_score_thresh). When every counted instance found a detection the image is complete
+(full classification loss); otherwise it trains positive-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from salis.acquisition.measures import instance_scores
+from salis.artifacts.tables import WEAK
+from salis.engine.inference import Prediction
+from salis.geometry import encode_masks
+from salis.params import WeakParams
+
+# (image id, boxes N x 4 xyxy, category ids) -> N x H x W masks: the mask head at given boxes
+RefineFn = Callable[[int, np.ndarray, Sequence[int]], np.ndarray]
+
+
+@dataclasses.dataclass
+class WeakSummary:
+    """What the weak_label stage made of the weak labels (for metrics and `salis status`)."""
+
+    point_images: int = 0
+    points: int = 0
+    points_claimed: int = 0  # explained by a detection
+    points_refined: int = 0  # got a mask from the refinement step
+    points_failed: int = 0  # neither: their image trains positive-only
+    image_label_images: int = 0
+    counted_instances: int = 0
+    image_label_kept: int = 0
+    complete_images: int = 0  # weak images that train with the full classification loss
+
+    def as_dict(self) -> dict[str, int]:
+        return {f"weak_{k}": int(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def ranking_scores(pred: Prediction) -> np.ndarray:
+    """TSP's instance score s per detection, or its class score where IoU heads are missing."""
+    triplet = np.stack([pred.scores, pred.box_ious, pred.mask_ious], axis=1).astype(np.float64)
+    if len(triplet) and np.isfinite(triplet).all():
+        return instance_scores(triplet)
+    return pred.scores.astype(np.float64)
+
+
+def claim_detections(pred: Prediction, points: Sequence[tuple[float, float, int]], min_score: float) -> list[int | None]:
+    """Per point (x, y, category id): the index of the detection it claims, or None."""
+    rank = ranking_scores(pred)
+    height, width = pred.masks.shape[1:] if len(pred) else (0, 0)
+    pairs = []
+    for p, (x, y, category) in enumerate(points):
+        row, col = int(np.floor(y)), int(np.floor(x))
+        for d in range(len(pred)):
+            inside = 0 <= row < height and 0 <= col < width and bool(pred.masks[d, row, col])
+            if inside and int(pred.category_ids[d]) == int(category) and pred.scores[d] >= min_score:
+                pairs.append((-rank[d], p, d))
+    claims: list[int | None] = [None] * len(points)
+    taken: set[int] = set()
+    for _, p, d in sorted(pairs):
+        if claims[p] is None and d not in taken:
+            claims[p], taken = d, taken | {d}
+    return claims
+
+
+def component_at(mask: np.ndarray, x: float, y: float) -> np.ndarray:
+    """The 8-connected part of a binary mask that holds pixel (x, y); empty when it is off the mask."""
+    row, col = int(np.floor(y)), int(np.floor(x))
+    if not (0 <= row < mask.shape[0] and 0 <= col < mask.shape[1]) or not mask[row, col]:
+        return np.zeros_like(mask, dtype=bool)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels == labels[row, col]
+
+
+def square_box(x: float, y: float, side: float, height: int, width: int) -> np.ndarray:
+    """A side x side box (xyxy) centred on (x, y), clipped to the image."""
+    half = side / 2.0
+    return np.array([max(x - half, 0.0), max(y - half, 0.0), min(x + half, float(width)), min(y + half, float(height))],
+                    dtype=np.float32)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float32)
+
+
+def refine_points(
+    image_id: int, points: Sequence[tuple[float, float, int]], sides: Sequence[float], height: int, width: int,
+    refine: RefineFn,
+) -> list[np.ndarray]:
+    """A mask per point from the mask head: at a square box around it, then at that mask's box;
+    each time only the connected part holding the point is kept (empty when none holds it)."""
+    if not points:
+        return []
+    boxes = np.stack([square_box(x, y, s, height, width) for (x, y, _), s in zip(points, sides)])
+    categories = [int(c) for _, _, c in points]
+    first = [component_at(m, x, y) for m, (x, y, _) in zip(refine(image_id, boxes, categories), points)]
+    again = [k for k, m in enumerate(first) if m.any()]
+    if not again:
+        return first
+    second = refine(image_id, np.stack([mask_box(first[k]) for k in again]), [categories[k] for k in again])
+    out = list(first)
+    for k, m in zip(again, second):
+        x, y, _ = points[k]
+        refined = component_at(m, x, y)
+        out[k] = refined if refined.any() else first[k]
+    return out
+
+
+def median_sides(store: dict, fallback: float) -> dict[int, float]:
+    """Per category: the median sqrt(w h) of the expert-drawn boxes and masks in the label store."""
+    by_category: dict[int, list[float]] = {}
+    for ann in store["annotations"]:
+        if "bbox" in ann:
+            w, h = float(ann["bbox"][2]), float(ann["bbox"][3])
+            by_category.setdefault(int(ann["category_id"]), []).append(float(np.sqrt(max(w * h, 0.0))))
+    sides = {c: float(np.median(v)) for c, v in by_category.items() if v}
+    every = [s for v in by_category.values() for s in v]
+    sides[-1] = float(np.median(every)) if every else fallback
+    return sides
+
+
+def point_targets(
+    pred: Prediction, points: Sequence[tuple[float, float, int]], weak: WeakParams, sides: dict[int, float],
+    refine: RefineFn, summary: WeakSummary,
+) -> pd.DataFrame:
+    """Point-guided pseudo-labels of one image: rows of the WEAK table."""
+    height, width = pred.masks.shape[1:]
+    claims = claim_detections(pred, points, weak.point_min_score)
+    masks: list[np.ndarray] = []
+    scores: list[float] = []
+    origins: list[str] = []
+    categories: list[int] = []
+    lonely = [k for k, d in enumerate(claims) if d is None]
+    lonely_sides = [weak.refine_box_scale * sides.get(int(points[k][2]), sides[-1]) for k in lonely]
+    refined = dict(zip(lonely, refine_points(pred.image_id, [points[k] for k in lonely], lonely_sides, height, width, refine)))
+    failed = 0
+    for k, (x, y, category) in enumerate(points):
+        if claims[k] is not None:
+            d = claims[k]
+            masks.append(pred.masks[d].astype(bool))
+            scores.append(float(pred.scores[d]))
+            origins.append("detection")
+        elif refined[k].any():
+            masks.append(refined[k])
+            scores.append(float("nan"))
+            origins.append("refined")
+        else:
+            failed += 1
+            continue
+        categories.append(int(category))
+    summary.point_images += 1
+    summary.points += len(points)
+    summary.points_claimed += sum(d is not None for d in claims)
+    summary.points_refined += sum(o == "refined" for o in origins)
+    summary.points_failed += failed
+    summary.complete_images += failed == 0
+    return weak_rows(pred.image_id, masks, categories, scores, origins, "point", "full" if failed == 0 else "positive_only")
+
+
+def image_label_targets(
+    pred: Prediction, counts: Iterable[dict], weak: WeakParams, summary: WeakSummary
+) -> pd.DataFrame:
+    """Image-label-filtered pseudo-labels of one image: at most `count` detections per present class."""
+    wanted = {int(c["category_id"]): int(c["count"]) for c in counts}
+    order = np.lexsort((np.arange(len(pred)), -pred.scores.astype(np.float64)))
+    kept: list[int] = []
+    found = {c: 0 for c in wanted}
+    for d in order:
+        category = int(pred.category_ids[d])
+        if pred.scores[d] >= weak.image_score_thresh and found.get(category, 0) < wanted.get(category, 0):
+            found[category] += 1
+            kept.append(int(d))
+    kept.sort()
+    complete = all(found[c] == n for c, n in wanted.items())
+    summary.image_label_images += 1
+    summary.counted_instances += sum(wanted.values())
+    summary.image_label_kept += len(kept)
+    summary.complete_images += complete
+    return weak_rows(
+        pred.image_id, [pred.masks[d].astype(bool) for d in kept], [int(pred.category_ids[d]) for d in kept],
+        [float(pred.scores[d]) for d in kept], ["detection"] * len(kept), "image", "full" if complete else "positive_only",
+    )
+
+
+def weak_rows(
+    image_id: int, masks: Sequence[np.ndarray], categories: Sequence[int], scores: Sequence[float],
+    origins: Sequence[str], label_type: str, supervision: str,
+) -> pd.DataFrame:
+    if not masks:
+        return WEAK.empty()
+    stacked = np.stack(masks).astype(np.uint8)
+    height, width = stacked.shape[1:]
+    counts = encode_masks(stacked)
+    rles = [{"size": [height, width], "counts": c.encode("ascii")} for c in counts]
+    boxes = np.asarray(mask_utils.toBbox(rles), dtype=np.float32).reshape(-1, 4)
+    n = len(masks)
+    return pd.DataFrame({
+        "image_id": np.full(n, image_id, dtype=np.int64),
+        "category_id": np.asarray(categories, dtype=np.int64),
+        "score": np.asarray(scores, dtype=np.float32),
+        "x": boxes[:, 0], "y": boxes[:, 1], "w": boxes[:, 2], "h": boxes[:, 3],
+        "area": stacked.reshape(n, -1).sum(1).astype(np.int64),
+        "height": np.full(n, height, dtype=np.int32),
+        "width": np.full(n, width, dtype=np.int32),
+        "rle": counts,
+        "label_type": [label_type] * n,
+        "supervision": [supervision] * n,
+        "origin": list(origins),
+    })
+
+
+def weak_targets(
+    predictions: Iterable[Prediction], store: dict, weak: WeakParams, refine: RefineFn, fallback_side: float,
+) -> tuple[pd.DataFrame, WeakSummary]:
+    """Targets of every point- or image-labeled image predicted, from the label store's points
+    and counts; the WEAK table (images in prediction order) and what was made of them."""
+    images = {int(im["id"]): im for im in store["images"]}
+    points: dict[int, list[tuple[float, float, int]]] = {}
+    for ann in store["annotations"]:
+        if "point" in ann:
+            x, y = ann["point"]
+            points.setdefault(int(ann["image_id"]), []).append((float(x), float(y), int(ann["category_id"])))
+    sides = median_sides(store, fallback_side)
+    summary = WeakSummary()
+    parts = []
+    for pred in predictions:
+        image = images[pred.image_id]
+        if image.get("label_type") == "point":
+            parts.append(point_targets(pred, points.get(pred.image_id, []), weak, sides, refine, summary))
+        elif image.get("label_type") == "image":
+            parts.append(image_label_targets(pred, image.get("counts", []), weak, summary))
+        else:
+            raise ValueError(f"image {pred.image_id} is labeled with {image.get('label_type', 'mask')}, not a weak label")
+    parts = [p for p in parts if len(p)]
+    table = pd.concat(parts, ignore_index=True) if parts else WEAK.empty()
+    return table, summary
