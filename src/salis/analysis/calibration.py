@@ -65,25 +65,31 @@ def iou_head_metrics(pairs: pd.DataFrame) -> dict[str, float | int | None]:
     return out
 
 
-def pseudo_label_quality(pseudo: pd.DataFrame, gt_of: callable) -> dict[str, float | None]:
-    """Precision (best mask IoU >= 0.5 with a GT instance of the same category) and mean best
-    mask IoU of pseudo-labels against the hidden ground truth."""
+def pseudo_label_quality(pseudo: pd.DataFrame, gt_of: callable, prefix: str = "pseudo") -> dict[str, float | None]:
+    """Pseudo-labels (or targets made from weak labels) against the hidden ground truth of their
+    images: precision (share whose best mask IoU with a ground-truth instance of the same category
+    is >= 0.5), recall (share of those images' ground-truth instances that some pseudo-label of
+    their category overlaps at mask IoU >= 0.5) and the mean best mask IoU."""
+    keys = (f"{prefix}_precision", f"{prefix}_recall", f"{prefix}_mask_iou")
     if pseudo.empty:
-        return {"pseudo_precision": None, "pseudo_mask_iou": None}
-    best_ious, correct = [], []
+        return dict.fromkeys(keys)
+    best_ious, correct, found, instances = [], [], 0, 0
     for image_id, rows in pseudo.groupby("image_id", sort=True):
         gt = gt_of(int(image_id))
         h, w = int(rows["height"].iloc[0]), int(rows["width"].iloc[0])
         dets = rles_from_counts(rows["rle"], h, w)
+        instances += len(gt)
         if not gt:
             best_ious += [0.0] * len(dets)
             correct += [False] * len(dets)
             continue
         ious = mask_ious(dets, [rle(a["segmentation"]) for a in gt])
         gt_cats = np.array([a["category_id"] for a in gt])
+        same = gt_cats[None, :] == rows["category_id"].to_numpy()[:, None]
         best = ious.argmax(axis=1)
         best_iou = ious[np.arange(len(dets)), best]
         best_ious += best_iou.tolist()
         correct += ((best_iou >= 0.5) & (gt_cats[best] == rows["category_id"].to_numpy())).tolist()
-    return {"pseudo_precision": float(np.mean(correct)), "pseudo_mask_iou": float(np.mean(best_ious))}
-
+        found += int(((ious >= 0.5) & same).any(axis=0).sum())
+    recall = found / instances if instances else None
+    return dict(zip(keys, (float(np.mean(correct)), recall, float(np.mean(best_ious)))))

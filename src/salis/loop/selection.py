@@ -6,6 +6,7 @@ image), and the sampler sees data only (its knobs are its own: Sampler.from_para
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def select_batch(
     unlabeled = images[~images["image_id"].isin(already)].sort_values("image_id").reset_index(drop=True)
     if not set(unlabeled["image_id"].tolist()) <= pool:
         raise SalisError("the score table holds images outside the pool (a test image must never be scored)")
-    if unlabeled.empty:
-        raise SalisError(f"cycle {cycle}: every pool image is labeled; there is nothing left to select")
+    if unlabeled.empty:  # an hour budget can buy the whole pool before the last cycle
+        warnings.warn(f"cycle {cycle}: every pool image is labeled; the batch is empty", UserWarning, stacklevel=2)
+        return selected_frame([], cycle=cycle, sampler=sampler.name)
     if not budget.hours and len(unlabeled) < budget.images:
         raise SalisError(f"cycle {cycle}: only {len(unlabeled)} unlabeled images are left for a budget of {budget.images}")
     ctx = SelectionContext(

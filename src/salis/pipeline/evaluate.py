@@ -3,6 +3,8 @@ trained on (labels, pseudo-labels, hours) and how well its IoU heads predict."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from salis.analysis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
@@ -10,13 +12,13 @@ from salis.analysis.evaluation import coco_metrics, detections_from_prediction
 from salis.annotation.cost import CostModel
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import IOU_PAIRS, LABELED, PSEUDO, read_table, write_table
+from salis.artifacts.tables import IOU_PAIRS, LABELED, PSEUDO, WEAK, read_table, write_table
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
-from salis.loop.labels import read_store
+from salis.loop.labels import instance_counts, read_store
 from salis.model.checkpoint import load_model
-from salis.params import Params
+from salis.params import LABEL_TYPES, Params
 
 
 def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
@@ -38,15 +40,21 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     labeled = read_table(layout.labeled(cycle), LABELED)
     store = read_store(layout.annotations(cycle))
     pseudo = read_table(layout.pseudo(cycle), PSEUDO)
-    if params.oracle == "simulated":  # the hidden pool ground truth exists only then
-        metrics.update(pseudo_label_quality(pseudo, SimulatedOracle(prepared).annotations))
-    else:
-        metrics.update(pseudo_precision=None, pseudo_mask_iou=None)
+    weak = read_table(layout.weak(cycle), WEAK)
+    qualities = [(pseudo, "pseudo"), (weak[weak["label_type"] == "point"], "weak_point"),
+                 (weak[weak["label_type"] == "image"], "weak_image")]
+    for table, prefix in qualities:
+        if params.oracle == "simulated":  # the hidden pool ground truth exists only then
+            metrics.update(pseudo_label_quality(table, SimulatedOracle(prepared).annotations, prefix))
+        else:
+            metrics.update(dict.fromkeys((f"{prefix}_precision", f"{prefix}_recall", f"{prefix}_mask_iou")))
+    metrics.update(json.loads(layout.weak_summary(cycle).read_text()))
+    metrics.update(labels_by_type(labeled, store))
     seconds = float(labeled["seconds"].sum())
     metrics.update(
         cycle=cycle,
         labeled_images=len(labeled),
-        labeled_instances=len(store["annotations"]),
+        labeled_instances=sum(instance_counts(store).values()),
         pseudo_images=int(pseudo["image_id"].nunique()),
         pseudo_instances=len(pseudo),
         annotation_hours=seconds / 3600.0,
@@ -54,3 +62,15 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     )
     write_json(layout.metrics(cycle), metrics)
     return metrics
+
+
+def labels_by_type(labeled: pd.DataFrame, store: dict) -> dict[str, float]:
+    """Per label type: labeled images, the instances their labels reveal, cumulative hours."""
+    counts = instance_counts(store)
+    out: dict[str, float] = {}
+    for label_type in LABEL_TYPES:
+        rows = labeled[labeled["label_type"] == label_type]
+        out[f"labeled_images_{label_type}"] = len(rows)
+        out[f"labeled_instances_{label_type}"] = sum(counts.get(int(i), 0) for i in rows["image_id"])
+        out[f"annotation_hours_{label_type}"] = float(rows["seconds"].sum()) / 3600.0
+    return out
