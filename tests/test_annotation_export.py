@@ -124,7 +124,7 @@ def test_request_batch_files_and_summary(prepared: PreparedData, tmp_path: Path)
     out = tmp_path / "requests" / "cycle_3"
     summary = write_request_batch(out, prepared, [4, 2, 5], instances, cycle=3)
     assert summary == {"cycle": 3, "images": 3, "pre_annotations": 3, "below_min_score": 1, "empty_masks": 0,
-                       "out_dir": str(out)}
+                       "out_dir": str(out), "by_type": {"mask": {"images": 3, "pre_annotations": 3}}}
     assert sorted(p.name for p in out.iterdir()) == [
         "README.txt", "images.txt", "label_config.xml", "label_studio_tasks.json", "request.json"]
     assert "salis labels import --cycle 3" in (out / "README.txt").read_text()
@@ -198,3 +198,69 @@ def test_request_batch_refuses_non_pool_images_and_writes_nothing(prepared: Prep
     with pytest.raises(ValueError, match="image_url"):
         write_request_batch(tmp_path / "req", prepared, [2], instances, cycle=1, image_url="{url}")
     assert not (tmp_path / "req").exists()
+
+
+def test_one_label_studio_region_per_prediction_without_specks(prepared: PreparedData, tmp_path: Path):
+    """A fragmented prediction is one polygon region (its largest part), not one per fragment."""
+    mask = _disc(SIZE, SIZE, 30, 30, 9)
+    mask[2, 2] = mask[5, 60] = mask[60, 5] = 1  # specks
+    instances = pd.DataFrame(_rows(2, [(1, 0.9, mask)]))
+    write_request_batch(tmp_path / "req", prepared, [2], instances, cycle=1)
+    results = json.loads((tmp_path / "req" / "label_studio_tasks.json").read_text())[0]["predictions"][0]["result"]
+    assert len(results) == 1
+    polygon = [v for x, y in results[0]["value"]["points"] for v in (x / 100 * SIZE, y / 100 * SIZE)]
+    assert np.array_equal(_rasterise([polygon], SIZE, SIZE), _disc(SIZE, SIZE, 30, 30, 9))
+    # the CVAT file keeps every part: one annotation with four polygons
+    (ann,) = json.loads((tmp_path / "req" / "request.json").read_text())["annotations"]
+    assert len(ann["segmentation"]) == 4
+
+
+def test_default_task_urls_name_the_image_folder_under_the_document_root(prepared: PreparedData, tmp_path: Path):
+    instances, _ = _instances()
+    write_request_batch(tmp_path / "req", prepared, [4], instances, cycle=1)
+    (task,) = json.loads((tmp_path / "req" / "label_studio_tasks.json").read_text())
+    folder = prepared.image_root(4).name
+    assert task["data"]["image"] == f"/data/local-files/?d={folder}/syn_000004.png"
+    readme = (tmp_path / "req" / "README.txt").read_text()
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={prepared.image_root(4).parent}" in readme
+
+
+def test_a_mixed_batch_writes_one_set_of_files_per_label_type(prepared: PreparedData, tmp_path: Path):
+    instances, kept = _instances()
+    out = tmp_path / "req"
+    summary = write_request_batch(out, prepared, [4, 2, 5], instances, cycle=3, label_types=["box", "point", "image"])
+    assert summary["by_type"] == {"box": {"images": 1, "pre_annotations": 1}, "point": {"images": 1, "pre_annotations": 2},
+                                  "image": {"images": 1, "pre_annotations": 0}}
+    names = sorted(p.name for p in out.iterdir())
+    for t in ("box", "point", "image"):
+        assert {f"request.{t}.json", f"label_studio_tasks.{t}.json", f"label_config.{t}.xml", f"images.{t}.txt"} <= set(names)
+    assert "request.json" not in names  # nobody was asked for masks
+    boxes = json.loads((out / "request.box.json").read_text())
+    assert boxes["info"]["salis"]["label_type"] == "box" and [i["id"] for i in boxes["images"]] == [4]
+    (box,) = boxes["annotations"]
+    assert box["segmentation"] == [] and box["bbox"] == [float(v) for v in mask_utils.toBbox(
+        mask_utils.encode(np.asfortranarray(kept[4][0])))]
+    points = json.loads((out / "request.point.json").read_text())
+    assert all(c["keypoints"] == ["point"] for c in points["categories"])
+    for ann, mask in zip(points["annotations"], kept[2]):
+        x, y, v = ann["keypoints"]
+        assert v == 2 and mask[int(y), int(x)]  # the predicted instance's deepest pixel
+    counts_task = json.loads((out / "label_studio_tasks.image.json").read_text())[0]
+    assert "predictions" not in counts_task  # image 5: nothing detected
+    point_task = json.loads((out / "label_studio_tasks.point.json").read_text())[0]
+    assert [r["type"] for r in point_task["predictions"][0]["result"]] == ["keypointlabels"] * 2
+    config = ET.fromstring((out / "label_config.image.xml").read_text())
+    assert config.find("Choices").get("choice") == "multiple"
+    assert [n.get("name") for n in config.findall("Number")] == ["count_1", "count_2", "count_3"]
+    assert ET.fromstring((out / "label_config.box.xml").read_text()).find("RectangleLabels") is not None
+    readme = (out / "README.txt").read_text()
+    assert "salis labels import --cycle 3 --type point" in readme and "1 image(s) need image labels" in readme
+
+
+def test_image_level_pre_annotations_count_the_confident_detections(prepared: PreparedData, tmp_path: Path):
+    instances, _ = _instances()
+    write_request_batch(tmp_path / "req", prepared, [2], instances, cycle=3, label_types=["image"])
+    (task,) = json.loads((tmp_path / "req" / "label_studio_tasks.image.json").read_text())
+    results = task["predictions"][0]["result"]
+    assert results[0]["value"] == {"choices": ["nucleus", "rod"]}
+    assert [(r["from_name"], r["value"]["number"]) for r in results[1:]] == [("count_1", 1), ("count_2", 1)]

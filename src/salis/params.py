@@ -144,6 +144,8 @@ class AnnotationParams:
     # the mask), uniform (any mask pixel), annotator (well inside, but not always at the centre:
     # a pixel drawn with probability growing with its distance to the mask border)
     point_placement: Literal["center", "uniform", "annotator"] = "annotator"
+    # request batches carry the model's detections scoring at least this as pre-annotations
+    pre_annotation_score: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,6 +376,7 @@ def _check_ranges(p: Params) -> None:
         "data.coco.test_fraction": p.data.coco.test_fraction,
         "annotation.mask_share": p.annotation.mask_share,
         "annotation.cheap_above": p.annotation.cheap_above,
+        "annotation.pre_annotation_score": p.annotation.pre_annotation_score,
         "weak.point_min_score": p.weak.point_min_score,
         "weak.image_score_thresh": p.weak.image_score_thresh,
         "train.box_pairwise_color_tau": p.train.box_pairwise_color_tau,

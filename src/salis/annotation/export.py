@@ -1,23 +1,35 @@
 """A cycle's request batch for human annotators, with the model's predictions as pre-annotations.
 
-out_dir (written as a whole through atomic_dir, so a crash leaves the old batch or none):
-  request.json            COCO for CVAT ("Upload annotations", COCO 1.0): the requested images,
-                          the project's categories, predictions as polygons with their score
-                          in `attributes` (where CVAT's COCO 1.0 format keeps attributes), and
-                          info.salis (cycle, image root, order of selection) the import reads.
-  label_studio_tasks.json Label Studio tasks: the image URL and the predictions as
-                          polygonlabels pre-annotations, points in percent of width/height.
-  label_config.xml        the Label Studio labeling config those tasks need.
-  images.txt              absolute paths of the requested images, one per line (for uploads).
-  README.txt              how to load the batch into CVAT or Label Studio and bring labels back.
+out_dir (written as a whole through atomic_dir, so a crash leaves the old batch or none), one set
+of files per label type the batch asks for; masks have no suffix, the others .box, .point, .image:
+  request[.T].json            COCO for CVAT ("Upload annotations", COCO 1.0): the images of that
+                              type, the project's categories, predictions as pre-annotations
+                              (masks: polygons; boxes: bbox only; points: one keypoint each) with
+                              their score in `attributes`, and info.salis (cycle, label type, image
+                              root, order of selection) the import reads. Image-level labels have
+                              no annotations: annotators fill each image's `counts` field.
+  label_studio_tasks[.T].json Label Studio tasks: the image URL and the predictions as regions
+                              (polygonlabels, rectanglelabels, keypointlabels, or choices and
+                              numbers for image-level labels), in percent of width/height.
+  label_config[.T].xml        the Label Studio labeling config those tasks need.
+  images[.T].txt              absolute paths of those images, one per line (for uploads).
+  README.txt                  how to load the batch into CVAT or Label Studio and bring labels back.
 
 Masks become polygons by tracing pixel edges (mask_to_polygons), so a polygon rasterised by
-pycocotools gives back the same pixels; holes are not represented (see mask_to_polygons).
+pycocotools gives back the same pixels; holes are not represented (see mask_to_polygons). A Label
+Studio polygon region holds one outline, so a prediction becomes one region: the outline of its
+largest 4-connected part (specks elsewhere are left out), and accepting it stores one instance.
+
+Image URLs: Label Studio serves local files under /data/local-files/?d=PATH, PATH relative to
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, and only from a local-files storage that is a
+*subfolder* of that root. So the tasks name each image as <image folder name>/<file name> and the
+README sets the document root to the image folder's parent and the storage to the image folder.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,17 +40,23 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
+from scipy import ndimage
+
+from salis.annotation.label_types import LABEL_TYPES, click_point, label_suffix
 from salis.artifacts.atomic import atomic_dir, write_text
 from salis.data.prepared import PreparedData
 from salis.errors import SalisError
 
 # Label Studio serves local files under this URL once LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED
-# is set; `d` is relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (set it to the image root).
-DEFAULT_IMAGE_URL = "/data/local-files/?d={file_name}"
-IMAGE_URL_FIELDS = {"file_name", "path", "image_id"}
+# is set; `d` is relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: the image folder's parent.
+DEFAULT_IMAGE_URL = "/data/local-files/?d={relative}"
+IMAGE_URL_FIELDS = {"file_name", "path", "image_id", "relative"}
 FROM_NAME = "label"
 TO_NAME = "image"
+COUNT_PREFIX = "count_"  # Label Studio Number tags of image-level labels: count_<category id>
+PRESENT_NAME = "present"  # the Choices tag of image-level labels
 INSTANCE_COLUMNS = ("image_id", "category_id", "score", "height", "width", "rle")
+REGION_TYPES = {"mask": "polygonlabels", "box": "rectanglelabels", "point": "keypointlabels"}
 
 
 def write_request_batch(
@@ -50,41 +68,51 @@ def write_request_batch(
     min_score: float = 0.5,
     image_url: str = DEFAULT_IMAGE_URL,
     model_note: str = "",
+    label_types: Sequence[str] | None = None,
 ) -> dict:
     """Write the request batch for `image_ids` (in selection order) into out_dir.
 
     instances: rows of INSTANCE_SCHEMA (other images' rows are ignored); detections scoring
     below min_score are left out, so annotators start from confident predictions only.
-    image_url: the Label Studio image reference, a template over {file_name} (relative to
-    the image root), {path} (absolute) and {image_id}.
+    image_url: the Label Studio image reference, a template over {relative} (image folder name /
+    file name: the default, for a document root at the image folder's parent), {file_name}
+    (relative to the image folder), {path} (absolute) and {image_id}.
     model_note: a line for README.txt on the model that made the predictions.
-    Returns {cycle, images, pre_annotations, below_min_score, empty_masks, out_dir}.
+    label_types: per image, what the annotators are asked for (full masks for all when None).
+    Returns {cycle, images, pre_annotations, below_min_score, empty_masks, out_dir, by_type}.
     """
     ids = _checked_ids(prepared, image_ids)
+    types = list(label_types) if label_types is not None else ["mask"] * len(ids)
+    if len(types) != len(ids) or set(types) - set(LABEL_TYPES):
+        raise ValueError(f"label_types must give one of {LABEL_TYPES} per image, got {types}")
     _check_template(image_url)
     if cycle < 0:  # batch 0 is the random initial set, requested before any model exists
         raise ValueError(f"cycle must be >= 0, got {cycle}")
-    images = [_image_entry(prepared, i) for i in ids]
+    images = {i: _image_entry(prepared, i) for i in ids}
     categories = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": ""} for c in prepared.categories]
-    by_image, counts = _predictions(instances, {img["id"]: img for img in images}, min_score)
-    request = _request_coco(images, categories, by_image, cycle, prepared, min_score)
-    tasks = [_task(prepared, img, by_image[img["id"]], categories, cycle, image_url) for img in images]
+    by_image, counts = _predictions(instances, images, min_score)
+    present = [t for t in LABEL_TYPES if t in types]
     out_dir = Path(out_dir)
+    summary: dict[str, Any] = {"cycle": cycle, "images": len(ids), "pre_annotations": 0,
+                               "below_min_score": counts["below_min_score"], "empty_masks": counts["empty_masks"],
+                               "out_dir": str(out_dir), "by_type": {}}
     with atomic_dir(out_dir) as tmp:
-        write_text(tmp / "request.json", _dumps(request))
-        write_text(tmp / "label_studio_tasks.json", _dumps(tasks))
-        write_text(tmp / "label_config.xml", label_config(categories))
-        write_text(tmp / "images.txt", "".join(f"{prepared.image_path(i)}\n" for i in ids))
-        note = _pre_annotation_note(cycle, len(request["annotations"]), counts, min_score, model_note)
-        write_text(tmp / "README.txt", _readme(cycle, out_dir, prepared.image_root(ids[0]) if ids else None, note))
-    return {
-        "cycle": cycle,
-        "images": len(images),
-        "pre_annotations": len(request["annotations"]),
-        "below_min_score": counts["below_min_score"],
-        "empty_masks": counts["empty_masks"],
-        "out_dir": str(out_dir),
-    }
+        for label_type in present:
+            group = [images[i] for i, t in zip(ids, types) if t == label_type]
+            suffix = label_suffix(label_type)
+            request = _request_coco(group, categories, by_image, cycle, prepared, min_score, label_type)
+            tasks = [_task(prepared, img, by_image[img["id"]], categories, cycle, image_url, label_type) for img in group]
+            write_text(tmp / f"request{suffix}.json", _dumps(request))
+            write_text(tmp / f"label_studio_tasks{suffix}.json", _dumps(tasks))
+            write_text(tmp / f"label_config{suffix}.xml", label_config(categories, label_type))
+            write_text(tmp / f"images{suffix}.txt", "".join(f"{prepared.image_path(img['id'])}\n" for img in group))
+            kept = sum(len(by_image[img["id"]]) for img in group) if label_type != "image" else 0
+            summary["pre_annotations"] += kept
+            summary["by_type"][label_type] = {"images": len(group), "pre_annotations": kept}
+        note = _pre_annotation_note(cycle, summary["pre_annotations"], counts, min_score, model_note)
+        root = prepared.image_root(ids[0]) if ids else None
+        write_text(tmp / "README.txt", _readme(cycle, out_dir, root, note, summary["by_type"]))
+    return summary
 
 
 # --- masks to polygons ---------------------------------------------------------------------
@@ -211,8 +239,9 @@ def _image_entry(prepared: PreparedData, image_id: int) -> dict:
 
 def _predictions(
     instances: pd.DataFrame, images: dict[int, dict], min_score: float
-) -> tuple[dict[int, list[dict]], dict[str, int]]:
-    """Per requested image: its confident detections as {category_id, score, polygons, bbox, area}."""
+) -> tuple[dict[int, list[dict]], dict[str, Any]]:
+    """Per requested image: its confident detections as {category_id, score, polygons, bbox, area,
+    outline (the largest part's polygon, for Label Studio), point (its deepest pixel)}."""
     missing = [c for c in INSTANCE_COLUMNS if c not in instances.columns]
     if missing:
         raise SalisError(f"the instance table lacks the column(s) {missing}")
@@ -234,6 +263,15 @@ def _predictions(
     return by_image, counts
 
 
+def largest_part(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected part of a binary mask (the first in raster order on ties)."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
 def _prediction(row: Any, image: dict) -> dict | None:
     height, width = int(row.height), int(row.width)
     if (height, width) != (image["height"], image["width"]):
@@ -242,14 +280,18 @@ def _prediction(row: Any, image: dict) -> dict | None:
             f"{image['width']}x{image['height']}"
         )
     rle = {"size": [height, width], "counts": str(row.rle).encode("ascii")}
-    polygons = mask_to_polygons(mask_utils.decode(rle))
+    mask = mask_utils.decode(rle)
+    polygons = mask_to_polygons(mask)
     if not polygons:
         return None
+    part = largest_part(mask)
     x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
     return {
         "category_id": int(row.category_id),
         "score": round(float(row.score), 6),
         "polygons": polygons,
+        "outline": mask_to_polygons(part)[0],
+        "point": list(click_point(part, "center", np.random.default_rng(0))),
         "bbox": [x, y, w, h],
         "area": float(mask_utils.area(rle)),
     }
@@ -265,41 +307,56 @@ def _request_coco(
     cycle: int,
     prepared: PreparedData,
     min_score: float,
+    label_type: str = "mask",
 ) -> dict:
     annotations = []
     for image in images:
+        if label_type == "image":
+            break
         for p in by_image[image["id"]]:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image["id"],
-                    "category_id": p["category_id"],
-                    "segmentation": p["polygons"],
-                    "bbox": p["bbox"],
-                    "area": p["area"],
-                    "iscrowd": 0,
-                    "attributes": {"score": p["score"], "occluded": False},
-                }
-            )
+            ann: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image["id"],
+                "category_id": p["category_id"],
+                "bbox": p["bbox"],
+                "area": p["area"],
+                "iscrowd": 0,
+                "attributes": {"score": p["score"], "occluded": False},
+            }
+            if label_type == "mask":
+                ann["segmentation"] = p["polygons"]
+            elif label_type == "point":
+                x, y = p["point"]
+                ann.update(keypoints=[x, y, 2], num_keypoints=1, segmentation=[], area=0.0,
+                           bbox=[x, y, 0.0, 0.0])
+            else:  # box: no segmentation
+                ann["segmentation"] = []
+            annotations.append(ann)
     roots = sorted({str(prepared.image_root(img["id"])) for img in images})
+    cats = [dict(c, keypoints=["point"], skeleton=[]) for c in categories] if label_type == "point" else categories
     # CVAT's COCO reader (datumaro) refuses unknown top-level keys and needs "licenses" and
     # "info", so salis's own fields live inside "info". No date: the same selection must give
     # the same bytes.
+    salis: dict[str, Any] = {
+        "cycle": cycle,
+        "label_type": label_type,
+        "image_root": roots[0] if len(roots) == 1 else roots,
+        "image_ids": [img["id"] for img in images],
+        "min_score": min_score,
+    }
+    if label_type == "image":
+        salis["counts_field"] = "each image's `counts`: {category name: number of instances}, 0 when absent"
     return {
         "info": {
-            "description": f"salis request batch, cycle {cycle}: model predictions as pre-annotations",
+            "description": f"salis request batch, cycle {cycle}: {label_type} labels"
+            + (", model predictions as pre-annotations" if label_type != "image" else ""),
             "contributor": "salis",
             "version": "1.0",
-            "salis": {
-                "cycle": cycle,
-                "image_root": roots[0] if len(roots) == 1 else roots,
-                "image_ids": [img["id"] for img in images],
-                "min_score": min_score,
-            },
+            "salis": salis,
         },
         "licenses": [],
         "images": images,
-        "categories": categories,
+        "categories": cats,
         "annotations": annotations,
     }
 
@@ -307,12 +364,25 @@ def _request_coco(
 # --- Label Studio ----------------------------------------------------------------------------
 
 
+def image_reference(prepared: PreparedData, image: dict, template: str) -> str:
+    """The Label Studio URL of an image from the template (see write_request_batch)."""
+    root = prepared.image_root(image["id"])
+    return template.format(
+        relative=posixpath.join(root.name, image["file_name"]) if root.name else image["file_name"],
+        file_name=image["file_name"], path=prepared.image_path(image["id"]), image_id=image["id"],
+    )
+
+
 def _task(
-    prepared: PreparedData, image: dict, predictions: list[dict], categories: list[dict], cycle: int, image_url: str
+    prepared: PreparedData, image: dict, predictions: list[dict], categories: list[dict], cycle: int, image_url: str,
+    label_type: str = "mask",
 ) -> dict:
     names = {c["id"]: c["name"] for c in categories}
-    url = image_url.format(file_name=image["file_name"], path=prepared.image_path(image["id"]), image_id=image["id"])
-    results = [r for k, p in enumerate(predictions) for r in _ls_result(p, image, names, k)]
+    url = image_reference(prepared, image, image_url)
+    if label_type == "image":
+        results = _ls_image_results(predictions, categories)
+    else:
+        results = [_ls_result(p, image, names, k, label_type) for k, p in enumerate(predictions)]
     task: dict[str, Any] = {"data": {"image": url, "salis_image_id": image["id"], "file_name": image["file_name"]}}
     if results:
         mean_score = float(np.mean([p["score"] for p in predictions]))
@@ -322,45 +392,75 @@ def _task(
     return task
 
 
-def _ls_result(prediction: dict, image: dict, names: dict[int, str], k: int) -> list[dict]:
-    """One polygonlabels region per polygon (Label Studio regions hold a single outline)."""
+def _ls_result(prediction: dict, image: dict, names: dict[int, str], k: int, label_type: str = "mask") -> dict:
+    """One Label Studio region per predicted instance, coordinates in percent of the image."""
     w, h = image["width"], image["height"]
-    out = []
-    for j, poly in enumerate(prediction["polygons"]):
+    name = [names[prediction["category_id"]]]
+    if label_type == "mask":
+        poly = prediction["outline"]
         points = [[round(x / w * 100.0, 6), round(y / h * 100.0, 6)] for x, y in zip(poly[0::2], poly[1::2])]
-        out.append(
-            {
-                "id": f"p{k}_{j}",
-                "from_name": FROM_NAME,
-                "to_name": TO_NAME,
-                "type": "polygonlabels",
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "value": {"points": points, "closed": True, "polygonlabels": [names[prediction["category_id"]]]},
-                "score": prediction["score"],
-            }
-        )
+        value: dict[str, Any] = {"points": points, "closed": True, "polygonlabels": name}
+    elif label_type == "box":
+        x, y, bw, bh = prediction["bbox"]
+        value = {"x": round(x / w * 100, 6), "y": round(y / h * 100, 6), "width": round(bw / w * 100, 6),
+                 "height": round(bh / h * 100, 6), "rotation": 0, "rectanglelabels": name}
+    else:
+        x, y = prediction["point"]
+        value = {"x": round(x / w * 100, 6), "y": round(y / h * 100, 6), "width": 0.5, "keypointlabels": name}
+    return {
+        "id": f"p{k}",
+        "from_name": FROM_NAME,
+        "to_name": TO_NAME,
+        "type": REGION_TYPES[label_type],
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": value,
+        "score": prediction["score"],
+    }
+
+
+def _ls_image_results(predictions: list[dict], categories: list[dict]) -> list[dict]:
+    """Image-level pre-annotations: the predicted classes as choices and their counts as numbers."""
+    counts = {c["id"]: 0 for c in categories}
+    for p in predictions:
+        counts[p["category_id"]] += 1
+    present = [c["name"] for c in categories if counts[c["id"]]]
+    if not present:
+        return []
+    out = [{"id": "present", "from_name": PRESENT_NAME, "to_name": TO_NAME, "type": "choices",
+            "value": {"choices": present}}]
+    out += [{"id": f"n{c['id']}", "from_name": f"{COUNT_PREFIX}{c['id']}", "to_name": TO_NAME, "type": "number",
+             "value": {"number": counts[c["id"]]}} for c in categories if counts[c["id"]]]
     return out
 
 
-def label_config(categories: list[dict]) -> str:
-    """Label Studio labeling config: polygons named "label" on the image "image", one Label per category.
+def label_config(categories: list[dict], label_type: str = "mask") -> str:
+    """Label Studio labeling config of a label type, on the image "image": polygons, rectangles or
+    keypoints named "label" with one Label per category; image-level labels: a multiple Choices
+    "present" and one Number "count_<id>" per category.
 
     category="<id>" makes Label Studio's COCO export use the project's ids (the import matches
     by name anyway, since older exports ignore it and count from 0).
     """
+    image = f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true"/>\n'
+    if label_type == "image":
+        choices = "\n".join(f"    <Choice value={quoteattr(c['name'])}/>" for c in categories)
+        numbers = "\n".join(
+            f'  <Header value={quoteattr("How many " + c["name"] + "?")}/>\n'
+            f'  <Number name="{COUNT_PREFIX}{c["id"]}" toName="{TO_NAME}" min="0" defaultValue="0"/>'
+            for c in categories
+        )
+        return (f"<View>\n{image}"
+                f'  <Choices name="{PRESENT_NAME}" toName="{TO_NAME}" choice="multiple" showInline="true">\n{choices}\n'
+                f"  </Choices>\n{numbers}\n</View>\n")
+    tag = {"mask": "PolygonLabels", "box": "RectangleLabels", "point": "KeyPointLabels"}[label_type]
+    extra = {"mask": ' strokeWidth="2" pointSize="small" opacity="0.5"', "box": ' strokeWidth="2"',
+             "point": ' smart="false"'}[label_type]
     labels = "\n".join(
         f"    <Label value={quoteattr(c['name'])} category={quoteattr(str(c['id']))}/>" for c in categories
     )
-    return (
-        "<View>\n"
-        f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true"/>\n'
-        f'  <PolygonLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2" pointSize="small" opacity="0.5">\n'
-        f"{labels}\n"
-        "  </PolygonLabels>\n"
-        "</View>\n"
-    )
+    return f'<View>\n{image}  <{tag} name="{FROM_NAME}" toName="{TO_NAME}"{extra}>\n{labels}\n  </{tag}>\n</View>\n'
 
 
 def _pre_annotation_note(cycle: int, kept: int, counts: dict[str, Any], min_score: float, model_note: str) -> str:
@@ -371,49 +471,66 @@ def _pre_annotation_note(cycle: int, kept: int, counts: dict[str, Any], min_scor
     best = counts.get("best_score")
     if kept == 0:
         why = ("the model detected nothing on them" if best is None else
-               f"none of the model's detections reached the pre-annotation floor (score >= {min_score}; "
-               f"best here {best:.3f})")
+               f"none of the model's detections reached the pre-annotation floor (annotation.pre_annotation_score "
+               f"{min_score}; best here {best:.3f}; {counts['below_min_score']} detections left out)")
         text = f"These images come without pre-annotations: {why}. Draw every instance."
     else:
-        text = (f"{kept} of the model's detections come along as pre-annotations (score >= {min_score}; "
-                f"{counts['below_min_score']} scored lower and were left out): correct them, delete wrong "
-                "ones, add what is missing.")
+        text = (f"{kept} of the model's detections come along as pre-annotations (score >= {min_score}, "
+                f"annotation.pre_annotation_score; {counts['below_min_score']} scored lower and were left out): "
+                "correct them, delete wrong ones, add what is missing.")
     return "\n".join(filter(None, [model_note, text]))
 
 
-def _readme(cycle: int, out_dir: Path, image_root: Path | None, note: str) -> str:
-    root = image_root if image_root is not None else "<image root>"
-    return f"""salis request batch for cycle {cycle}
-=================================
+_TYPE_TASK = {
+    "mask": "instance masks (polygons or brush masks), one per object",
+    "box": "a tight box around each object",
+    "point": "one click (keypoint) on each object, anywhere inside it",
+    "image": "for each category: is it present, and how many instances (fill each image's `counts` in "
+             "COCO as {category name: number}; in Label Studio the Choices and Number fields)",
+}
 
-The images listed in request.json (file names relative to {root}; absolute paths in
-images.txt) need instance masks. Keep the category names unchanged.
-{note}
 
-CVAT
-  1. Create a task whose labels are the category names in request.json (same spelling),
-     with the images of images.txt.
-  2. Actions > Upload annotations > format "COCO 1.0" > {out_dir}/request.json.
-  3. Annotate (polygons or masks), then Actions > Export task dataset > "COCO 1.0".
-  4. Unzip it and import annotations/instances_default.json:
-       salis labels import --cycle {cycle} instances_default.json
+def _readme(cycle: int, out_dir: Path, image_root: Path | None, note: str, by_type: dict[str, dict]) -> str:
+    root = image_root if image_root is not None else Path("<image folder>")
+    parent = root.parent if image_root is not None else "<its parent folder>"
+    lines = [f"salis request batch for cycle {cycle}", "=" * 32, ""]
+    for label_type, info in by_type.items():
+        suffix = label_suffix(label_type)
+        flag = "" if label_type == "mask" else f" --type {label_type}"
+        lines += [
+            f"{info['images']} image(s) need {label_type} labels: {_TYPE_TASK[label_type]}.",
+            f"  files: request{suffix}.json, images{suffix}.txt (CVAT); label_studio_tasks{suffix}.json,",
+            f"         label_config{suffix}.xml (Label Studio); import with",
+            f"         salis labels import --cycle {cycle}{flag} <export>",
+        ]
+    lines += ["", f"File names are relative to {root}. Keep the category names unchanged.", note, ""]
+    lines += [f"""CVAT
+  1. Create a task whose labels are the category names in the request file (same spelling),
+     with the images of the images file.
+  2. Actions > Upload annotations > format "COCO 1.0" > the request file (masks, boxes;
+     points as "COCO Keypoints 1.0").
+  3. Annotate, then Actions > Export task dataset > the same format.
+  4. Unzip it and import annotations/instances_default.json (or person_keypoints_default.json):
+       salis labels import --cycle {cycle} [--type T] instances_default.json
 
-Label Studio
+Label Studio (see README "Real annotators in the loop"; `salis labels push --cycle {cycle}` does
+steps 1-3 through the API, `salis labels pull --cycle {cycle}` step 4)
   1. Serve the images: start Label Studio with
        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true
-       LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}
-     and add a Local Files source storage for that folder (do not sync it: the tasks come from
-     step 3).
-  2. Create a project; Settings > Labeling Interface > Code: paste label_config.xml.
-  3. Import label_studio_tasks.json (predictions show up as pre-annotations).
-  4. Annotate, then Export > "COCO" and import its result.json:
-       salis labels import --cycle {cycle} result.json
+       LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={parent}
+     and add a Local Files source storage with the absolute path {root}
+     (a subfolder of the document root; do not sync it: the tasks come from step 3).
+  2. Create a project; Settings > Labeling Interface > Code: paste the label_config file.
+  3. Import the label_studio_tasks file (predictions show up as pre-annotations).
+  4. Annotate, then Export > "COCO" (or "JSON": every label type reads it) and import it:
+       salis labels import --cycle {cycle} [--type T] result.json
 
 Every requested image must be labeled: an image the export lists with no annotation counts as
 left unlabeled. Pass --partial to send such images back to the pool instead, and
 --allow-empty where an image truly holds no object. A second import for the same cycle is
 refused unless --replace (the old labels are kept as a backup).
-"""
+"""]
+    return "\n".join(lines)
 
 
 def _dumps(obj: Any) -> str:

@@ -121,7 +121,8 @@ def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, lab
     suffix = label_suffix(label_type)
     kind = "" if label_type == "mask" else f" --type {label_type}"
     return (
-        f"waiting for the {label_type} labels of request batch {batch_cycle} ({labels_path} does not exist). "
+        f"waiting for the {'' if label_type == 'mask' else label_type + ' '}labels of request batch {batch_cycle} "
+        f"({labels_path} does not exist). "
         f"Label {request_dir / f'request{suffix}.json'} in CVAT or Label Studio (see {request_dir / 'README.txt'}), "
         f"export it, then run:  salis labels import --cycle {batch_cycle}{kind} <export.json>  and `dvc repro` again"
     )

@@ -30,12 +30,16 @@ def model_summary(layout: Layout, cycle: int) -> str:
 
 def stage_request(params: Params, layout: Layout, cycle: int) -> dict:
     prepared = PreparedData(layout.prepared)
-    ids = read_table(layout.selected(cycle), SELECTED)["image_id"].tolist()
+    selected = read_table(layout.selected(cycle), SELECTED)
+    ids = selected["image_id"].tolist()
     check_parquet_schema(layout.instances(cycle), INSTANCES)
-    predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])
+    predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)]) if ids else INSTANCES.empty()
     summary = write_request_batch(
-        layout.requests(cycle), prepared, ids, predictions, cycle=cycle, model_note=model_summary(layout, cycle)
+        layout.requests(cycle), prepared, ids, predictions, cycle=cycle, model_note=model_summary(layout, cycle),
+        min_score=params.annotation.pre_annotation_score, label_types=selected["label_type"].tolist(),
     )
-    print(f"cycle {cycle}: request batch of {summary['images']} images with {summary['pre_annotations']} "
-          f"pre-annotations -> {summary['out_dir']}")
+    kinds = ", ".join(f"{v['images']} {t}" for t, v in summary["by_type"].items())
+    print(f"cycle {cycle}: request batch of {summary['images']} images ({kinds}) with {summary['pre_annotations']} "
+          f"pre-annotations ({summary['below_min_score']} detections under annotation.pre_annotation_score "
+          f"{params.annotation.pre_annotation_score} left out) -> {summary['out_dir']}")
     return summary
