@@ -57,35 +57,58 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
     total_budget = params.select.initial + params.select.budget * params.num_cycles
     typer.echo(f"dataset: {meta['source']}, pool {pool} images, test {meta['num_test_images']} images "
                f"(never trained on, scored or selected)")
-    typer.echo(f"sampler: {params.sampler}; oracle: {params.oracle}; budget: {params.select.initial} initial + "
-               f"{params.num_cycles} cycles x {params.select.budget} = {total_budget} of {pool} pool images")
-    header = f"{'cycle':>5} {'labeled':>8} {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'hours':>7} {'mask AP50':>9}"
+    policy_note = f"; labels: {params.annotation.policy}" + (
+        f" ({params.annotation.mask_share:.0%} of the hours on masks, the rest on {params.annotation.cheap}s, "
+        f"order {params.annotation.mixed_order})" if params.annotation.policy == "mixed" else "")
+    if params.select.budget_hours:
+        planned = (f"{params.select.initial} initial images (masks) + {params.num_cycles} cycles x "
+                   f"{params.select.budget_hours:g} annotator hours")
+    else:
+        planned = (f"{params.select.initial} initial + {params.num_cycles} cycles x {params.select.budget} = "
+                   f"{total_budget} of {pool} pool images")
+    typer.echo(f"sampler: {params.sampler}; oracle: {params.oracle}{policy_note}; budget: {planned}")
+    labeled_tables = {k: pd.read_parquet(layout.labeled(k), columns=["image_id", "label_type", "seconds"])
+                      for k in sorted(c.k for c in params.cycles.values()) if layout.labeled(k).is_file()}
+    used = {t for table in labeled_tables.values() for t in table["label_type"]}
+    policy = params.annotation.policy
+    wanted = {"mask"} | used | ({"mask", params.annotation.cheap} if policy == "mixed" else {policy})
+    types = [t for t in ("mask", "box", "point", "image") if t in wanted]
+    many = len(types) > 1
+    header = f"{'cycle':>5} {'labeled':>7}"
+    if many:
+        header += "".join(f" {t:>5}" for t in types)
+    header += f" {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'hours':>6}"
+    if many:
+        header += "".join(f" {'h ' + t:>7}" for t in types)
+    header += f" {'mask AP50':>9}"
     typer.echo(header)
     labeled_now, hours_now, current = 0, 0.0, None
     for k in sorted(c.k for c in params.cycles.values()):
-        labeled_path = layout.labeled(k)
-        if not labeled_path.is_file():
-            typer.echo(f"{k:>5} {'-':>8} {'-':>10} {'-':>11} {'-':>9} {'-':>7} {'-':>9}")
+        if k not in labeled_tables:
+            typer.echo(f"{k:>5} {'-':>7}")
             continue
-        labeled = pd.read_parquet(labeled_path, columns=["image_id", "seconds"])
+        labeled = labeled_tables[k]
         labeled_now, hours_now = len(labeled), float(labeled["seconds"].sum()) / 3600
         pseudo = _count(layout.pseudo(k))
         metrics_path = layout.metrics(k)
         ap50 = json.loads(metrics_path.read_text())["mask_AP50"] if metrics_path.is_file() else None
         if ap50 is not None:
             current = (k, ap50)
-        typer.echo(
-            f"{k:>5} {len(labeled):>8} {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
-            f"{pool - len(labeled):>9} {hours_now:>7.2f} "
-            f"{'-' if ap50 is None else f'{ap50:.3f}':>9}"
-        )
+        by_type = labeled.groupby("label_type")["seconds"].agg(["count", "sum"])
+        row = f"{k:>5} {len(labeled):>7}"
+        if many:
+            row += "".join(f" {int(by_type['count'].get(t, 0)):>5}" for t in types)
+        row += (f" {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
+                f"{pool - len(labeled):>9} {hours_now:>6.2f}")
+        if many:
+            row += "".join(f" {float(by_type['sum'].get(t, 0.0)) / 3600:>7.2f}" for t in types)
+        typer.echo(row + f" {'-' if ap50 is None else f'{ap50:.3f}':>9}")
     if current is not None:
         typer.echo(f"current model: cycle {current[0]}, mask AP50 {current[1]:.3f} on the test split "
                    f"({layout.metrics(current[0])})")
     for line in _awaiting(params, layout):
         typer.echo(line)
-    typer.echo(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {total_budget} "
-               f"images ({params.select.initial} initial + {params.num_cycles} x {params.select.budget})")
+    typer.echo(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {planned}")
 
 
 def _awaiting(params: Params, layout: Layout) -> list[str]:
@@ -96,23 +119,31 @@ def _awaiting(params: Params, layout: Layout) -> list[str]:
         answered = batch + 1 <= params.num_cycles and layout.labeled(batch + 1).is_file()
         if not selected.is_file() or answered:
             continue
-        ids = pd.read_parquet(selected, columns=["image_id"])["image_id"].tolist()
+        table = pd.read_parquet(selected, columns=["image_id", "label_type"])
+        ids = table["image_id"].tolist()
+        if not ids:  # the pool ran out before this batch
+            continue
         if batch == params.num_cycles:
             lines.append(
                 f"batch {batch} ({len(ids)} images, {layout.requests(batch)}) is selected but no cycle uses it: "
                 f"add c{batch + 1}: {{k: {batch + 1}, prev: {batch}, next: {batch + 2}}} under `cycles:` in "
                 "params.yaml to go on"
             )
-        elif params.oracle == "human" and not layout.imported_labels(batch).is_file():
-            lines.append(f"awaiting labels: request batch {batch}, {len(ids)} images ({layout.requests(batch)}); "
-                         f"then: salis labels import --cycle {batch} <export.json> && dvc repro")
+        elif params.oracle == "human":
+            for label_type, n in table["label_type"].value_counts().sort_index().items():
+                if layout.imported_labels(batch, label_type).is_file():
+                    continue
+                flag = "" if label_type == "mask" else f" --type {label_type}"
+                lines.append(f"awaiting {label_type} labels: request batch {batch}, {n} images ({layout.requests(batch)}); "
+                             f"then: salis labels import --cycle {batch}{flag} <export.json> && dvc repro")
     return lines
 
 
 @labels_app.command("import")
 def labels_import(
-    export: Path = typer.Argument(..., help="COCO export from CVAT or Label Studio (polygons or RLE)"),
+    export: Path = typer.Argument(..., help="COCO export from CVAT or Label Studio, or Label Studio's JSON export"),
     cycle: int = typer.Option(..., "--cycle", help="the request batch this export answers (data/requests/cycle_K)"),
+    label_type: str = typer.Option("mask", "--type", help="which of the batch's label types: mask, box, point or image"),
     replace: bool = typer.Option(False, "--replace", help="replace an earlier import (the old file is kept as a backup)"),
     partial: bool = typer.Option(False, "--partial", help="allow requested images left unlabeled; they go back to the pool"),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="an image exported without annotations holds no object"),
@@ -122,18 +153,25 @@ def labels_import(
     import subprocess
 
     from salis.annotation.importer import import_labels
+    from salis.annotation.label_types import LABEL_TYPES, label_suffix
 
     layout = Layout()
-    request = layout.requests(cycle) / "request.json"
+    if label_type not in LABEL_TYPES:
+        _fail(SalisError(f"--type must be one of {', '.join(LABEL_TYPES)}, got {label_type!r}"))
+    request = layout.requests(cycle) / f"request{label_suffix(label_type)}.json"
     if not request.is_file():
-        _fail(SalisError(f"{request}: no request batch for cycle {cycle}; `dvc repro` writes it at the select stage"))
+        asked = sorted(p.name for p in layout.requests(cycle).glob("request*.json")) if layout.requests(cycle).is_dir() else []
+        hint = f" (this batch has {', '.join(asked)})" if asked else "; `dvc repro` writes it at the request stage"
+        _fail(SalisError(f"{request}: no {label_type} request for cycle {cycle}{hint}"))
     try:
-        summary = import_labels(export, request, layout.imported_labels(cycle), replace, partial, allow_empty)
+        summary = import_labels(export, request, layout.imported_labels(cycle, label_type), replace, partial, allow_empty)
     except SalisError as err:
         _fail(err)
     returned = summary["partial_unlabeled"]
+    what = "instances" if label_type != "image" else "counted instances"
     typer.echo(
-        f"cycle {cycle}: {summary['images_labeled']} images, {summary['instances']} instances -> {summary['labels_path']}"
+        f"cycle {cycle}: {summary['images_labeled']} images with {label_type} labels, {summary['instances']} {what} "
+        f"-> {summary['labels_path']}"
         + (f"; {len(returned)} images go back to the pool" if returned else "")
         + (f"; previous labels kept in {summary['backup']}" if summary["backup"] else "")
     )

@@ -15,6 +15,14 @@ What the two tools write, and how it is handled:
   annotations. So an image the export lists with no annotation counts as unlabeled, which
   means the same in both tools (allow_empty_images=True accepts such images as "no object").
 
+- Label Studio's JSON export (a task list) is read too, for every label type
+  (salis.annotation.label_studio_json turns it into the COCO file of that type).
+- Weak label types (the batch's request.<type>.json says which): boxes are bbox without a
+  segmentation; points are one keypoint [x, y, v] (COCO keypoints) or a "point": [x, y] per
+  annotation; image-level labels are no annotations but each image's "counts": {category name:
+  number of instances} (0 or absent = the category is not there). An export holding another type
+  than the batch asked for (masks for a point batch, boxes for a mask batch) is refused by item.
+
 Every problem is an InputError naming the export file, raised before anything is written.
 """
 
@@ -42,6 +50,7 @@ from salis.data.coco_import import (
     _to_rle,
     rle_areas,
 )
+from salis.annotation.label_studio_json import coco_from_label_studio
 from salis.errors import InputError
 
 POLYGON_SLACK_PX = 1.0  # vertices this far outside the image are clipped, farther ones refused
@@ -50,7 +59,7 @@ MAX_LISTED = 5
 
 
 def read_label_export(
-    path: Path, request: dict, allow_empty_images: bool = False
+    path: Path, request: dict, allow_empty_images: bool = False, label_type: str = "mask"
 ) -> tuple[dict, list[int]]:
     """Validate a COCO export against the request; return (normalised COCO, unlabeled image ids).
 
@@ -62,11 +71,19 @@ def read_label_export(
     """
     path = Path(path)
     raw = _read_json(path)
+    if isinstance(raw, list):  # Label Studio's JSON export: a list of tasks
+        raw = coco_from_label_studio(raw, path, request)
     _check_top_level(raw, path)
     requested = {int(img["id"]): img for img in request["images"]}
     project_ids = {str(c["name"]): int(c["id"]) for c in request["categories"]}
     export_cats = _export_categories(raw["categories"], path)
     matched = _match_images(raw["images"], requested, path)
+    if label_type != "mask":
+        return _read_weak_export(raw, path, request, matched, export_cats, project_ids, allow_empty_images, label_type)
+    for where, entry in _entries(raw["annotations"], "annotations", (), path):
+        if "segmentation" not in entry and _annotation_type(entry) != "mask":
+            raise InputError(path, f"{where} holds {_GEOMETRY_OF[_annotation_type(entry)]}, but this batch asked for "
+                                   "masks (segmentation)")
     per_image, clipped = _read_annotations(raw["annotations"], matched, requested, export_cats, project_ids, path)
     listed = set(matched.values())
     labeled = {i for i in listed if per_image[i] or allow_empty_images}
@@ -104,13 +121,15 @@ def import_labels(
     export_path, request_path, labels_path = Path(export_path), Path(request_path), Path(labels_path)
     request = _read_request(request_path)
     cycle = _request_cycle(request)
+    label_type = _request_label_type(request)
     if labels_path.exists() and not replace:
         raise InputError(
             labels_path,
             f"labels for cycle {cycle} were already imported; pass --replace to replace them "
             "(the current file is kept as a backup)",
         )
-    coco, unlabeled = read_label_export(export_path, request, allow_empty_images=allow_empty_images)
+    coco, unlabeled = read_label_export(export_path, request, allow_empty_images=allow_empty_images,
+                                        label_type=label_type)
     if unlabeled and not partial:
         raise InputError(
             export_path,
@@ -118,13 +137,17 @@ def import_labels(
             f"({_names(request, unlabeled)}); label them, or pass --partial to send them back to the pool",
         )
     labels = coco | {"cycle": cycle, "partial_unlabeled": unlabeled, "source_file": str(export_path)}
+    if label_type != "mask":
+        labels["label_type"] = label_type
     backup = _backup(labels_path) if labels_path.exists() else None
     write_json(labels_path, labels)
     return {
         "cycle": cycle,
         "labels_path": str(labels_path),
+        "label_type": label_type,
         "images_labeled": len(coco["images"]),
-        "instances": len(coco["annotations"]),
+        "instances": len(coco["annotations"]) if label_type != "image" else
+        sum(int(c["count"]) for im in coco["images"] for c in im["counts"]),
         "partial_unlabeled": unlabeled,
         "clipped_vertices": coco["clipped_vertices"],
         "backup": None if backup is None else str(backup),
@@ -151,6 +174,13 @@ def _request_cycle(request: dict) -> int | None:
     info = request.get("info")
     salis = info.get("salis") if isinstance(info, dict) else None
     return salis.get("cycle") if isinstance(salis, dict) else None
+
+
+def _request_label_type(request: dict) -> str:
+    """What the batch asked for (info.salis.label_type); masks for batches before label types."""
+    info = request.get("info")
+    salis = info.get("salis") if isinstance(info, dict) else None
+    return str(salis.get("label_type", "mask")) if isinstance(salis, dict) else "mask"
 
 
 def _names(request: dict, ids: list[int]) -> str:
@@ -373,3 +403,133 @@ def _normalised(
             )
     cats = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
     return {"images": images, "annotations": annotations, "categories": sorted(cats, key=lambda c: c["id"])}
+
+
+# --- weak label types ------------------------------------------------------------------------
+
+_GEOMETRY_OF = {"mask": "masks (segmentation)", "box": "boxes (bbox)", "point": "points (keypoints)",
+                "image": "image-level counts"}
+
+
+def _annotation_type(entry: dict) -> str:
+    """What an exported annotation holds: mask, point or box."""
+    seg = entry.get("segmentation")
+    if (isinstance(seg, list) and any(isinstance(p, list) and p for p in seg)) or isinstance(seg, dict):
+        return "mask"
+    if "point" in entry or entry.get("keypoints"):
+        return "point"
+    return "box"
+
+
+def _read_weak_export(
+    raw: dict, path: Path, request: dict, matched: dict[int, int], export_cats: dict[int, str],
+    project_ids: dict[str, int], allow_empty_images: bool, label_type: str,
+) -> tuple[dict, list[int]]:
+    """Boxes, points or image-level counts of a COCO export (see the module docstring)."""
+    requested = {int(img["id"]): img for img in request["images"]}
+    per_image: dict[int, list[dict]] = {i: [] for i in requested}
+    counts: dict[int, dict[int, int]] = {}
+    unknown: set[str] = set()
+    for where, entry in _entries(raw["annotations"], "annotations", ("image_id", "category_id"), path):
+        export_image = _int(entry["image_id"], f"{where} image_id", path)
+        if export_image not in matched:
+            raise InputError(path, f"{where} points at image id {export_image}, which is not in 'images'")
+        found = _annotation_type(entry)
+        if label_type == "image" or found != label_type:
+            raise InputError(path, f"{where} holds {_GEOMETRY_OF[found]}, but this batch asked for "
+                                   f"{_GEOMETRY_OF[label_type]}; export the {label_type} project, or import this "
+                                   f"file for the batch that asked for {found} labels")
+        export_cat = _int(entry["category_id"], f"{where} category_id", path)
+        if export_cat not in export_cats:
+            raise InputError(path, f"{where} has category id {export_cat}, which is not in 'categories'")
+        name = export_cats[export_cat]
+        if name not in project_ids:
+            unknown.add(name)
+            continue
+        pool_id = matched[export_image]
+        image = requested[pool_id]
+        geometry = _box(entry, image, where, path) if label_type == "box" else _point(entry, image, where, path)
+        per_image[pool_id].append({"category_id": project_ids[name], **geometry})
+    if label_type == "image":
+        for where, entry in _entries(raw["images"], "images", ("id",), path):
+            if "counts" in entry:
+                pool_id = matched[_int(entry["id"], f"{where} id", path)]
+                counts[pool_id] = _counts(entry["counts"], where, path, project_ids, unknown)
+    if unknown:
+        raise InputError(path, f"unknown category name(s) {', '.join(map(repr, sorted(unknown)))}; "
+                               f"the project's categories are {', '.join(map(repr, project_ids))}")
+    listed = set(matched.values())
+    if label_type == "image":
+        labeled = {i for i in listed if i in counts}
+    else:
+        labeled = {i for i in listed if per_image[i] or allow_empty_images}
+    unlabeled = [i for i in requested if i not in labeled]
+    if not labeled:
+        raise InputError(path, f"none of the {len(requested)} requested images is labeled in this export")
+    images = []
+    for i in sorted(labeled):
+        entry = {k: requested[i][k] for k in ("id", "file_name", "width", "height")} | {"label_type": label_type}
+        if label_type == "image":
+            entry["counts"] = [{"category_id": c, "count": counts[i].get(c, 0)} for c in sorted(project_ids.values())]
+        images.append(entry)
+    annotations = [dict(a, id=n, image_id=i) for n, (i, a) in
+                   enumerate(((i, a) for i in sorted(labeled) for a in per_image[i]), start=1)]
+    cats = sorted(({"id": int(c["id"]), "name": str(c["name"])} for c in request["categories"]), key=lambda c: c["id"])
+    return {"images": images, "annotations": annotations, "categories": cats, "clipped_vertices": 0}, unlabeled
+
+
+def _number(value: Any, what: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(path, f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _box(entry: dict, image: dict, where: str, path: Path) -> dict:
+    bbox = entry.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise InputError(path, f"{where} needs a bbox [x, y, width, height], got {bbox!r}")
+    x, y, w, h = (_number(v, f"{where} bbox", path) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise InputError(path, f"{where} bbox {bbox} has a non-positive width or height")
+    width, height = image["width"], image["height"]
+    slack = POLYGON_SLACK_PX
+    if x < -slack or y < -slack or x + w > width + slack or y + h > height + slack:
+        raise InputError(path, f"{where} bbox {bbox} lies outside the {width}x{height} image {image['file_name']!r}")
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    return {"bbox": [x0, y0, x1 - x0, y1 - y0]}
+
+
+def _point(entry: dict, image: dict, where: str, path: Path) -> dict:
+    if "point" in entry:
+        point = entry["point"]
+        if not isinstance(point, list) or len(point) != 2:
+            raise InputError(path, f"{where} point must be [x, y], got {point!r}")
+        x, y = (_number(v, f"{where} point", path) for v in point)
+    else:
+        keypoints = entry["keypoints"]
+        if not isinstance(keypoints, list) or len(keypoints) != 3:
+            raise InputError(path, f"{where} needs exactly one keypoint [x, y, visibility], got {keypoints!r}")
+        x, y, v = (_number(k, f"{where} keypoints", path) for k in keypoints)
+        if v <= 0:
+            raise InputError(path, f"{where} keypoint is marked not labeled (visibility 0)")
+    width, height = image["width"], image["height"]
+    if not (0 <= x <= width and 0 <= y <= height):
+        raise InputError(path, f"{where} point ({x:g}, {y:g}) lies outside the {width}x{height} image {image['file_name']!r}")
+    return {"point": [min(x, width - 1e-3), min(y, height - 1e-3)]}
+
+
+def _counts(raw: Any, where: str, path: Path, project_ids: dict[str, int], unknown: set[str]) -> dict[int, int]:
+    """{category name: count} of an image-level label -> {category id: count}."""
+    if not isinstance(raw, dict):
+        raise InputError(path, f"{where} counts must be an object {{category name: number}}, got {raw!r}")
+    out: dict[int, int] = {}
+    for name, value in raw.items():
+        if name not in project_ids:
+            unknown.add(str(name))
+            continue
+        ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+        if not ok or value < 0:
+            raise InputError(path, f"{where} counts {name!r}: {value!r} is not a non-negative whole number")
+        out[project_ids[name]] = int(value)
+    return out

@@ -1,0 +1,168 @@
+"""Label Studio's JSON export (a list of tasks) as the COCO file of one label type, so it goes
+through the same validation as any COCO export.
+
+Each task's last annotation that was not cancelled counts; a task without one is an image left
+unlabeled. Regions are read by type, with coordinates in percent of the image:
+polygonlabels -> polygon segmentation, brushlabels -> compressed RLE (Label Studio's own brush
+RLE decoded, see decode_brush), rectanglelabels -> bbox, keypointlabels -> a point,
+choices + number (the image-level config: Choices "present", Numbers "count_<category id>") ->
+the image's `counts`. A region of another type than the batch asked for is kept as what it is,
+so the validation can refuse it by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from salis.errors import InputError
+
+MASK_TYPES = {"polygonlabels", "brushlabels"}
+COUNT_PREFIX = "count_"
+
+
+class _Bits:
+    """Big-endian bit reader over bytes (Label Studio's brush RLE, after thi.ng/rle-pack)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self.i = 0
+
+    def read(self, n: int) -> int:
+        if self.i + n > len(self.bits):
+            raise ValueError("the brush RLE ends early")
+        chunk = self.bits[self.i : self.i + n]
+        self.i += n
+        return int("".join(map(str, chunk)), 2) if n else 0
+
+
+def decode_brush(rle: list[int]) -> np.ndarray:
+    """Label Studio's brush RLE (a list of byte values) -> the flat RGBA values it encodes."""
+    bits = _Bits(bytes(int(v) & 0xFF for v in rle))
+    num = bits.read(32)
+    word = bits.read(5) + 1
+    sizes = [bits.read(4) + 1 for _ in range(4)]
+    out = np.zeros(num, dtype=np.uint8)
+    i = 0
+    while i < num:
+        repeat = bits.read(1)
+        j = i + 1 + bits.read(sizes[bits.read(2)])
+        if j > num:
+            raise ValueError("the brush RLE runs past its declared length")
+        if repeat:
+            out[i:j] = bits.read(word)
+        else:
+            for k in range(i, j):
+                out[k] = bits.read(word)
+        i = j
+    return out
+
+
+def brush_mask(rle: Any, height: int, width: int, where: str, path: Path) -> np.ndarray:
+    """A brush region's mask (its alpha channel), refused by name when it is not H x W."""
+    try:
+        values = decode_brush(rle)
+    except (ValueError, TypeError) as err:
+        raise InputError(path, f"{where} has a corrupt brush mask: {err}") from None
+    if len(values) != height * width * 4:
+        raise InputError(
+            path, f"{where} brush mask holds {len(values) // 4} pixels but its image is {width}x{height} "
+            f"({height * width} pixels)"
+        )
+    return values.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def _image_name(task: dict) -> str:
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    return str(data.get("file_name") or data.get("image") or "")
+
+
+def _final_annotation(task: dict) -> dict | None:
+    kept = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    return kept[-1] if kept else None
+
+
+def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
+    """The COCO file (images, annotations, categories by the request's names) of a task list."""
+    by_name = {str(c["name"]): int(c["id"]) for c in request["categories"]}
+    requested = {int(img["id"]): img for img in request["images"]}
+    images, annotations = [], []
+    for t, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            raise InputError(path, f"task {t} must be an object, got {type(task).__name__}")
+        where = f"task {task.get('id', t)!r}"
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        salis_id = data.get("salis_image_id")
+        size = requested.get(int(salis_id)) if isinstance(salis_id, int) else None
+        image = {"id": t + 1, "file_name": _image_name(task)}
+        final = _final_annotation(task)
+        results = final.get("result", []) if final else []
+        if not isinstance(results, list):
+            raise InputError(path, f"{where}: its annotation's result must be a list")
+        widths = {r.get("original_width") for r in results if isinstance(r, dict) and r.get("original_width")}
+        heights = {r.get("original_height") for r in results if isinstance(r, dict) and r.get("original_height")}
+        width = size["width"] if size else (widths.pop() if len(widths) == 1 else None)
+        height = size["height"] if size else (heights.pop() if len(heights) == 1 else None)
+        if width is None or height is None:
+            raise InputError(path, f"{where}: cannot tell the image's size (no salis_image_id, no original_width)")
+        image.update(width=width, height=height)
+        if final is None:
+            images.append(image)
+            continue
+        counts: dict[str, Any] = {}
+        present: set[str] = set()
+        for r, result in enumerate(results):
+            if not isinstance(result, dict) or not isinstance(result.get("value"), dict):
+                raise InputError(path, f"{where} result {r} must be an object with a value")
+            kind, value = result.get("type"), result["value"]
+            item = f"{where} result {r} ({kind})"
+            if kind == "choices":
+                present.update(str(c) for c in value.get("choices", []))
+                continue
+            if kind == "number":
+                name = str(result.get("from_name", ""))
+                category = name[len(COUNT_PREFIX):] if name.startswith(COUNT_PREFIX) else ""
+                names = {str(i): n for n, i in by_name.items()}
+                if category not in names:
+                    raise InputError(path, f"{item}: {name!r} is no category count (count_<category id>)")
+                counts[names[category]] = value.get("number")
+                continue
+            labels = value.get(str(kind)) if kind else None
+            if not isinstance(labels, list) or len(labels) != 1:
+                raise InputError(path, f"{item} must carry exactly one label, got {labels!r}")
+            ann: dict[str, Any] = {"id": len(annotations) + 1, "image_id": image["id"], "category_name": str(labels[0])}
+            if kind == "polygonlabels":
+                ann["segmentation"] = [[float(v) * (width if k % 2 == 0 else height) / 100.0
+                                        for xy in value.get("points", []) for k, v in enumerate(xy)]]
+            elif kind == "brushlabels":
+                mask = brush_mask(value.get("rle"), height, width, item, path)
+                encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                ann["segmentation"] = {"size": [height, width], "counts": encoded["counts"].decode("ascii")}
+            elif kind == "rectanglelabels":
+                if float(value.get("rotation", 0) or 0) != 0:
+                    raise InputError(path, f"{item} is rotated; boxes must be axis-aligned")
+                ann["bbox"] = [float(value["x"]) * width / 100, float(value["y"]) * height / 100,
+                               float(value["width"]) * width / 100, float(value["height"]) * height / 100]
+            elif kind == "keypointlabels":
+                ann["point"] = [float(value["x"]) * width / 100, float(value["y"]) * height / 100]
+            else:
+                raise InputError(path, f"{item}: salis reads polygons, brushes, rectangles, keypoints, choices and numbers")
+            annotations.append(ann)
+        uncounted = sorted(present - set(counts))
+        if uncounted:
+            raise InputError(path, f"{where} marks {', '.join(map(repr, uncounted))} present but gives no count")
+        if counts or present:
+            image["counts"] = counts
+        images.append(image)
+    names = sorted(by_name, key=by_name.get)
+    categories = [{"id": by_name[n], "name": n} for n in names]
+    unknown = sorted({a["category_name"] for a in annotations} - set(by_name))
+    for n in unknown:
+        categories.append({"id": max(by_name.values(), default=0) + 1 + unknown.index(n), "name": n})
+    ids = {c["name"]: c["id"] for c in categories}
+    for ann in annotations:
+        ann["category_id"] = ids[ann.pop("category_name")]
+    return {"images": images, "annotations": annotations, "categories": categories}
