@@ -10,7 +10,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from salis.analysis.compare import compare, crossing, normalized_aulc, select_runs, t_interval, verdict, write_report
+from salis.analysis.compare import (
+    compare,
+    crossing,
+    markdown,
+    normalized_aulc,
+    reference_arm,
+    select_runs,
+    t_interval,
+    verdict,
+    write_report,
+)
 from salis.analysis.experiments import Run, flatten
 from salis.cli import app
 from salis.errors import SalisError
@@ -82,6 +92,29 @@ def test_runs_on_different_datasets_or_settings_are_refused():
         select_runs([a, c])
     kept, _ = select_runs([a, b], match={"data.synthetic.pool_images": "400"})
     assert kept == [a]
+
+
+def test_arms_told_apart_by_params_pair_against_a_reference_arm():
+    """Label types at equal hours: one sampler, arms by annotation.policy and the hour budget."""
+    masks = [run("random", s, ap, **{"annotation.policy": "mask", "select.budget_hours": 0.0})
+             for s, ap in ((0, [0.2, 0.4]), (1, [0.3, 0.5]))]
+    mixed = [run("random", s, ap, name=f"mixed-s{s}", **{"annotation.policy": "mixed", "select.budget_hours": 1.0})
+             for s, ap in ((0, [0.2, 0.6]), (1, [0.3, 0.6]))]
+    kept, notes = select_runs(masks + mixed)  # without --by, one run per sampler and seed
+    assert kept == masks and "left out mixed-s0" in notes[0]
+    with pytest.raises(SalisError, match="different settings: annotation.policy"):
+        select_runs([masks[0], mixed[1]])
+    by = ["annotation.policy", "select.budget_hours"]
+    kept, _ = select_runs(masks + mixed, by=by)
+    assert sorted({r.sampler for r in kept}) == ["random policy=mask budget_hours=0.0", "random policy=mixed budget_hours=1.0"]
+    ref = reference_arm(kept, "annotation.policy=mask", by)
+    assert ref == "random policy=mask budget_hours=0.0"
+    with pytest.raises(SalisError, match="matches 2 arms"):
+        reference_arm(kept, "sampler=random", by)
+    result = compare(kept, reference=ref)
+    row = result.per_cycle.set_index(["sampler", "cycle"]).loc[("random policy=mixed budget_hours=1.0", 2)]
+    assert row["mask_AP50_diff_mean"] == pytest.approx(0.15)  # (0.2 + 0.1) / 2, paired by seed
+    assert row["verdict"] == "within noise" and "− random policy=mask" in markdown(result)
 
 
 def test_an_experiment_wins_over_the_workspace_copy_of_the_same_run():

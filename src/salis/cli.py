@@ -295,12 +295,14 @@ def compare(
     out: Path = typer.Option(Path("metrics/compare"), help="where the report goes"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file the grid starts from"),
     include: list[Path] = typer.Option([], "--include", help="runs.json of an earlier report (another machine or clone) to report with the runs present"),
+    by: str = typer.Option("", "--by", help="params that tell arms apart besides the sampler, comma-separated: annotation.policy,select.budget_hours"),
+    reference: str = typer.Option("random", "--reference", help="the arm the others are paired with: a sampler, or KEY=VALUE,... its runs match"),
 ) -> None:
     """Compare samplers over seeds: run a grid as DVC experiments, then report with 95% CIs.
 
     Grid: every sampler x seed (with the -S overrides) runs as a DVC experiment named cmp-SAMPLER-sSEED; those already present are not rerun, so an interrupted grid resumes. A sampler that needs more gets it unless -S sets it (mc_dropout: score.mc_passes=10; learning_loss: model.learning_loss=true). Commit first (`salis baseline` after a `dvc repro`, or git add -A && git commit): experiments branch from HEAD. Example: salis compare --samplers random,tsp,entropy --seeds 0,1,2
 
-    Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, runs.json (every run's params and curve: --include it in a later report, e.g. to merge grids run on several machines), curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match).
+    Report, from every run present (workspace, HEAD, refs/exps; nothing rerun), into --out: report.md (per sampler: final metric, normalized area under the learning curve, paired difference to random, labels and hours to reach random's final value of the same seed; per cycle: metric and hours as mean ± 95% Student-t interval, the paired difference and its verdict: better or worse than random, or within noise), summary.csv, cycles.csv, runs.csv, runs.json (every run's params and curve: --include it in a later report, e.g. to merge grids run on several machines), curves.png (bands) and a dvc.yaml that dvc plots show renders. Runs that differ in anything but sampler, seed and cycle count are refused (use --match), unless --by names the params that tell arms apart: e.g. --by annotation.policy,select.budget_hours --reference annotation.policy=mask,select.budget_hours=0.0 compares label types at equal hours against full-mask labeling.
     """
     try:
         samplers = [s for s in samplers_.split(",") if s]
@@ -309,7 +311,7 @@ def compare(
         _fail(SalisError(f"--seeds must be comma-separated integers, got {seeds_!r}"))
     from salis.acquisition.samplers import SAMPLERS
     from salis.analysis.compare import compare as compare_runs
-    from salis.analysis.compare import markdown, select_runs, write_report
+    from salis.analysis.compare import markdown, reference_arm, select_runs, write_report
     from salis.analysis.experiments import collect_runs, load_runs, run_grid, save_runs
 
     try:
@@ -331,8 +333,9 @@ def compare(
                     raise SalisError("no git commit to branch experiments from: `git add -A && git commit -m baseline`")
                 run_grid(samplers, seeds, set_, jobs, Path("."), typer.echo)
         present = collect_runs(Path(".")) + [run for path in include for run in load_runs(path)]
-        selected, notes = select_runs(present, dict(m.split("=", 1) for m in match))
-        result = compare_runs(selected, metric)
+        by_keys = [k for k in by.split(",") if k]
+        selected, notes = select_runs(present, dict(m.split("=", 1) for m in match), by_keys)
+        result = compare_runs(selected, metric, reference_arm(selected, reference, by_keys))
         result.notes[:0] = notes
         write_report(result, out)
         save_runs(sorted(selected, key=lambda r: (r.sampler, r.seed)), out / "runs.json")

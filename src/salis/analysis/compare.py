@@ -29,6 +29,41 @@ VARYING = ("sampler", "seed")  # what a comparison may vary; everything else mus
 IGNORED_PREFIXES = ("cycles.",)  # runs may stop at different cycles
 
 
+@dataclasses.dataclass(frozen=True)
+class ArmRun(Run):
+    """A run labelled by its arm: the sampler plus the values of the `--by` params (e.g. the
+    annotation policy and the hour budget), so arms other than samplers compare the same way."""
+
+    arm: str = ""
+
+    @property
+    def sampler(self) -> str:  # the arm is what the report groups by
+        return self.arm
+
+
+def arm_label(run: Run, by: Sequence[str]) -> str:
+    label = str(run.params.get("sampler", "random"))
+    return " ".join([label, *(f"{k.rsplit('.', 1)[-1]}={run.params.get(k)}" for k in by)])
+
+
+def with_arms(runs: Sequence[Run], by: Sequence[str]) -> list[Run]:
+    """The runs labelled by arm (unchanged when `by` is empty: the arm is the sampler)."""
+    if not by:
+        return list(runs)
+    return [ArmRun(r.name, r.params, r.curve, arm=arm_label(r, by)) for r in runs]
+
+
+def reference_arm(runs: Sequence[Run], spec: str, by: Sequence[str]) -> str:
+    """The arm `spec` names: an arm label, or KEY=VALUE,... that its runs' params match."""
+    if "=" not in spec:
+        return spec
+    wanted = dict(part.split("=", 1) for part in spec.split(","))
+    arms = sorted({r.sampler for r in runs if all(str(r.params.get(k)) == v for k, v in wanted.items())})
+    if len(arms) != 1:
+        raise SalisError(f"--reference {spec} matches {len(arms)} arms ({', '.join(arms) or 'none'}); it must match one")
+    return arms[0]
+
+
 def t_interval(values: Sequence[float]) -> tuple[float, float, int]:
     """(mean, half width of the 95% Student-t interval, n); the width is NaN below 2 values."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
@@ -70,14 +105,19 @@ class Comparison:
     per_sampler: pd.DataFrame  # one row per sampler
     per_run: pd.DataFrame  # one row per run and cycle
     notes: list[str]
+    reference: str = REFERENCE
 
 
-def select_runs(runs: list[Run], match: dict[str, str] | None = None) -> tuple[list[Run], list[str]]:
-    """The runs of one comparison: filtered by `match`, one per (sampler, seed), all on the same
-    configuration. Refuses runs that differ in anything but sampler, seed and cycle count."""
+def select_runs(
+    runs: list[Run], match: dict[str, str] | None = None, by: Sequence[str] = ()
+) -> tuple[list[Run], list[str]]:
+    """The runs of one comparison: filtered by `match`, one per (arm, seed), all on the same
+    configuration. Refuses runs that differ in anything but sampler, seed, the `by` params and
+    cycle count."""
     notes = []
     if match:
         runs = [r for r in runs if all(str(r.params.get(k)) == v for k, v in match.items())]
+    runs = with_arms(runs, by)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:  # experiments come first, so they win over HEAD and the workspace
         key = (run.sampler, run.seed)
@@ -88,7 +128,7 @@ def select_runs(runs: list[Run], match: dict[str, str] | None = None) -> tuple[l
             continue
         chosen[key] = run
     kept = list(chosen.values())
-    _check_same_configuration(kept)
+    _check_same_configuration(kept, by)
     return kept, notes
 
 
@@ -106,12 +146,13 @@ def _configuration(run: Run, skip: set[str]) -> dict[str, object]:
     return {k: v for k, v in run.params.items() if k not in skip and not k.startswith(IGNORED_PREFIXES)}
 
 
-def _check_same_configuration(runs: list[Run]) -> None:
-    """Every pair of runs agrees on every param but sampler, seed, cycles and the pair's own
-    sampler requirements."""
+def _check_same_configuration(runs: list[Run], by: Sequence[str] = ()) -> None:
+    """Every pair of runs agrees on every param but sampler, seed, cycles, the `by` params and the
+    pair's own sampler requirements."""
     for i, first in enumerate(runs):
         for run in runs[i + 1:]:
-            skip = set(VARYING) | _own_requirements(first.sampler) | _own_requirements(run.sampler)
+            samplers = (str(first.params.get("sampler", "random")), str(run.params.get("sampler", "random")))
+            skip = set(VARYING) | set(by) | _own_requirements(samplers[0]) | _own_requirements(samplers[1])
             base, other = _configuration(first, skip), _configuration(run, skip)
             differ = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
             if differ:
@@ -125,6 +166,7 @@ def _check_same_configuration(runs: list[Run]) -> None:
 
 
 def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFERENCE) -> Comparison:
+    """runs: from select_runs (labelled by arm); reference: the arm every other is paired with."""
     if not runs:
         raise SalisError("no runs with a learning curve (metrics/curve.csv): run `salis compare --samplers ...` first")
     if any(metric not in r.curve for r in runs):
@@ -136,9 +178,9 @@ def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFEREN
     refs = {r.seed: r for r in runs if r.sampler == reference}
     if not refs:
         notes.append(f"no {reference} run: paired differences and labels-to-target need one per seed")
-    per_cycle = _per_cycle(per_run, refs, metric)
-    per_sampler = _per_sampler(runs, refs, metric)
-    return Comparison(metric, per_cycle, per_sampler, per_run, notes)
+    per_cycle = _per_cycle(per_run, refs, metric, reference)
+    per_sampler = _per_sampler(runs, refs, metric, reference)
+    return Comparison(metric, per_cycle, per_sampler, per_run, notes, reference)
 
 
 def _missing_notes(runs: list[Run]) -> list[str]:
@@ -152,7 +194,7 @@ def _missing_notes(runs: list[Run]) -> list[str]:
     return notes
 
 
-def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str) -> pd.DataFrame:
+def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str, reference: str = REFERENCE) -> pd.DataFrame:
     rows = []
     for (sampler, cycle), group in per_run.groupby(["sampler", "cycle"], sort=True):
         row: dict[str, object] = {"sampler": sampler, "cycle": int(cycle), "runs": len(group),
@@ -169,24 +211,24 @@ def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str) -> pd.D
                 diffs.append(float(r[metric]) - float(match[metric].iloc[0]))
         mean, half, n = t_interval(diffs)
         row.update({f"{metric}_diff_mean": mean, f"{metric}_diff_ci95": half, "pairs": n,
-                    "verdict": verdict(mean, half, n)})
+                    "verdict": verdict(mean, half, n, reference)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def verdict(mean: float, half: float, n: int) -> str:
+def verdict(mean: float, half: float, n: int, reference: str = REFERENCE) -> str:
     if n == 0:
         return "no pair"
     if n < 2 or math.isnan(half):
         return "one seed: no interval"
     if mean - half > 0:
-        return "better than random"
+        return f"better than {reference}"
     if mean + half < 0:
-        return "worse than random"
+        return f"worse than {reference}"
     return "within noise"
 
 
-def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str) -> pd.DataFrame:
+def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: str = REFERENCE) -> pd.DataFrame:
     rows = []
     for sampler in sorted({r.sampler for r in runs}):
         mine = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.seed)
@@ -212,7 +254,7 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str) -> pd.DataF
                              ("labels_to_target", labels), ("hours_to_target", hours), ("labels_saved", saved)):
             mean, half, _ = t_interval(values)
             row[f"{name}_mean"], row[f"{name}_ci95"] = mean, half
-        row["aulc_verdict"] = verdict(row["aulc_diff_mean"], row["aulc_diff_ci95"], len(aulc_diffs))
+        row["aulc_verdict"] = verdict(row["aulc_diff_mean"], row["aulc_diff_ci95"], len(aulc_diffs), reference)
         row["reached_target"] = f"{reached}/{len(aulc_diffs)}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -227,12 +269,12 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
 
 
 def markdown(comparison: Comparison) -> str:
-    m = comparison.metric
+    m, ref = comparison.metric, comparison.reference
     lines = [f"# Sampler comparison: {m}", "",
-             "Mean ± half width of the 95% Student-t interval over seeds; differences to random are "
-             "paired by seed. Labels / hours to target: to reach the same seed's random final "
+             f"Mean ± half width of the 95% Student-t interval over seeds; differences to {ref} are "
+             f"paired by seed. Labels / hours to target: to reach the same seed's {ref} final "
              f"{m} (interpolated between cycles; only the seeds that reach it count).", "",
-             f"| sampler | runs | final {m} | AULC | AULC − random | verdict | labels to target | "
+             f"| sampler | runs | final {m} | AULC | AULC − {ref} | verdict | labels to target | "
              "hours to target | reached |", "|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_sampler.to_dict("records"):
         lines.append(
@@ -241,7 +283,7 @@ def markdown(comparison: Comparison) -> str:
             f"{r['aulc_verdict']} | {_pm(r['labels_to_target_mean'], r['labels_to_target_ci95'], 1)} | "
             f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} |"
         )
-    lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − random | verdict |",
+    lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − {ref} | verdict |",
               "|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_cycle.to_dict("records"):
         lines.append(
