@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # DVC runs each stage's `python -m stages.x` through the shell: put the venv first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test repro clean-outputs
+.PHONY: install demo test repro clean-outputs label-studio test-label-studio
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,19 @@ repro: install
 
 test: install
 	$(BIN)/pytest -q
+
+# Label Studio in its own environment (it pins pyarrow < 25 and Django): for `salis labels
+# push/pull` against a local server and for the real-server test
+LS_VENV ?= .label-studio/venv
+label-studio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed: requirements-label-studio.txt
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet -r requirements-label-studio.txt
+	touch $@
+
+test-label-studio: install label-studio
+	SALIS_LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(BIN)/pytest -q -m label_studio
 
 clean-outputs:
 	rm -rf data models metrics

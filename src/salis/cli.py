@@ -150,8 +150,12 @@ def labels_import(
     dvc_add: bool = typer.Option(True, "--dvc-add/--no-dvc-add", help="track the labels file with `dvc add`"),
 ) -> None:
     """Validate an annotation export against its request batch and store it for the next cycle."""
-    import subprocess
+    _import_export(export, cycle, label_type, replace, partial, allow_empty)
+    _track(dvc_add)
 
+
+def _import_export(export: Path, cycle: int, label_type: str, replace: bool, partial: bool, allow_empty: bool) -> str:
+    """Import one export of batch `cycle`; the labels path (exits with the error line on a refusal)."""
     from salis.annotation.importer import import_labels
     from salis.annotation.label_types import LABEL_TYPES, label_suffix
 
@@ -175,14 +179,96 @@ def labels_import(
         + (f"; {len(returned)} images go back to the pool" if returned else "")
         + (f"; previous labels kept in {summary['backup']}" if summary["backup"] else "")
     )
-    if dvc_add and Path(".dvc").is_dir():
-        done = subprocess.run(["dvc", "add", "-q", summary["labels_path"]], capture_output=True, text=True)
+    _TRACK.append(summary["labels_path"])
+    return summary["labels_path"]
+
+
+_TRACK: list[str] = []  # labels files imported by this command, for `dvc add`
+
+
+def _track(dvc_add: bool) -> None:
+    if dvc_add and Path(".dvc").is_dir() and _TRACK:
+        done = subprocess.run(["dvc", "add", "-q", *_TRACK], capture_output=True, text=True)
         if done.returncode != 0:
-            typer.echo(f"`dvc add {summary['labels_path']}` failed: {done.stderr.strip()}", err=True)
+            typer.echo(f"`dvc add {' '.join(_TRACK)}` failed: {done.stderr.strip()}", err=True)
             raise typer.Exit(1)
-        typer.echo(f"tracked with DVC: commit {summary['labels_path']}.dvc, then `dvc repro` goes on")
+        typer.echo(f"tracked with DVC: commit {', '.join(p + '.dvc' for p in _TRACK)}, then `dvc repro` goes on")
     else:
         typer.echo("now `dvc repro` goes on from this cycle")
+    _TRACK.clear()
+
+
+def _label_studio(url: str | None, token: str | None):
+    from salis.annotation.label_studio import LabelStudio
+
+    try:
+        return LabelStudio(url, token)
+    except SalisError as err:
+        _fail(err)
+
+
+_URL_HELP = "Label Studio's address (default: $SALIS_LABEL_STUDIO_URL, else http://localhost:8080)"
+_TOKEN_HELP = "its API token (default: $SALIS_LABEL_STUDIO_TOKEN); never written to a file"
+
+
+@labels_app.command("push")
+def labels_push(
+    cycle: int = typer.Option(..., "--cycle", help="the request batch to send (data/requests/cycle_K)"),
+    url: str = typer.Option(None, "--url", help=_URL_HELP),
+    token: str = typer.Option(None, "--token", help=_TOKEN_HELP),
+) -> None:
+    """Create a Label Studio project per label type of request batch K, predictions as pre-annotations."""
+    from salis.annotation.label_studio import push_batch
+
+    layout = Layout()
+    client = _label_studio(url, token)
+    try:
+        folder = _image_folder(layout.requests(cycle))
+        for line in push_batch(client, Path("."), layout.requests(cycle), cycle, layout.label_studio_state, folder):
+            typer.echo(line)
+    except SalisError as err:
+        _fail(err)
+    typer.echo(f"label in Label Studio, then: salis labels pull --cycle {cycle}")
+
+
+@labels_app.command("pull")
+def labels_pull(
+    cycle: int = typer.Option(..., "--cycle", help="the request batch to bring back"),
+    replace: bool = typer.Option(False, "--replace", help="replace an earlier import (the old file is kept as a backup)"),
+    partial: bool = typer.Option(False, "--partial", help="allow requested images left unlabeled; they go back to the pool"),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="an image labeled with no region holds no object"),
+    dvc_add: bool = typer.Option(True, "--dvc-add/--no-dvc-add", help="track the labels files with `dvc add`"),
+    url: str = typer.Option(None, "--url", help=_URL_HELP),
+    token: str = typer.Option(None, "--token", help=_TOKEN_HELP),
+) -> None:
+    """Export batch K's Label Studio projects and import them as `salis labels import` does."""
+    from salis.annotation.label_studio import pull_batch
+
+    layout = Layout()
+    client = _label_studio(url, token)
+    try:
+        exports = pull_batch(client, Path("."), layout.requests(cycle), cycle, layout.label_studio_state,
+                             layout.label_studio_state / "exports")
+    except SalisError as err:
+        _fail(err)
+    for label_type, path in exports.items():
+        _import_export(path, cycle, label_type, replace, partial, allow_empty)
+    _track(dvc_add)
+
+
+def _image_folder(request_dir: Path) -> Path:
+    """The image folder of a request batch (info.salis.image_root of its request file)."""
+    from salis.annotation.label_studio import batch_types
+    from salis.annotation.label_types import label_suffix
+
+    types = batch_types(request_dir)
+    if not types:
+        raise SalisError(f"{request_dir}: no request batch here; `dvc repro` writes it at the request stage")
+    info = json.loads((request_dir / f"request{label_suffix(types[0])}.json").read_text())["info"]["salis"]
+    root = info["image_root"]
+    if isinstance(root, list):
+        raise SalisError(f"batch images live under {len(root)} folders ({', '.join(root)}); Label Studio push needs one")
+    return Path(root)
 
 
 @app.command()

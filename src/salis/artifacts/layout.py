@@ -21,6 +21,11 @@ class Layout:
         return self.root / ".salis" / "locks"
 
     @property
+    def label_studio_state(self) -> Path:
+        """What `salis labels push` made (project ids per batch; git-ignored, no URL or token)."""
+        return self.root / ".salis" / "label_studio"
+
+    @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 
