@@ -57,6 +57,7 @@ def new_project(work: Path, extra: dict) -> Path:
     run(["git", "config", "user.name", "salis ci"], work)
     run(["dvc", "init", "-q"], work)
     shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # salis's plot templates
+    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")  # the offline HTML template
     run(["git", "add", "-A"], work)
     run(["git", "commit", "-qm", "tiny project"], work)
     return work

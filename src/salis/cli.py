@@ -134,7 +134,8 @@ def _awaiting(params: Params, layout: Layout) -> list[str]:
                 if layout.imported_labels(batch, label_type).is_file():
                     continue
                 flag = "" if label_type == "mask" else f" --type {label_type}"
-                lines.append(f"awaiting {label_type} labels: request batch {batch}, {n} images ({layout.requests(batch)}); "
+                kind = "" if label_type == "mask" else f"{label_type} "
+                lines.append(f"awaiting {kind}labels: request batch {batch}, {n} images ({layout.requests(batch)}); "
                              f"then: salis labels import --cycle {batch}{flag} <export.json> && dvc repro")
     return lines
 

@@ -188,6 +188,11 @@ class EvalParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PicturesParams:
+    images: int = 6  # thumbnails per gallery row
+
+
+@dataclasses.dataclass(frozen=True)
 class CycleParams:
     k: int
     prev: int
@@ -209,6 +214,7 @@ class Params:
     weak: WeakParams = WeakParams()
     pseudo: PseudoParams = PseudoParams()
     eval: EvalParams = EvalParams()
+    pictures: PicturesParams = PicturesParams()
     cost: CostParams = CostParams()
     cycles: dict[str, CycleParams] = dataclasses.field(default_factory=dict)
 
@@ -320,6 +326,7 @@ def _check_ranges(p: Params) -> None:
         "train.batch_size": p.train.batch_size,
         "score.batch_size": p.score.batch_size,
         "eval.batch_size": p.eval.batch_size,
+        "pictures.images": p.pictures.images,
         "model.min_size": p.model.min_size,
         "model.max_size": p.model.max_size,
         "model.detections_per_image": p.model.detections_per_image,

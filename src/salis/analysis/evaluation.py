@@ -194,3 +194,37 @@ def _results_for(detections: list[dict], iou_type: str) -> list[dict]:
     """Copies of detections for loadRes (which mutates them), shaped for one iou type."""
     drop = "bbox" if iou_type == "segm" else "segmentation"
     return [{k: v for k, v in d.items() if k != drop} for d in detections]
+
+
+def per_image_ap50(ground_truth: list[dict], detections: list[dict]) -> float:
+    """One image's mask AP at IoU 0.5, COCO's way on a single image: detections by score, each
+    matched to the best unmatched ground truth of its category at mask IoU >= 0.5, precision
+    made monotone and read at 101 recall points. An image without ground truth scores 1.0 when
+    nothing is detected and 0.0 otherwise; NaN never appears."""
+    if not ground_truth:
+        return 1.0 if not detections else 0.0
+    order = sorted(range(len(detections)), key=lambda i: -float(detections[i]["score"]))
+    dets = [detections[i] for i in order]
+    hits = np.zeros(len(dets), dtype=bool)
+    if dets:
+        ious = np.asarray(mask_util.iou([d["segmentation"] | {"counts": _bytes(d["segmentation"]["counts"])} for d in dets],
+                                        [g["segmentation"] | {"counts": _bytes(g["segmentation"]["counts"])} for g in ground_truth],
+                                        [0] * len(ground_truth)))
+        taken = np.zeros(len(ground_truth), dtype=bool)
+        gt_cats = np.array([int(g["category_id"]) for g in ground_truth])
+        for k, det in enumerate(dets):
+            candidates = np.where(~taken & (gt_cats == int(det["category_id"])) & (ious[k] >= 0.5))[0]
+            if len(candidates):
+                best = candidates[np.argmax(ious[k, candidates])]
+                taken[best], hits[k] = True, True
+    tp = np.cumsum(hits)
+    recall = tp / len(ground_truth)
+    precision = tp / np.arange(1, len(dets) + 1) if len(dets) else np.zeros(0)
+    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(dets) else precision
+    points = np.linspace(0.0, 1.0, 101)
+    index = np.searchsorted(recall, points, side="left")
+    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in index]))
+
+
+def _bytes(counts: Any) -> bytes:
+    return counts.encode("ascii") if isinstance(counts, str) else counts

@@ -94,6 +94,25 @@ class Layout:
     def metrics(self, k: int) -> Path:
         return self.metrics_dir / f"{k}.json"
 
+    def test_detections(self, k: int) -> Path:
+        return self.cycle_dir(k) / "test_detections.parquet"
+
+    def test_images(self, k: int) -> Path:
+        """Per test image of cycle k: instances, detections, mask AP50."""
+        return self.root / "metrics" / "test_images" / f"{k}.csv"
+
+    def pictures(self, k: int) -> Path:
+        """Cycle k's galleries (selected batch, pseudo-labels, worst test images)."""
+        return self.root / "metrics" / "pictures" / str(k)
+
+    @property
+    def curves_png(self) -> Path:
+        return self.root / "metrics" / "curves.png"
+
+    @property
+    def calibration_png(self) -> Path:
+        return self.root / "metrics" / "mask_iou_calibration.png"
+
     def iou_pairs(self, k: int) -> Path:
         return self.root / "metrics" / "iou" / f"{k}.csv"
 

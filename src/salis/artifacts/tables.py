@@ -146,6 +146,24 @@ WEAK = Table(
     "weak_label",
 )
 
+# The test split's detections of cycle k's model, only for pictures of the worst test images
+# (nothing that trains, scores or selects reads it).
+TEST_DETECTIONS = Table(
+    "test_detections",
+    pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()), ("score", pa.float32()),
+               ("height", pa.int32()), ("width", pa.int32()), ("rle", pa.string())]),
+    "evaluate",
+)
+
+# Per test image: its instances, the model's detections and its mask AP50 (a `dvc plots` source).
+TEST_IMAGES = Table(
+    "test_images",
+    pa.schema([("image_id", pa.int64()), ("instances", pa.int64()), ("detections", pa.int64()),
+               ("mask_AP50", pa.float64())]),
+    "evaluate",
+    format="csv",
+)
+
 # Predicted vs true IoU of matched test detections: a CSV, since `dvc plots` reads it.
 IOU_PAIRS = Table(
     "iou_pairs",
@@ -166,7 +184,8 @@ IOU_PAIRS = Table(
 # Row i of the embedding matrix (salis.acquisition.embeddings) belongs to image_id i.
 EMBEDDING_INDEX = Table("embedding_index", pa.schema([("image_id", pa.int64())]), "infer_score")
 
-ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, WEAK, IOU_PAIRS, EMBEDDING_INDEX)
+ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, WEAK, TEST_DETECTIONS, TEST_IMAGES, IOU_PAIRS,
+              EMBEDDING_INDEX)
 
 
 def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> None:

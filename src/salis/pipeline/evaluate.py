@@ -8,11 +8,20 @@ import json
 import pandas as pd
 
 from salis.analysis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
-from salis.analysis.evaluation import coco_metrics, detections_from_prediction
+from salis.analysis.evaluation import coco_metrics, detections_from_prediction, per_image_ap50
 from salis.annotation.cost import CostModel
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import IOU_PAIRS, LABELED, PSEUDO, WEAK, read_table, write_table
+from salis.artifacts.tables import (
+    IOU_PAIRS,
+    LABELED,
+    PSEUDO,
+    TEST_DETECTIONS,
+    TEST_IMAGES,
+    WEAK,
+    read_table,
+    write_table,
+)
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
@@ -29,11 +38,19 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     test_gt: dict[int, list[dict]] = {i: [] for i in prepared.test_ids()}
     for ann in prepared.test_coco()["annotations"]:
         test_gt[int(ann["image_id"])].append(ann)
-    detections, pairs = [], []
+    detections, pairs, per_image = [], [], []
     for pred in predict(model, prepared, prepared.test_ids(), params.eval.batch_size, device, params.runtime.amp, "test"):
-        detections += detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
+        mine = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
+        detections += mine
         pairs.append(matched_iou_pairs(pred, test_gt[pred.image_id]))
+        per_image.append({"image_id": pred.image_id, "instances": len(test_gt[pred.image_id]), "detections": len(mine),
+                          "mask_AP50": per_image_ap50(test_gt[pred.image_id], mine)})
     metrics = coco_metrics(prepared.test_coco(), detections, model.roi_heads.detections_per_img)
+    write_table(layout.test_images(cycle), pd.DataFrame(per_image, columns=TEST_IMAGES.schema.names), TEST_IMAGES)
+    write_table(layout.test_detections(cycle), pd.DataFrame(
+        [{"image_id": d["image_id"], "category_id": d["category_id"], "score": d["score"],
+          "height": d["segmentation"]["size"][0], "width": d["segmentation"]["size"][1],
+          "rle": d["segmentation"]["counts"]} for d in detections], columns=TEST_DETECTIONS.schema.names), TEST_DETECTIONS)
     pairs_table = pd.concat([p for p in pairs if len(p)] or [IOU_PAIRS.empty()], ignore_index=True)
     metrics.update(iou_head_metrics(pairs_table))
     write_table(layout.iou_pairs(cycle), pairs_table, IOU_PAIRS)
