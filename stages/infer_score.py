@@ -5,6 +5,7 @@ import sys
 from salis.pipeline.runner import run_stage
 
 if __name__ == "__main__":
+    from salis.pipeline.launch import Torchrun
     from salis.pipeline.infer_score import stage_infer_score
 
-    sys.exit(run_stage("infer_score", stage_infer_score, with_cycle=True))
+    sys.exit(run_stage("infer_score", stage_infer_score, with_cycle=True, launch=Torchrun()))

@@ -103,6 +103,12 @@ class RuntimeParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, CUDA only
     threads: int = 0  # torch CPU threads; 0 leaves torch's default (the machine's cores)
+    # torch.distributed: processes per node for train, infer_score and evaluate (torchrun when > 1)
+    nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = ""  # HOST:PORT where the nodes meet (nnodes > 1)
+    rdzv_id: str = "salis"
+    workers: int = 0  # DataLoader worker processes per rank for image loading (0: in the main process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +116,9 @@ class ScoreParams:
     batch_size: int = 8
     mc_passes: int = 0
     mc_dropout_p: float = 0.5
+    # the pool is scored in shards of this many images (rounded to whole batches): a killed
+    # infer_score resumes from the last whole shard, and ranks share the shards out
+    shard_images: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +336,7 @@ def _check_ranges(p: Params) -> None:
         "score.batch_size": p.score.batch_size,
         "eval.batch_size": p.eval.batch_size,
         "pictures.images": p.pictures.images,
+        "score.shard_images": p.score.shard_images,
         "model.min_size": p.model.min_size,
         "model.max_size": p.model.max_size,
         "model.detections_per_image": p.model.detections_per_image,
@@ -363,6 +373,16 @@ def _check_ranges(p: Params) -> None:
             raise ParamsError(f"{name} must be >= 0, got {value}")
     if p.runtime.threads < 0:
         raise ParamsError(f"runtime.threads must be >= 0 (0 = torch's default), got {p.runtime.threads}")
+    for name, value in {"runtime.nproc": p.runtime.nproc, "runtime.nnodes": p.runtime.nnodes}.items():
+        if value < 1:
+            raise ParamsError(f"{name} must be at least 1, got {value}")
+    if p.runtime.workers < 0:
+        raise ParamsError(f"runtime.workers must be >= 0 (0 = load images in the main process), got {p.runtime.workers}")
+    world = p.runtime.nproc * p.runtime.nnodes
+    for name, value in {"train.batch_size": p.train.batch_size, "train.pseudo_batch_size": p.train.pseudo_batch_size}.items():
+        if world > 1 and value % world:
+            raise ParamsError(f"{name} ({value}) must be a multiple of the {world} processes (runtime.nproc x "
+                              "runtime.nnodes): each rank takes an equal share of every global batch")
     if p.model.learning_loss_channels <= 0:
         raise ParamsError(f"model.learning_loss_channels must be positive, got {p.model.learning_loss_channels}")
     for name, value in {

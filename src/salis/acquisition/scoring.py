@@ -94,26 +94,43 @@ def image_row(pred: Prediction) -> dict[str, float | int]:
     }
 
 
-def write_score_tables(predictions: Iterable[Prediction], instances_path: Path, images_path: Path) -> pd.DataFrame:
-    """Stream predictions into instances.parquet; write images.parquet; both atomically."""
-    schema = INSTANCES.schema
-    image_rows = []
-    buffer: dict[str, list] = {name: [] for name in schema.names}
+def instance_table(pred: Prediction) -> pa.Table:
+    """One image's detections as an INSTANCES table."""
+    return pa.table(instance_rows(pred), schema=INSTANCES.schema)
+
+
+def stream_instances(per_image: Iterable[pa.Table], instances_path: Path) -> None:
+    """Write one table per image, in order, into instances.parquet atomically: a row group is cut
+    after the image that brings it to ROWS_PER_GROUP rows, and the last (possibly empty) one at the
+    end, so the same images give the same bytes however they were computed (salis.acquisition.shards)."""
     with atomic_path(instances_path) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, INSTANCES.schema) as writer:
+            pending: list[pa.Table] = []
+            rows = 0
+            for table in per_image:
+                pending.append(table)
+                rows += len(table)
+                if rows >= ROWS_PER_GROUP:
+                    writer.write_table(pa.concat_tables(pending).combine_chunks())
+                    pending, rows = [], 0
+            # also writes the schema when there were no detections at all
+            writer.write_table(pa.concat_tables(pending).combine_chunks() if pending else INSTANCES.schema.empty_table())
 
-            def flush() -> None:
-                writer.write_table(pa.table(buffer, schema=schema))
-                for column in buffer.values():
-                    column.clear()
 
-            for pred in predictions:
-                for name, values in instance_rows(pred).items():
-                    buffer[name].extend(values)
-                image_rows.append(image_row(pred))
-                if len(buffer["image_id"]) >= ROWS_PER_GROUP:
-                    flush()
-            flush()  # also writes the schema when there were no detections at all
+def write_image_table(image_rows: list[dict], images_path: Path) -> pd.DataFrame:
     images = IMAGES.to_arrow(pd.DataFrame(image_rows, columns=IMAGES.schema.names)).to_pandas()
     write_table(images_path, images, IMAGES)
     return images
+
+
+def write_score_tables(predictions: Iterable[Prediction], instances_path: Path, images_path: Path) -> pd.DataFrame:
+    """Stream predictions into instances.parquet; write images.parquet; both atomically."""
+    image_rows: list[dict] = []
+
+    def tables() -> Iterable[pa.Table]:
+        for pred in predictions:
+            image_rows.append(image_row(pred))
+            yield instance_table(pred)
+
+    stream_instances(tables(), instances_path)
+    return write_image_table(image_rows, images_path)

@@ -13,12 +13,17 @@ class Layout:
     @property
     def artifact_roots(self) -> list[Path]:
         """The folders stages write into (where stale temp files are looked for)."""
-        return [self.root / "data", self.root / "models", self.root / "metrics", self.labels_dir]
+        return [self.root / "data", self.root / "models", self.root / "metrics", self.labels_dir, self.shards]
 
     @property
     def locks(self) -> Path:
         """Per-stage locks (git-ignored): one process at a time writes a stage's outputs."""
         return self.root / ".salis" / "locks"
+
+    @property
+    def shards(self) -> Path:
+        """Pool scoring's shard cache (git-ignored, outside DVC's outputs, so a killed stage resumes)."""
+        return self.root / ".salis" / "shards"
 
     @property
     def label_studio_state(self) -> Path:

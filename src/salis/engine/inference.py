@@ -73,14 +73,34 @@ def _load_batch(prepared: PreparedData, image_ids: Sequence[int], device: torch.
     ]
 
 
+class _ImageBatches(torch.utils.data.Dataset):
+    """Batch b of the id list, decoded (in a DataLoader worker when there are workers)."""
+
+    def __init__(self, prepared: PreparedData, image_ids: Sequence[int], batch_size: int) -> None:
+        self.prepared, self.image_ids, self.batch_size = prepared, list(image_ids), batch_size
+
+    def __len__(self) -> int:
+        return (len(self.image_ids) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b: int) -> tuple[int, list[int], list[torch.Tensor]]:
+        ids = self.image_ids[b * self.batch_size : (b + 1) * self.batch_size]
+        return b * self.batch_size, ids, [torch.from_numpy(self.prepared.load_image(i)).permute(2, 0, 1) for i in ids]
+
+
 def _batches(
-    prepared: PreparedData, image_ids: Sequence[int], batch_size: int, device: torch.device, desc: str
+    prepared: PreparedData, image_ids: Sequence[int], batch_size: int, device: torch.device, desc: str,
+    workers: int = 0,
 ) -> Iterator[tuple[int, list[int], list[torch.Tensor]]]:
-    """(start, ids, image tensors) per batch, in order, with a progress bar over the images."""
+    """(start, ids, image tensors) per batch, in order, with a progress bar over the images;
+    with workers > 0 a DataLoader decodes the images in that many processes (pinned memory on CUDA)."""
+    dataset = _ImageBatches(prepared, image_ids, batch_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda" and workers > 0,
+        persistent_workers=False,
+    ) if workers > 0 else (dataset[b] for b in range(len(dataset)))
     with tqdm(total=len(image_ids), desc=desc, unit="img", mininterval=2.0, leave=False) as bar:
-        for start in range(0, len(image_ids), batch_size):
-            batch_ids = list(image_ids[start : start + batch_size])
-            yield start, batch_ids, _load_batch(prepared, batch_ids, device)
+        for start, batch_ids, images in loader:
+            yield start, batch_ids, [im.to(device, torch.float32, non_blocking=True) / 255.0 for im in images]
             bar.update(len(batch_ids))
 
 
@@ -96,23 +116,26 @@ def predict(
     mc_passes: int = 0,
     mc_dropout_p: float = 0.5,
     seed: int = 0,
+    offset: int = 0,
+    workers: int = 0,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per image, in order; only one batch is held in memory at a time.
 
     mc_passes > 0 adds the MC-dropout disagreement of every detection, with dropout probability
-    mc_dropout_p on the heads' last features; each batch's dropout
-    masks come from a generator seeded with (seed, batch start), so scores are reproducible
-    and the global random state is left as it was.
+    mc_dropout_p on the heads' last features; each batch's dropout masks come from a generator
+    seeded with (seed, offset + batch start), offset being the list's place in a longer one
+    (a shard of the pool), so scores are reproducible however the pool is split and the global
+    random state is left as it was. workers: DataLoader processes decoding the images.
     """
     model.to(device).eval()
     heads = model.roi_heads
     if mc_passes and not hasattr(heads, "mc_dropout"):
         raise SalisError("MC dropout needs salis's RoI heads (salis.model.build.build_model)")
-    for start, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc):
+    for start, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc, workers):
         with autocast(device, amp):
             if mc_passes:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(derive_seed(seed, 0, "mc_dropout_batch", index=start))
+                    torch.manual_seed(derive_seed(seed, 0, "mc_dropout_batch", index=offset + start))
                     with heads.mc_dropout(mc_passes, mc_dropout_p):
                         outputs = model(images)
             else:
@@ -130,11 +153,12 @@ def embed(
     device: torch.device,
     amp: bool = True,
     desc: str = "embed",
+    workers: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(image_id, embedding) per image: the backbone and FPN only, pooled as in inference
     (SalisRoIHeads.image_features), for images that need a vector but no scores."""
     model.to(device).eval()
-    for _, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc):
+    for _, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc, workers):
         with autocast(device, amp):
             batch, _ = model.transform(images)
             features = model.backbone(batch.tensors)

@@ -70,6 +70,24 @@ def _batch_loss(
     return total, {k: float(v.detach()) for k, v in losses.items()}
 
 
+class StepLoss(nn.Module):
+    """A training step's loss L = L_sup + beta * L_semi in one forward call: the module that
+    DistributedDataParallel wraps (DDP expects one forward per backward)."""
+
+    def __init__(self, model: nn.Module, semi_loss_weight: float, device: torch.device, amp: bool) -> None:
+        super().__init__()
+        self.model, self.semi_loss_weight, self.device, self.amp = model, semi_loss_weight, device, amp
+
+    def forward(self, labeled: Sequence[Sample], pseudo: Sequence[Sample] | None) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = _batch_loss(self.model, labeled, self.device, self.amp)
+        if pseudo is not None:
+            semi, semi_parts = _batch_loss(self.model, pseudo, self.device, self.amp)
+            loss = loss + self.semi_loss_weight * semi
+            parts.update({f"semi_{k}": v for k, v in semi_parts.items()})
+        parts["loss"] = float(loss.detach())
+        return loss, parts
+
+
 def make_optimizer(
     model: nn.Module, params: TrainParams, iterations: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -104,26 +122,26 @@ class LossWindow:
 class Trainer:
     """One optimisation step at a time: L = L_sup + beta * L_semi, skipped when not finite."""
 
-    def __init__(self, model: nn.Module, params: TrainParams, iterations: int, device: torch.device, amp: bool) -> None:
+    def __init__(self, model: nn.Module, params: TrainParams, iterations: int, device: torch.device, amp: bool,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        """wrap: applied to the step's loss module (DistributedDataParallel in a distributed run)."""
         self.model, self.params, self.iterations, self.device = model, params, iterations, device
         self.amp = amp and device.type == "cuda"
+        step = StepLoss(model, params.semi_loss_weight, device, self.amp)
+        self.forward = wrap(step) if wrap is not None else step
         self.optimizer, self.scheduler = make_optimizer(model, params, iterations)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.skipped = 0
 
     def losses(self, labeled: Sequence[Sample], pseudo: Sequence[Sample] | None) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, parts = _batch_loss(self.model, labeled, self.device, self.amp)
-        if pseudo is not None:
-            semi, semi_parts = _batch_loss(self.model, pseudo, self.device, self.amp)
-            loss = loss + self.params.semi_loss_weight * semi
-            parts.update({f"semi_{k}": v for k, v in semi_parts.items()})
-        parts["loss"] = float(loss.detach())
-        return loss, parts
+        return self.forward(labeled, pseudo)
 
     def step(self, it: int, loss: torch.Tensor, parts: dict[str, float]) -> bool:
         """Apply one step; False (and the schedule advanced) when the loss was not finite."""
+        from salis.engine import distributed as dist
+
         self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(parts["loss"]):
+        if not dist.all_ranks(math.isfinite(parts["loss"])):  # every rank steps, or none does
             self.skipped += 1
             if self.skipped > max(5, self.iterations // 20):
                 raise SalisError(
@@ -144,6 +162,44 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
 
+Plan = list[tuple[list[tuple[int, bool]], list[tuple[int, bool]] | None]]
+
+
+def batch_plan(labeled: int, pseudo: int, params: TrainParams, rng: np.random.Generator, iterations: int,
+               use_pseudo: bool) -> Plan:
+    """Per iteration: the global labeled batch and pseudo batch as (index, flipped) pairs, drawn
+    from `rng` in the order the training loop always drew them (batch, its flips, pseudo batch,
+    its flips), so a plan made up front changes no result."""
+    labeled_batches = index_batches(labeled, params.batch_size, rng)
+    pseudo_batches = index_batches(pseudo, params.pseudo_batch_size, rng) if pseudo else None
+    plan: Plan = []
+    for _ in range(iterations):
+        batch = [(i, bool(rng.random() < params.hflip)) for i in next(labeled_batches)]
+        extra = [(i, bool(rng.random() < params.hflip)) for i in next(pseudo_batches)] if use_pseudo else None
+        plan.append((batch, extra))
+    return plan
+
+
+class PlannedBatches(torch.utils.data.Dataset):
+    """Iteration it of a rank's plan as samples (decoded in DataLoader workers when there are any)."""
+
+    def __init__(self, plan: Plan, labeled: SampleSource, pseudo: SampleSource) -> None:
+        self.plan, self.labeled, self.pseudo = plan, labeled, pseudo
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, it: int) -> tuple[list[Sample], list[Sample] | None]:
+        batch, extra = self.plan[it]
+        take = lambda source, pairs: [source[i].flipped() if f else source[i] for i, f in pairs]  # noqa: E731
+        return take(self.labeled, batch), (take(self.pseudo, extra) if extra is not None else None)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """torch's seed on a rank: the run's own on rank 0 (one process keeps its results), derived on the others."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def train_model(
     model: nn.Module,
     labeled: SampleSource,
@@ -154,39 +210,58 @@ def train_model(
     amp: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 10,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Train in place for schedule_iterations(params, len(labeled)) steps; returns the mean of
-    the last logged losses and the schedule."""
+    the last logged losses and the schedule.
+
+    Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
+    every rank draws the same global batch plan and trains on its share (batch[r::W]), DDP
+    averages the gradients, and logged losses are averaged over the ranks. On CUDA, BatchNorm
+    becomes SyncBatchNorm; on CPU (gloo) each rank normalises its own share of the batch.
+    """
+    from salis.engine import distributed as dist
+
     if len(labeled) == 0:
         raise SalisError("no labeled images to train on: the labeled table is empty")
     iterations = schedule_iterations(params, len(labeled))
+    rank, world = dist.rank(), dist.world_size()
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(rank_seed(seed, rank))
     model.to(device).train()
     if hasattr(model.roi_heads, "box_supervision"):  # box-labeled images' mask losses
         model.roi_heads.box_supervision = BoxSupervision(
             params.box_projection_weight, params.box_pairwise_weight, params.box_pairwise_color_tau
         )
-    trainer = Trainer(model, params, iterations, device, amp)
-    labeled_batches = index_batches(len(labeled), params.batch_size, rng)
+    wrap = None
+    if world > 1:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrap = lambda step: nn.parallel.DistributedDataParallel(  # noqa: E731
+            step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    trainer = Trainer(model, params, iterations, device, amp, wrap=wrap)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
-    pseudo_batches = index_batches(len(pseudo), params.pseudo_batch_size, rng) if len(pseudo) else None
-    flip = lambda s: s.flipped() if rng.random() < params.hflip else s  # noqa: E731
+    plan = [(batch[rank::world], extra[rank::world] if extra is not None else None)
+            for batch, extra in batch_plan(len(labeled), len(pseudo), params, rng, iterations, use_pseudo)]
+    batches = PlannedBatches(plan, labeled, pseudo)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
+        if workers > 0 else (batches[it] for it in range(len(batches)))
 
     window = LossWindow()
     stop_grad_at = int(params.learning_loss_stop_grad_after * iterations)
-    bar = tqdm(range(iterations), desc="train", unit="it", mininterval=2.0, leave=False)
-    for it in bar:
+    bar = tqdm(total=iterations, desc="train", unit="it", mininterval=2.0, leave=False, disable=rank != 0)
+    for it, (labeled_batch, pseudo_batch) in enumerate(loader):
         # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
         stop_loss_prediction_gradient(model, it >= stop_grad_at)
-        labeled_batch = [flip(labeled[i]) for i in next(labeled_batches)]
-        pseudo_batch = [flip(pseudo[i]) for i in next(pseudo_batches)] if use_pseudo else None
         loss, parts = trainer.losses(labeled_batch, pseudo_batch)
+        bar.update(1)
         if not trainer.step(it, loss, parts):
             continue
         window.add(parts)
         if (it + 1) % log_every == 0 or it + 1 == iterations:
-            means = window.close(trainer.lr)
+            means = dist.mean_over_ranks(window.close(trainer.lr))
+            window.last = means
             bar.set_postfix(loss=f"{means['loss']:.3f}")
             if log is not None:
                 log(it + 1, means)
@@ -197,4 +272,5 @@ def train_model(
     result["skipped_steps"] = float(trainer.skipped)
     result["iterations"] = float(iterations)
     result["epochs"] = iterations * params.batch_size / len(labeled)
+    result["processes"] = float(world)
     return result

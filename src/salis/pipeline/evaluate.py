@@ -23,6 +23,7 @@ from salis.artifacts.tables import (
     write_table,
 )
 from salis.data.prepared import PreparedData, SimulatedOracle
+from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
 from salis.loop.labels import instance_counts, read_store
@@ -34,17 +35,28 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     configure_runtime(params.runtime)
     prepared = PreparedData(layout.prepared)
     model, _ = load_model(layout.model(cycle))
-    device = pick_device(params.runtime.device)
+    device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
     test_gt: dict[int, list[dict]] = {i: [] for i in prepared.test_ids()}
     for ann in prepared.test_coco()["annotations"]:
         test_gt[int(ann["image_id"])].append(ann)
-    detections, pairs, per_image = [], [], []
-    for pred in predict(model, prepared, prepared.test_ids(), params.eval.batch_size, device, params.runtime.amp, "test"):
-        mine = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
-        detections += mine
-        pairs.append(matched_iou_pairs(pred, test_gt[pred.image_id]))
-        per_image.append({"image_id": pred.image_id, "instances": len(test_gt[pred.image_id]), "detections": len(mine),
-                          "mask_AP50": per_image_ap50(test_gt[pred.image_id], mine)})
+    # each rank predicts whole batches (batch b on rank b % W): the batches one process would run
+    size, test_ids = params.eval.batch_size, prepared.test_ids()
+    batches = [test_ids[i : i + size] for i in range(0, len(test_ids), size)]
+    mine = [i for batch in dist.shard(batches) for i in batch]
+    results = []
+    for pred in predict(model, prepared, mine, size, device, params.runtime.amp, "test", workers=params.runtime.workers):
+        dets = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
+        results.append((pred.image_id, dets, matched_iou_pairs(pred, test_gt[pred.image_id]),
+                        {"image_id": pred.image_id, "instances": len(test_gt[pred.image_id]), "detections": len(dets),
+                         "mask_AP50": per_image_ap50(test_gt[pred.image_id], dets)}))
+    gathered = dist.gather(results)
+    if gathered is None:  # not rank 0: rank 0 evaluates and writes
+        return {}
+    order = {image_id: n for n, image_id in enumerate(test_ids)}
+    results = sorted((r for part in gathered for r in part), key=lambda r: order[r[0]])
+    detections = [d for r in results for d in r[1]]
+    pairs = [r[2] for r in results]
+    per_image = [r[3] for r in results]
     metrics = coco_metrics(prepared.test_coco(), detections, model.roi_heads.detections_per_img)
     write_table(layout.test_images(cycle), pd.DataFrame(per_image, columns=TEST_IMAGES.schema.names), TEST_IMAGES)
     write_table(layout.test_detections(cycle), pd.DataFrame(

@@ -1,15 +1,22 @@
 """Stage `infer_score@k`: score every unlabeled pool image (never a test image) with cycle k's
-model; embed every pool image, labeled ones included (core-set measures distances to them)."""
+model; embed every pool image, labeled ones included (core-set measures distances to them).
+
+The pool goes in shards (salis.acquisition.shards): resumable after a kill, and spread over
+the ranks when runtime.nproc > 1; rank 0 writes the outputs, the same bytes for any rank count."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
 import pandas as pd
 
-from salis.acquisition.embeddings import write_embeddings
-from salis.acquisition.scoring import write_score_tables
+from salis.acquisition.shards import Shard, ShardCache, cache_key, plan_shards, score_shards
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, read_table
 from salis.data.prepared import PreparedData
+from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import embed, predict
 from salis.model.checkpoint import load_model
@@ -17,7 +24,13 @@ from salis.params import Params
 from salis.seeds import derive_seed
 
 
-def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
+@dataclasses.dataclass
+class _Embedded:
+    image_id: int
+    embedding: np.ndarray
+
+
+def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFrame | None:
     configure_runtime(params.runtime)
     prepared = PreparedData(layout.prepared)
     labeled = set(read_table(layout.labeled(cycle), LABELED)["image_id"].tolist())
@@ -26,14 +39,34 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     labeled_pool = [i for i in pool if i in labeled]
     assert not set(pool) & set(prepared.test_ids()), "test images must never be scored or embedded"
     model, _ = load_model(layout.model(cycle))
-    device = pick_device(params.runtime.device)
-    size, amp = params.score.batch_size, params.runtime.amp
-    preds = predict(
-        model, prepared, unlabeled, size, device, amp, "score pool",
-        mc_passes=params.score.mc_passes, mc_dropout_p=params.score.mc_dropout_p, seed=derive_seed(params.seed, cycle, "mc_dropout"),
-    )
-    with write_embeddings(layout.embeddings(cycle), len(pool)) as embeddings:
-        images = write_score_tables(embeddings.tap(preds), layout.instances(cycle), layout.images(cycle))
-        for image_id, vector in embed(model, prepared, labeled_pool, size, device, amp, "embed labeled"):
-            embeddings.add(image_id, vector)
+    device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
+    score = params.score
+    size, amp, workers = score.batch_size, params.runtime.amp, params.runtime.workers
+    mc_seed = derive_seed(params.seed, cycle, "mc_dropout")
+    shards = plan_shards(unlabeled, labeled_pool, score.shard_images, size)
+    settings = {"score": dataclasses.asdict(score), "seed": mc_seed, "cycle": cycle}
+    cache = ShardCache(layout.shards, f"infer_score@c{cycle}",
+                       cache_key(layout.model(cycle), unlabeled, labeled_pool, settings))
+    if dist.is_main():
+        cache.clear_others()
+    dist.barrier()
+
+    def run(shard: Shard) -> Iterator:
+        if shard.kind == "score":
+            return predict(model, prepared, shard.image_ids, size, device, amp, f"score shard {shard.index}",
+                           mc_passes=score.mc_passes, mc_dropout_p=score.mc_dropout_p, seed=mc_seed,
+                           offset=shard.start, workers=workers)
+        return (_Embedded(i, v) for i, v in embed(model, prepared, shard.image_ids, size, device, amp,
+                                                   f"embed labeled shard {shard.index}", workers))
+
+    order = {s.name: n for n, s in enumerate(shards)}
+    scored = score_shards(cache, shards, lambda s: order[s.name] % dist.world_size() == dist.rank(), run,
+                          log=lambda line: print(f"infer_score@c{cycle}: {line}") if dist.is_main() else None)
+    dist.barrier()
+    if not dist.is_main():
+        return None
+    images = cache.merge(shards, layout.instances(cycle), layout.images(cycle), layout.embeddings(cycle))
+    cache.remove()
+    print(f"cycle {cycle}: scored {len(unlabeled)} unlabeled and embedded {len(labeled_pool)} labeled pool images "
+          f"in {len(shards)} shard(s) ({scored} scored by rank 0, {dist.world_size()} process(es))")
     return images

@@ -12,6 +12,7 @@ from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, PSEUDO, WEAK, read_table
 from salis.data.prepared import PreparedData
 from salis.engine.datasets import ConcatSamples, LabeledSamples, PseudoSamples
+from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.training import schedule_iterations, train_model
 from salis.loop.labels import annotations_by_image, label_types_of, read_store
@@ -41,14 +42,21 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     weak_partial = weak[weak["supervision"] != "full"]
     if len(weak_partial):
         pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
-    device = pick_device(params.runtime.device)
+    device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
     iterations = schedule_iterations(params.train, len(labeled))
     boxes = sum(types.get(int(i)) == "box" for i in expert_ids)
     weak_note = f" ({boxes} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
-    print(f"cycle {cycle}: training on {len(labeled)} labeled{weak_note} + {len(pseudo)} pseudo-labeled images, "
-          f"{iterations} iterations ({iterations * params.train.batch_size / max(len(labeled), 1):.1f} epochs), {device}")
+    if dist.is_main():
+        print(f"cycle {cycle}: training on {len(labeled)} labeled{weak_note} + {len(pseudo)} pseudo-labeled images, "
+              f"{iterations} iterations ({iterations * params.train.batch_size / max(len(labeled), 1):.1f} epochs), "
+              f"{device}" + (f", {dist.world_size()} processes" if dist.world_size() > 1 else ""))
 
     t0 = time.perf_counter()
+    seed = derive_seed(params.seed, cycle, "train")
+    if not dist.is_main():  # the other ranks train their share; rank 0 logs and writes
+        train_model(model, labeled, pseudo, params.train, seed, device, params.runtime.amp,
+                    workers=params.runtime.workers)
+        return {}
     with atomic_dir(layout.live(cycle)) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
 
@@ -61,7 +69,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
                     live.log_metric(f"train/{name}", value, plot=True)
 
             summary = train_model(
-                model, labeled, pseudo, params.train, derive_seed(params.seed, cycle, "train"), device, params.runtime.amp, log
+                model, labeled, pseudo, params.train, seed, device, params.runtime.amp, log,
+                workers=params.runtime.workers,
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
