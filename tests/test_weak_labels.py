@@ -19,6 +19,7 @@ from salis.loop.weak import (
     claim_detections,
     component_at,
     image_label_targets,
+    own_share,
     point_targets,
     refine_points,
     weak_targets,
@@ -185,14 +186,29 @@ def prediction(masks: list[np.ndarray], scores: list[float], categories: list[in
 
 
 def test_each_point_claims_the_best_detection_containing_it_once():
-    big = square(12, 12, 0, 12, 0, 6)  # holds both points on the left
+    big = square(12, 12, 0, 12, 0, 6)  # holds both points on the left: likely two instances merged
     small = square(12, 12, 0, 4, 0, 4)  # holds only the first
     pred = prediction([big, small, square(12, 12, 0, 12, 6, 12)], [0.9, 0.6, 0.8], [1, 1, 2])
     points = [(1.5, 1.5, 1), (2.5, 8.5, 1), (9.5, 9.5, 1)]  # the third is on a category-2 detection only
-    # pairs by score: (p0, big) 0.9, (p1, big) 0.9, (p0, small) 0.6: p0 takes big, p1 finds it taken,
-    # and has nothing else; p0's second choice small stays unclaimed
-    assert claim_detections(pred, points, min_score=0.05) == [0, None, None]
+    # p0 prefers small, which holds no other point, over the better-scoring big one; p1 then takes
+    # big; p2 has no detection of its category
+    assert claim_detections(pred, points, min_score=0.05) == [1, 0, None]
     assert claim_detections(pred, points, min_score=0.95) == [None, None, None]
+    # without the small one both points want big: the better pair (p0, big) wins, p1 goes without
+    pred = prediction([big], [0.9], [1])
+    assert claim_detections(pred, points[:2], min_score=0.05) == [0, None]
+
+
+def test_a_claimed_mask_holding_other_points_is_cut_to_its_own_share():
+    big = square(12, 12, 0, 12, 0, 6)
+    points = [(1.5, 1.5, 1), (2.5, 8.5, 1)]
+    top = own_share(big, 0, points)
+    bottom = own_share(big, 1, points)
+    assert not (top & bottom).any() and (top | bottom).sum() == big.sum()
+    # rows 0-4 lie nearer (1.5, 1.5) (pixel (5, 4) is a tie: it goes to point 0), rows 5-11 nearer (2.5, 8.5)
+    assert top[:5].all() and not top[5:].any() and bottom[5:].all() and not bottom[:5].any()
+    alone = square(12, 12, 0, 4, 0, 4)
+    assert own_share(alone, 0, points) is alone  # nothing else inside: unchanged
 
 
 def test_refinement_keeps_the_part_holding_the_point_and_reruns_at_its_box():

@@ -2,9 +2,11 @@
 
 Points (PointWSSIS: "The Devil is in the Points"): every instance of a point-labeled image is
 known by its click. Each point claims the detection that best explains it: one of its class,
-scoring at least weak.point_min_score, whose mask contains the point, ranked by TSP's instance
+scoring at least weak.point_min_score, whose mask contains the point; detections holding no
+other point first (one that holds several is likely instances merged), then by TSP's instance
 score s (the class score without IoU heads); a detection serves one point at most (the best
-pairs are matched first). Unclaimed detections are dropped. A point left without a detection is
+pairs are matched first). A claimed mask that still holds other points is cut to the pixels
+nearer its own point than theirs. Unclaimed detections are dropped. A point left without a detection is
 reported and refined: the mask head runs at a square box around it (weak.refine_box_scale x the
 class's median labeled box side), then once more at the box of the connected part of that mask
 which holds the point. As every instance is known, the image trains with the full
@@ -63,23 +65,53 @@ def ranking_scores(pred: Prediction) -> np.ndarray:
     return pred.scores.astype(np.float64)
 
 
+def points_inside(masks: np.ndarray, points: Sequence[tuple[float, float, int]]) -> np.ndarray:
+    """len(masks) x len(points): whether each mask holds each point's pixel."""
+    out = np.zeros((len(masks), len(points)), dtype=bool)
+    if len(masks) == 0:
+        return out
+    height, width = masks.shape[1:]
+    for p, (x, y, _) in enumerate(points):
+        row, col = int(np.floor(y)), int(np.floor(x))
+        if 0 <= row < height and 0 <= col < width:
+            out[:, p] = masks[:, row, col]
+    return out
+
+
 def claim_detections(pred: Prediction, points: Sequence[tuple[float, float, int]], min_score: float) -> list[int | None]:
-    """Per point (x, y, category id): the index of the detection it claims, or None."""
+    """Per point (x, y, category id): the index of the detection it claims, or None. A detection
+    that holds no other point is preferred (one holding several is likely several instances
+    merged); then the higher ranking score."""
     rank = ranking_scores(pred)
-    height, width = pred.masks.shape[1:] if len(pred) else (0, 0)
+    inside = points_inside(pred.masks, points)
     pairs = []
     for p, (x, y, category) in enumerate(points):
-        row, col = int(np.floor(y)), int(np.floor(x))
         for d in range(len(pred)):
-            inside = 0 <= row < height and 0 <= col < width and bool(pred.masks[d, row, col])
-            if inside and int(pred.category_ids[d]) == int(category) and pred.scores[d] >= min_score:
-                pairs.append((-rank[d], p, d))
+            if inside[d, p] and int(pred.category_ids[d]) == int(category) and pred.scores[d] >= min_score:
+                pairs.append((int(inside[d].sum()) - 1, -rank[d], p, d))
     claims: list[int | None] = [None] * len(points)
     taken: set[int] = set()
-    for _, p, d in sorted(pairs):
+    for _, _, p, d in sorted(pairs):
         if claims[p] is None and d not in taken:
             claims[p], taken = d, taken | {d}
     return claims
+
+
+def own_share(mask: np.ndarray, k: int, points: Sequence[tuple[float, float, int]]) -> np.ndarray:
+    """A mask that holds other points besides point k, cut to the pixels nearer to point k than to
+    those (and to the part of that cut connected to it): a merged detection split per click."""
+    others = [j for j, (x, y, _) in enumerate(points) if j != k and points_inside(mask[None], [points[j]])[0, 0]]
+    if not others:
+        return mask
+    rows, cols = np.nonzero(mask)
+    order = sorted([k, *others])  # ties go to the lower point index, whichever point asks
+    centres = np.array([[points[j][0], points[j][1]] for j in order])
+    pixels = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    nearest = np.asarray(order)[np.argmin(((pixels[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)]
+    cut = np.zeros_like(mask, dtype=bool)
+    cut[rows[nearest == k], cols[nearest == k]] = True
+    part = component_at(cut, points[k][0], points[k][1])
+    return part if part.any() else cut
 
 
 def component_at(mask: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -157,11 +189,11 @@ def point_targets(
     for k, (x, y, category) in enumerate(points):
         if claims[k] is not None:
             d = claims[k]
-            masks.append(pred.masks[d].astype(bool))
+            masks.append(own_share(pred.masks[d].astype(bool), k, points))
             scores.append(float(pred.scores[d]))
             origins.append("detection")
         elif refined[k].any():
-            masks.append(refined[k])
+            masks.append(own_share(refined[k], k, points))
             scores.append(float("nan"))
             origins.append("refined")
         else:

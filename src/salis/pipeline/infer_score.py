@@ -7,6 +7,7 @@ the ranks when runtime.nproc > 1; rank 0 writes the outputs, the same bytes for 
 from __future__ import annotations
 
 import dataclasses
+import resource
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,11 +63,12 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     order = {s.name: n for n, s in enumerate(shards)}
     scored = score_shards(cache, shards, lambda s: order[s.name] % dist.world_size() == dist.rank(), run,
                           log=lambda line: print(f"infer_score@c{cycle}: {line}") if dist.is_main() else None)
-    dist.barrier()
-    if not dist.is_main():
+    per_rank = dist.gather((scored, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    if per_rank is None:  # rank 0 merges and writes
         return None
     images = cache.merge(shards, layout.instances(cycle), layout.images(cycle), layout.embeddings(cycle))
     cache.remove()
+    ranks = ", ".join(f"rank {r}: {n} shard(s), peak RSS {mb:.0f} MiB" for r, (n, mb) in enumerate(per_rank))
     print(f"cycle {cycle}: scored {len(unlabeled)} unlabeled and embedded {len(labeled_pool)} labeled pool images "
-          f"in {len(shards)} shard(s) ({scored} scored by rank 0, {dist.world_size()} process(es))")
+          f"in {len(shards)} shard(s) ({ranks})")
     return images
