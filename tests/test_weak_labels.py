@@ -206,7 +206,7 @@ def test_a_claimed_mask_holding_other_points_is_cut_to_its_own_share():
     bottom = own_share(big, 1, points)
     assert not (top & bottom).any() and (top | bottom).sum() == big.sum()
     # rows 0-4 lie nearer (1.5, 1.5) (pixel (5, 4) is a tie: it goes to point 0), rows 5-11 nearer (2.5, 8.5)
-    assert top[:5].all() and not top[5:].any() and bottom[5:].all() and not bottom[:5].any()
+    assert top[:5, :6].all() and not top[5:].any() and bottom[5:, :6].all() and not bottom[:5].any()
     alone = square(12, 12, 0, 4, 0, 4)
     assert own_share(alone, 0, points) is alone  # nothing else inside: unchanged
 
