@@ -99,7 +99,9 @@ def collect_runs(root: Path = Path(".")) -> list[Run]:
             runs.append(run)
     if (root / CURVE).is_file() and (root / PARAMS).is_file():
         run = _run(WORKSPACE, (root / PARAMS).read_text(), (root / CURVE).read_text())
-        if run is not None:
+        # the workspace counts when it holds a run of its own: after `dvc exp run` (or `salis
+        # compare`, which resets params.yaml) its curve is the last experiment's, not its params'
+        if run is not None and not any(r.curve.equals(run.curve) for r in runs):
             runs.append(run)
     return runs
 
