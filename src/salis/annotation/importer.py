@@ -305,22 +305,15 @@ def _read_annotations(
     unknown: set[str] = set()
     clipped = 0
     for where, entry in _entries(items, "annotations", ("image_id", "category_id", "segmentation"), path):
-        export_image = _int(entry["image_id"], f"{where} image_id", path)
-        if export_image not in matched:
-            raise InputError(path, f"{where} points at image id {export_image}, which is not in 'images'")
-        export_cat = _int(entry["category_id"], f"{where} category_id", path)
-        if export_cat not in export_cats:
-            raise InputError(path, f"{where} has category id {export_cat}, which is not in 'categories'")
-        name = export_cats[export_cat]
-        if name not in project_ids:
-            unknown.add(name)
+        resolved = _resolve(entry, where, matched, export_cats, project_ids, unknown, path)
+        if resolved is None:
             continue
-        pool_id = matched[export_image]
+        pool_id, category_id = resolved
         image = requested[pool_id]
         seg, n_clipped = _clip_polygons(entry["segmentation"], image, where, path)
         clipped += n_clipped
         rle = _to_rle(seg, image["height"], image["width"], where, path)
-        pending.append((where, pool_id, project_ids[name], rle))
+        pending.append((where, pool_id, category_id, rle))
     if unknown:
         raise InputError(
             path,
@@ -338,6 +331,25 @@ def _read_annotations(
             )
         per_image[pool_id].append({"category_id": cat_id, "rle": rle, "area": float(area)})
     return per_image, clipped
+
+
+def _resolve(
+    entry: dict, where: str, matched: dict[int, int], export_cats: dict[int, str], project_ids: dict[str, int],
+    unknown: set[str], path: Path,
+) -> tuple[int, int] | None:
+    """(requested pool id, project category id) of an exported annotation; None when its category
+    name is not the project's (collected in `unknown`, refused together afterwards)."""
+    export_image = _int(entry["image_id"], f"{where} image_id", path)
+    if export_image not in matched:
+        raise InputError(path, f"{where} points at image id {export_image}, which is not in 'images'")
+    export_cat = _int(entry["category_id"], f"{where} category_id", path)
+    if export_cat not in export_cats:
+        raise InputError(path, f"{where} has category id {export_cat}, which is not in 'categories'")
+    name = export_cats[export_cat]
+    if name not in project_ids:
+        unknown.add(name)
+        return None
+    return matched[export_image], project_ids[name]
 
 
 def _clip_polygons(seg: Any, image: dict, where: str, path: Path) -> tuple[Any, int]:
@@ -431,25 +443,18 @@ def _read_weak_export(
     counts: dict[int, dict[int, int]] = {}
     unknown: set[str] = set()
     for where, entry in _entries(raw["annotations"], "annotations", ("image_id", "category_id"), path):
-        export_image = _int(entry["image_id"], f"{where} image_id", path)
-        if export_image not in matched:
-            raise InputError(path, f"{where} points at image id {export_image}, which is not in 'images'")
         found = _annotation_type(entry)
         if label_type == "image" or found != label_type:
             raise InputError(path, f"{where} holds {_GEOMETRY_OF[found]}, but this batch asked for "
                                    f"{_GEOMETRY_OF[label_type]}; export the {label_type} project, or import this "
                                    f"file for the batch that asked for {found} labels")
-        export_cat = _int(entry["category_id"], f"{where} category_id", path)
-        if export_cat not in export_cats:
-            raise InputError(path, f"{where} has category id {export_cat}, which is not in 'categories'")
-        name = export_cats[export_cat]
-        if name not in project_ids:
-            unknown.add(name)
+        resolved = _resolve(entry, where, matched, export_cats, project_ids, unknown, path)
+        if resolved is None:
             continue
-        pool_id = matched[export_image]
+        pool_id, category_id = resolved
         image = requested[pool_id]
         geometry = _box(entry, image, where, path) if label_type == "box" else _point(entry, image, where, path)
-        per_image[pool_id].append({"category_id": project_ids[name], **geometry})
+        per_image[pool_id].append({"category_id": category_id, **geometry})
     if label_type == "image":
         for where, entry in _entries(raw["images"], "images", ("id",), path):
             if "counts" in entry:
