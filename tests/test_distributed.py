@@ -131,6 +131,29 @@ def test_a_ddp_step_equals_one_process_on_the_same_global_batch(tmp_path: Path):
     assert worst < 1e-4, f"largest relative gradient difference {worst:.2e}"
 
 
+MEANS = textwrap.dedent('''
+    import sys, json
+    from salis.engine import distributed as dist
+    from salis.params import RuntimeParams
+    dist.init(RuntimeParams(device="cpu", nproc=2))
+    mine = {"loss": 1.0 + dist.rank(), "loss_mask": 2.0} | ({"loss_mask_box": 4.0} if dist.rank() else {})
+    out = dist.mean_over_ranks(mine)
+    if dist.is_main():
+        open(sys.argv[1], "w").write(json.dumps(out))
+    dist.shutdown()
+''')
+
+
+def test_logged_losses_average_over_the_ranks_that_have_them(tmp_path: Path):
+    """Only rank 1 had a box-labeled image: its BoxInst loss is averaged over itself alone."""
+    script = tmp_path / "means.py"
+    script.write_text(MEANS)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+                    str(tmp_path / "out.json")], check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert json.loads((tmp_path / "out.json").read_text()) == {"loss": 1.5, "loss_mask": 2.0, "loss_mask_box": 4.0}
+
+
 def test_a_failing_rank_ends_the_job_with_one_line_and_scoring_resumes(project: Path):
     set_params(project, runtime={"nproc": 2})
     prepared = json.loads((project / "data" / "prepared" / "meta.json").read_text())

@@ -71,7 +71,10 @@ def test_choices_and_numbers_become_counts_and_cancelled_work_is_unlabeled():
     coco = coco_from_label_studio([task(present, counts)], _path(), REQUEST)
     assert coco["images"][0]["counts"] == {"rod": 3} and coco["annotations"] == []
     coco = coco_from_label_studio([task(present, counts, cancelled=True)], _path(), REQUEST)
-    assert "counts" not in coco["images"][0]  # nothing kept: the image is unlabeled
+    assert coco["images"] == []  # nothing submitted: left out, i.e. unlabeled
+    image_request = dict(REQUEST, info={"salis": {"label_type": "image"}})
+    coco = coco_from_label_studio([task()], _path(), image_request)
+    assert coco["images"][0]["counts"] == {}  # submitted with nothing present: every count 0
     with pytest.raises(InputError, match="marks 'rod' present but gives no count"):
         coco_from_label_studio([task(present)], _path(), REQUEST)
 

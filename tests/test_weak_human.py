@@ -96,6 +96,12 @@ def test_a_wrong_type_or_bad_item_is_refused_and_a_right_export_goes_on(waiting,
     elif label_type == "box":
         bad["annotations"][0]["bbox"] = [3.0, 3.0, 0.0, 4.0]
         message = "non-positive width or height"
+        edge = coco_export(request, oracle, label_type)
+        width = request["images"][0]["width"]
+        edge["annotations"][0]["bbox"] = [width + 0.5, 10.0, 0.4, 5.0]  # within the slack, but nothing inside
+        (tmp_path / "edge.json").write_text(json.dumps(edge))
+        with pytest.raises(InputError, match="lies outside"):
+            import_labels(tmp_path / "edge.json", request_path, labels)
     else:
         bad["images"][0]["counts"] = {request["categories"][0]["name"]: 1.5}
         message = "not a non-negative whole number"

@@ -302,3 +302,21 @@ def test_a_box_labeled_image_trains_the_mask_head_through_boxinst_only():
     torch.manual_seed(0)
     image, target = full.to_model_input(torch.device("cpu"))
     assert "loss_mask_box" not in seeded_model(SMALL, 2, seed=0).train()([image], [target])
+
+
+def test_no_target_without_a_mask_and_empty_images_are_reported():
+    empty = np.zeros((12, 12), dtype=bool)
+    pred = prediction([empty, square(12, 12, 0, 4, 0, 4)], [0.95, 0.9], [1, 1])
+    summary = WeakSummary()
+    rows = image_label_targets(pred, [{"category_id": 1, "count": 2}], WeakParams(image_score_thresh=0.5), summary)
+    assert rows["score"].tolist() == pytest.approx([0.9])  # the empty-mask detection is no target
+    assert set(rows["supervision"]) == {"positive_only"} and (rows["w"] > 0).all()
+    # two clicks on one pixel: the second gets nothing of the shared mask and fails
+    twice = [(1.5, 1.5, 1), (1.5, 1.5, 1)]
+    nothing = lambda image_id, boxes, cats: np.zeros((len(boxes), 12, 12), dtype=bool)  # noqa: E731
+    rows = point_targets(prediction([square(12, 12, 0, 4, 0, 4)], [0.9], [1]), twice, WeakParams(), {-1: 4.0},
+                         nothing, summary)
+    assert len(rows) == 1 and summary.points_failed == 1
+    image_label_targets(prediction([], [], []), [{"category_id": 1, "count": 0}], WeakParams(), summary)
+    point_targets(prediction([], [], [], image_id=8), [], WeakParams(), {-1: 4.0}, nothing, summary)
+    assert summary.as_dict()["weak_empty_image_ids"] == [5, 8]  # known to hold nothing: background

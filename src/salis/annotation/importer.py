@@ -502,6 +502,8 @@ def _box(entry: dict, image: dict, where: str, path: Path) -> dict:
         raise InputError(path, f"{where} bbox {bbox} lies outside the {width}x{height} image {image['file_name']!r}")
     x0, y0 = max(x, 0.0), max(y, 0.0)
     x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(path, f"{where} bbox {bbox} lies outside the {width}x{height} image {image['file_name']!r}")
     return {"bbox": [x0, y0, x1 - x0, y1 - y0]}
 
 

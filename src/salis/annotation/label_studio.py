@@ -97,14 +97,18 @@ class LabelStudio:
         return self.call("POST", f"/api/projects/{project_id}/import", json=tasks)
 
     def tasks(self, project_id: int) -> list[dict]:
+        """Every task of the project (its task_number says how many: Label Studio answers a page
+        past the end with an error, not an empty page)."""
+        total = int(self.project(project_id).get("task_number") or 0)
         out, page = [], 1
-        while True:
+        while len(out) < total:
             batch = self.call("GET", f"/api/projects/{project_id}/tasks/?page={page}&page_size={PAGE}")
             batch = batch.get("tasks", []) if isinstance(batch, dict) else batch
+            if not batch:
+                break
             out += batch
-            if len(batch) < PAGE:
-                return out
             page += 1
+        return out
 
     def export_json(self, project_id: int) -> list[dict]:
         return self.call("GET", f"/api/projects/{project_id}/export?exportType=JSON&download_all_tasks=true")

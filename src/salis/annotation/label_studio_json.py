@@ -1,8 +1,8 @@
 """Label Studio's JSON export (a list of tasks) as the COCO file of one label type, so it goes
 through the same validation as any COCO export.
 
-Each task's last annotation that was not cancelled counts; a task without one is an image left
-unlabeled. Regions are read by type, with coordinates in percent of the image:
+Each task's last annotation that was not cancelled counts; a task without one is left out (an
+image left unlabeled, not one "with no object"). Regions are read by type, with coordinates in percent of the image:
 polygonlabels -> polygon segmentation, brushlabels -> compressed RLE (Label Studio's own brush
 RLE decoded, see decode_brush), rectanglelabels -> bbox, keypointlabels -> a point,
 choices + number (the image-level config: Choices "present", Numbers "count_<category id>") ->
@@ -109,8 +109,7 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
         if width is None or height is None:
             raise InputError(path, f"{where}: cannot tell the image's size (no salis_image_id, no original_width)")
         image.update(width=width, height=height)
-        if final is None:
-            images.append(image)
+        if final is None:  # nobody submitted it: not an image "with no object", an unlabeled one
             continue
         counts: dict[str, Any] = {}
         present: set[str] = set()
@@ -154,8 +153,9 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
         uncounted = sorted(present - set(counts))
         if uncounted:
             raise InputError(path, f"{where} marks {', '.join(map(repr, uncounted))} present but gives no count")
-        if counts or present:
-            image["counts"] = counts
+        if counts or present or any(r.get("type") in ("choices", "number") for r in results) or \
+                (not results and request.get("info", {}).get("salis", {}).get("label_type") == "image"):
+            image["counts"] = counts  # an image-level label submitted with nothing present: all counts 0
         images.append(image)
     names = sorted(by_name, key=by_name.get)
     categories = [{"id": by_name[n], "name": n} for n in names]

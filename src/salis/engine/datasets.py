@@ -99,6 +99,21 @@ def box_target_arrays(anns: list[dict], height: int, width: int, label_of) -> di
     return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
+class EmptySamples:
+    """Images known to hold no instance (a weak label saying so): background-only targets."""
+
+    def __init__(self, prepared: PreparedData, image_ids: list[int]) -> None:
+        self.prepared, self.image_ids = prepared, list(image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image = self.prepared.load_image(self.image_ids[index])
+        arrays = target_arrays([], image.shape[0], image.shape[1], self.prepared.label_of)
+        return Sample(self.image_ids[index], image, **arrays, own_labels=True)
+
+
 class ConcatSamples:
     """Several sample sources as one (the labeled batch draws from all of them)."""
 
@@ -125,6 +140,8 @@ class PseudoSamples:
     def __init__(self, prepared: PreparedData, table: pd.DataFrame, positive_only: bool = True) -> None:
         self.prepared = prepared
         self.positive_only = positive_only
+        if len(table):  # a detection whose mask binarised to nothing has no box to train on
+            table = table[(table["area"] > 0) & (table["w"] > 0) & (table["h"] > 0)]
         self.groups = {int(k): g for k, g in table.groupby("image_id", sort=True)} if len(table) else {}
         self.image_ids = sorted(self.groups)
 

@@ -130,15 +130,18 @@ def all_ranks(flag: bool) -> bool:
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """The mean of each value over the ranks (every rank gets it); unchanged in one process."""
-    if world_size() == 1 or not values:
+    """Each value's mean over the ranks that have it (a rank without box-labeled images logs no
+    BoxInst loss, say); every rank gets the same dict. Unchanged in one process."""
+    if world_size() == 1:
         return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    names: list[Any] = [None] * world_size()
+    dist.all_gather_object(names, sorted(values))
+    keys = sorted({k for part in names for k in part})
+    sums = torch.tensor([[values.get(k, 0.0), 1.0 if k in values else 0.0] for k in keys], dtype=torch.float64)
     if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return {k: float(v) / world_size() for k, v in zip(keys, tensor.cpu().tolist())}
+        sums = sums.cuda()
+    dist.all_reduce(sums)
+    return {k: float(total) / float(count) for k, (total, count) in zip(keys, sums.cpu().tolist())}
 
 
 def shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:

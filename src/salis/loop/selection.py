@@ -65,7 +65,8 @@ def select_batch(
     ious = dict(zip(unlabeled["image_id"].astype(int), unlabeled["mean_mask_iou"])) if "mean_mask_iou" in unlabeled else {}
     chosen = assign_label_types(ranked, policy, budget, ious)
     if not chosen:
+        cheapest = policy.cheap if policy.policy == "mixed" else policy.policy
         raise SalisError(f"cycle {cycle}: the budget buys no image (select.budget_hours {budget.hours} h; an image "
-                         f"is estimated at {budget.seconds('mask') / 3600:.3f} h with full masks)")
+                         f"is estimated at {budget.seconds(cheapest) / 3600:.3f} h with {cheapest} labels)")
     ids, types = zip(*chosen)
     return selected_frame(ids, cycle=cycle, sampler=sampler.name, label_types=types)

@@ -52,9 +52,13 @@ class WeakSummary:
     counted_instances: int = 0
     image_label_kept: int = 0
     complete_images: int = 0  # weak images that train with the full classification loss
+    # complete images without any instance (no click, every count 0): they train as background
+    empty_images: list[int] = dataclasses.field(default_factory=list)
 
-    def as_dict(self) -> dict[str, int]:
-        return {f"weak_{k}": int(v) for k, v in dataclasses.asdict(self).items()}
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {f"weak_{k}": int(v) for k, v in dataclasses.asdict(self).items() if k != "empty_images"}
+        out["weak_empty_image_ids"] = sorted(self.empty_images)
+        return out
 
 
 def ranking_scores(pred: Prediction) -> np.ndarray:
@@ -187,25 +191,27 @@ def point_targets(
     refined = dict(zip(lonely, refine_points(pred.image_id, [points[k] for k in lonely], lonely_sides, height, width, refine)))
     failed = 0
     for k, (x, y, category) in enumerate(points):
-        if claims[k] is not None:
-            d = claims[k]
-            masks.append(own_share(pred.masks[d].astype(bool), k, points))
-            scores.append(float(pred.scores[d]))
+        claimed = own_share(pred.masks[claims[k]].astype(bool), k, points) if claims[k] is not None else None
+        if claimed is not None and claimed.any():
+            masks.append(claimed)
+            scores.append(float(pred.scores[claims[k]]))
             origins.append("detection")
-        elif refined[k].any():
+        elif k in refined and own_share(refined[k], k, points).any():
             masks.append(own_share(refined[k], k, points))
             scores.append(float("nan"))
             origins.append("refined")
-        else:
+        else:  # nothing left of a mask for this click (e.g. two clicks on one pixel)
             failed += 1
             continue
         categories.append(int(category))
     summary.point_images += 1
     summary.points += len(points)
-    summary.points_claimed += sum(d is not None for d in claims)
+    summary.points_claimed += sum(o == "detection" for o in origins)
     summary.points_refined += sum(o == "refined" for o in origins)
     summary.points_failed += failed
     summary.complete_images += failed == 0
+    if not points:
+        summary.empty_images.append(pred.image_id)
     return weak_rows(pred.image_id, masks, categories, scores, origins, "point", "full" if failed == 0 else "positive_only")
 
 
@@ -219,7 +225,8 @@ def image_label_targets(
     found = {c: 0 for c in wanted}
     for d in order:
         category = int(pred.category_ids[d])
-        if pred.scores[d] >= weak.image_score_thresh and found.get(category, 0) < wanted.get(category, 0):
+        usable = pred.scores[d] >= weak.image_score_thresh and pred.masks[d].any()  # an empty mask is no target
+        if usable and found.get(category, 0) < wanted.get(category, 0):
             found[category] += 1
             kept.append(int(d))
     kept.sort()
@@ -228,6 +235,8 @@ def image_label_targets(
     summary.counted_instances += sum(wanted.values())
     summary.image_label_kept += len(kept)
     summary.complete_images += complete
+    if not sum(wanted.values()):
+        summary.empty_images.append(pred.image_id)
     return weak_rows(
         pred.image_id, [pred.masks[d].astype(bool) for d in kept], [int(pred.category_ids[d]) for d in kept],
         [float(pred.scores[d]) for d in kept], ["detection"] * len(kept), "image", "full" if complete else "positive_only",

@@ -77,7 +77,9 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
             metrics.update(pseudo_label_quality(table, SimulatedOracle(prepared).annotations, prefix))
         else:
             metrics.update(dict.fromkeys((f"{prefix}_precision", f"{prefix}_recall", f"{prefix}_mask_iou")))
-    metrics.update(json.loads(layout.weak_summary(cycle).read_text()))
+    weak_summary = json.loads(layout.weak_summary(cycle).read_text())
+    weak_summary["weak_empty_images"] = len(weak_summary.pop("weak_empty_image_ids", []))
+    metrics.update(weak_summary)
     metrics.update(labels_by_type(labeled, store))
     seconds = float(labeled["seconds"].sum())
     metrics.update(

@@ -45,7 +45,10 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     size, amp, workers = score.batch_size, params.runtime.amp, params.runtime.workers
     mc_seed = derive_seed(params.seed, cycle, "mc_dropout")
     shards = plan_shards(unlabeled, labeled_pool, score.shard_images, size)
-    settings = {"score": dataclasses.asdict(score), "seed": mc_seed, "cycle": cycle}
+    # what the numbers depend on besides the model and the images: a resumed stage must not mix
+    # shards scored under other settings
+    settings = {"score": dataclasses.asdict(score), "seed": mc_seed, "cycle": cycle, "device": device.type,
+                "amp": params.runtime.amp and device.type == "cuda", "threads": params.runtime.threads}
     cache = ShardCache(layout.shards, f"infer_score@c{cycle}",
                        cache_key(layout.model(cycle), unlabeled, labeled_pool, settings))
     if dist.is_main():

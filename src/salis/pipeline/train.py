@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pandas as pd
@@ -11,7 +12,7 @@ from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, PSEUDO, WEAK, read_table
 from salis.data.prepared import PreparedData
-from salis.engine.datasets import ConcatSamples, LabeledSamples, PseudoSamples
+from salis.engine.datasets import ConcatSamples, EmptySamples, LabeledSamples, PseudoSamples
 from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.training import schedule_iterations, train_model
@@ -36,7 +37,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     expert = LabeledSamples(prepared, expert_ids, annotations_by_image(store), types)
     weak = read_table(layout.weak(cycle), WEAK)
     weak_full = PseudoSamples(prepared, weak[weak["supervision"] == "full"], positive_only=False)
-    labeled = ConcatSamples(expert, weak_full) if len(weak_full) else expert
+    empty = EmptySamples(prepared, json.loads(layout.weak_summary(cycle).read_text()).get("weak_empty_image_ids", []))
+    labeled = ConcatSamples(expert, weak_full, empty) if len(weak_full) or len(empty) else expert
     pseudo_table = read_table(layout.pseudo(cycle), PSEUDO)
     pseudo = PseudoSamples(prepared, pseudo_table)
     weak_partial = weak[weak["supervision"] != "full"]
