@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,9 +32,11 @@ from scipy import ndimage
 
 from salis.acquisition.measures import instance_scores
 from salis.artifacts.tables import WEAK
-from salis.engine.inference import Prediction
 from salis.geometry import encode_masks
 from salis.params import WeakParams
+
+if TYPE_CHECKING:  # only a type here: this module runs without torch (no weak labels, no model)
+    from salis.engine.inference import Prediction
 
 # (image id, boxes N x 4 xyxy, category ids) -> N x H x W masks: the mask head at given boxes
 RefineFn = Callable[[int, np.ndarray, Sequence[int]], np.ndarray]

@@ -12,11 +12,7 @@ from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import WEAK, write_table
 from salis.data.prepared import PreparedData
-from salis.engine.device import configure_runtime, pick_device
-from salis.engine.inference import masks_at_boxes, predict
 from salis.loop.labels import label_types_of, read_store
-from salis.loop.weak import WeakSummary, weak_targets
-from salis.model.checkpoint import load_model
 from salis.params import Params
 
 
@@ -24,10 +20,17 @@ def stage_weak_label(params: Params, layout: Layout, cycle: int) -> pd.DataFrame
     prepared = PreparedData(layout.prepared)
     store = read_store(layout.annotations(cycle))
     weak_ids = sorted(i for i, t in label_types_of(store).items() if t in ("point", "image"))
+    # torch and the model load only when there are weak labels: with full masks this stage is a no-op
+    from salis.loop.weak import WeakSummary, weak_targets
+
     if not weak_ids:
         write_table(layout.weak(cycle), WEAK.empty(), WEAK)
         write_json(layout.weak_summary(cycle), WeakSummary().as_dict())
         return WEAK.empty()
+    from salis.engine.device import configure_runtime, pick_device
+    from salis.engine.inference import masks_at_boxes, predict
+    from salis.model.checkpoint import load_model
+
     configure_runtime(params.runtime)
     model, _ = load_model(layout.model(cycle - 1))
     device, amp = pick_device(params.runtime.device), params.runtime.amp
