@@ -27,6 +27,16 @@ def _one_line_warnings() -> None:
     warnings.formatwarning = lambda message, *_args, **_kw: f"salis: warning: {message}\n"
 
 
+def _say(text: str) -> None:
+    """A line of prose, wrapped to the terminal (at most 100 columns), continuation indented."""
+    import shutil
+    import textwrap
+
+    width = min(100, shutil.get_terminal_size((100, 24)).columns)
+    typer.echo(textwrap.fill(text, width=width, subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False))
+
+
 def _fail(err: Exception) -> None:
     typer.echo(f"salis: error: {err}", err=True)
     raise typer.Exit(2)
@@ -55,8 +65,8 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
     meta = json.loads(meta_path.read_text())
     pool = meta["num_pool_images"]
     total_budget = params.select.initial + params.select.budget * params.num_cycles
-    typer.echo(f"dataset: {meta['source']}, pool {pool} images, test {meta['num_test_images']} images "
-               f"(never trained on, scored or selected)")
+    _say(f"dataset: {meta['source']}, pool {pool} images, test {meta['num_test_images']} images "
+         f"(never trained on, scored or selected)")
     policy_note = f"; labels: {params.annotation.policy}" + (
         f" ({params.annotation.mask_share:.0%} of the hours on masks, the rest on {params.annotation.cheap}s, "
         f"order {params.annotation.mixed_order})" if params.annotation.policy == "mixed" else "")
@@ -66,7 +76,7 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
     else:
         planned = (f"{params.select.initial} initial + {params.num_cycles} cycles x {params.select.budget} = "
                    f"{total_budget} of {pool} pool images")
-    typer.echo(f"sampler: {params.sampler}; oracle: {params.oracle}{policy_note}; budget: {planned}")
+    _say(f"sampler: {params.sampler}; oracle: {params.oracle}{policy_note}; budget: {planned}")
     labeled_tables = {k: pd.read_parquet(layout.labeled(k), columns=["image_id", "label_type", "seconds"])
                       for k in sorted(c.k for c in params.cycles.values()) if layout.labeled(k).is_file()}
     used = {t for table in labeled_tables.values() for t in table["label_type"]}
@@ -104,11 +114,11 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
             row += "".join(f" {float(by_type['sum'].get(t, 0.0)) / 3600:>7.2f}" for t in types)
         typer.echo(row + f" {'-' if ap50 is None else f'{ap50:.3f}':>9}")
     if current is not None:
-        typer.echo(f"current model: cycle {current[0]}, mask AP50 {current[1]:.3f} on the test split "
-                   f"({layout.metrics(current[0])})")
+        _say(f"current model: cycle {current[0]}, mask AP50 {current[1]:.3f} on the test split "
+             f"({layout.metrics(current[0])})")
     for line in _awaiting(params, layout):
-        typer.echo(line)
-    typer.echo(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {planned}")
+        _say(line)
+    _say(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {planned}")
 
 
 def _awaiting(params: Params, layout: Layout) -> list[str]:

@@ -29,9 +29,9 @@ def stage_pictures(params: Params, layout: Layout, cycle: int) -> list:
     n = params.pictures.images
     out = layout.pictures(cycle)
     oracle = SimulatedOracle(prepared) if params.oracle == "simulated" else None
-    written = [selection_gallery(params, layout, prepared, cycle, n, out / "selection.png")]
-    written.append(pseudo_gallery(layout, prepared, oracle, cycle, n, out / "pseudo.png"))
-    written.append(worst_test_gallery(layout, prepared, cycle, n, out / "worst_test.png"))
+    written = [selection_gallery(params, layout, prepared, cycle, n, out / "selection.jpg")]
+    written.append(pseudo_gallery(layout, prepared, oracle, cycle, n, out / "pseudo.jpg"))
+    written.append(worst_test_gallery(layout, prepared, cycle, n, out / "worst_test.jpg"))
     return written
 
 

@@ -109,7 +109,7 @@ def true_mask_ious(rles: list[dict], gt_rles: list[dict]) -> np.ndarray:
 
 @register("oracle_iou")
 class OracleIoUSampler(_BetaSampler):
-    """Mask-guided selection with the true mask IoU (needs pool ground truth; analysis only)."""
+    """Mask-guided selection by the true mask IoU (the pool's ground truth: analysis only)."""
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
         if ctx.oracle is None:
