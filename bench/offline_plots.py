@@ -101,6 +101,10 @@ def check(project: Path, out: Path) -> dict:
         "drawn_bands": len(bands),
         "non_white_fraction": float((pixels < 245).mean()),
     }
+    if bands:  # keep a small copy: the drawn part of the page at half size
+        page_img = Image.open(shot)
+        page_img = page_img.crop((0, 0, page_img.width, min(page_img.height, bands[-1][1] + 20)))
+        page_img.resize((page_img.width // 2, page_img.height // 2)).save(shot, optimize=True)
     summary["ok"] = not remote and summary["vega_charts"] > 0 and summary["images"] > 0 and \
         summary["drawn_bands"] >= min(summary["vega_charts"] + summary["images"], 3)
     (out / "offline_plots.json").write_text(json.dumps(summary, indent=1) + "\n")
