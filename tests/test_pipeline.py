@@ -159,7 +159,7 @@ def test_human_annotators_in_the_loop(tmp_path):
     labeled = pd.read_parquet(work / "data" / "cycles" / "1" / "labeled.parquet")
     assert sorted(labeled["image_id"]) == sorted(wanted) and (labeled["source"] == "human").all()
     metrics = json.loads((work / "metrics" / "cycles" / "1.json").read_text())  # evaluate@1 ran before the stop
-    status = run(["salis", "status"], work)
+    status = " ".join(run(["salis", "status"], work).split())
     assert f"current model: cycle 1, mask AP50 {metrics['mask_AP50']:.3f}" in status
     assert "awaiting labels: request batch 1, 3 images" in status
     readme = (work / "data" / "requests" / "cycle_1" / "README.txt").read_text()
@@ -168,7 +168,7 @@ def test_human_annotators_in_the_loop(tmp_path):
     label_like_an_annotator(work, 1, tmp_path / "export1.json")
     run(["salis", "labels", "import", "--cycle", "1", str(tmp_path / "export1.json")], work)
     run(["dvc", "repro"], work)
-    status = run(["salis", "status"], work)
+    status = " ".join(run(["salis", "status"], work).split())  # status wraps its prose at the terminal
     assert "batch 2 (3 images" in status and "add c3: {k: 3, prev: 2, next: 4}" in status
 
 
