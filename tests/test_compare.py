@@ -3,6 +3,7 @@ refused; the report's files; the command's refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_runs_on_different_datasets_or_settings_are_refused():
     with pytest.raises(SalisError, match=r"different settings: train\.epochs .*--match"):
         select_runs([a, c])
     kept, _ = select_runs([a, b], match={"data.synthetic.pool_images": "400"})
-    assert kept == [a]
+    assert [r.name for r in kept] == [a.name]
 
 
 def test_arms_told_apart_by_params_pair_against_a_reference_arm():
@@ -101,7 +102,7 @@ def test_arms_told_apart_by_params_pair_against_a_reference_arm():
     mixed = [run("random", s, ap, name=f"mixed-s{s}", **{"annotation.policy": "mixed", "select.budget_hours": 1.0})
              for s, ap in ((0, [0.2, 0.6]), (1, [0.3, 0.6]))]
     kept, notes = select_runs(masks + mixed)  # without --by, one run per sampler and seed
-    assert kept == masks and "left out mixed-s0" in notes[0]
+    assert [r.name for r in kept] == [r.name for r in masks] and "left out mixed-s0" in notes[0]
     with pytest.raises(SalisError, match="different settings: annotation.policy"):
         select_runs([masks[0], mixed[1]])
     by = ["annotation.policy", "select.budget_hours"]
@@ -120,7 +121,7 @@ def test_arms_told_apart_by_params_pair_against_a_reference_arm():
 def test_an_experiment_wins_over_the_workspace_copy_of_the_same_run():
     exp, workspace = run("random", 0, [0.2], name="cmp-random-s0"), run("random", 0, [0.2], name="workspace")
     kept, notes = select_runs([exp, workspace])
-    assert kept == [exp] and notes == []
+    assert [r.name for r in kept] == [exp.name] and notes == []
 
 
 def test_report_files(tmp_path: Path):
@@ -248,3 +249,43 @@ def test_every_run_of_a_grid_starts_from_heads_params(tmp_path: Path, monkeypatc
     (tmp_path / "params.yaml").write_text("sampler: tsp\n")
     with pytest.raises(SalisError, match="params.yaml differs from the committed one"):
         experiments.run_grid(["tsp"], [0], [], 1, tmp_path, echo=lambda _: None)
+
+
+def test_a_run_recorded_before_a_param_existed_reads_as_its_default():
+    """Runs from older code lack newer keys (annotation.*) and keep removed ones (cost.kind): they
+    compare as the current code reads them, so an old run is a `mask` run, not a refused one."""
+    old = run("random", 0, [0.2, 0.4], **{"cost.kind": "mask"})  # before the annotation group
+    new = run("tsp", 0, [0.3, 0.5], **{"annotation.policy": "mask", "annotation.mask_share": 0.5})
+    kept, _ = select_runs([old, new])
+    assert sorted(r.sampler for r in kept) == ["random", "tsp"]
+    assert {r.params["annotation.policy"] for r in kept} == {"mask"} and all("cost.kind" not in r.params for r in kept)
+    mixed = run("tsp", 0, [0.3, 0.5], **{"annotation.policy": "mixed"})
+    with pytest.raises(SalisError, match=r"annotation\.policy \('mask' in cmp-random-s0, 'mixed' in cmp-tsp-s0\)"):
+        select_runs([old, mixed])
+    kept, _ = select_runs([old, mixed], match={"annotation.policy": "mask"})
+    assert [r.name for r in kept] == ["cmp-random-s0"]
+
+
+def test_arms_that_spend_other_hours_are_compared_at_equal_hours():
+    """Reference: hours 2, 4, 6 -> AP50 0.2, 0.4, 0.6 (both seeds). The cheap arm spends 3, 5, 7 h:
+    at 3 h the reference is at 0.3, at 5 h at 0.5, at 7 h beyond what it spans (no pair)."""
+    def curve_run(name, seed, hours, ap, policy):
+        r = run("random", seed, ap, name=name, **{"annotation.policy": policy})
+        return dataclasses.replace(r, curve=r.curve.assign(annotation_hours=hours))
+    refs = [curve_run(f"mask-s{s}", s, [2.0, 4.0, 6.0], [0.2, 0.4, 0.6], "mask") for s in (0, 1)]
+    cheap = [curve_run("point-s0", 0, [3.0, 5.0, 7.0], [0.35, 0.52, 0.6], "point"),
+             curve_run("point-s1", 1, [3.0, 5.0, 7.0], [0.351, 0.54, 0.6], "point")]
+    kept, _ = select_runs(refs + cheap, by=["annotation.policy"])
+    result = compare(kept, reference="random policy=mask")
+    rows = result.per_cycle.set_index(["sampler", "cycle"])
+    one, two = rows.loc[("random policy=point", 1)], rows.loc[("random policy=point", 2)]
+    assert one["mask_AP50_hours_diff_mean"] == pytest.approx(0.0505)  # (0.05 + 0.051) / 2
+    assert one["mask_AP50_hours_diff_ci95"] == pytest.approx(12.7062 * 0.0005, rel=1e-4)  # t(0.975, 1) x sd / sqrt(2)
+    assert one["hours_verdict"] == "better than random policy=mask"
+    assert two["mask_AP50_hours_diff_mean"] == pytest.approx(0.03)  # (0.02 + 0.04) / 2; half width 0.127
+    assert two["hours_verdict"] == "within noise"  # while cycle by cycle (0.12, 0.14) it looks better
+    assert two["verdict"] == "better than random policy=mask"
+    assert rows.loc[("random policy=point", 3), "hours_pairs"] == 0
+    final = result.per_sampler.set_index("sampler").loc["random policy=point"]
+    assert math.isnan(final["final_mask_AP50_hours_diff_mean"]) and final["final_hours_verdict"] == "no pair"
+    assert "at equal hours" in markdown(result)

@@ -12,6 +12,8 @@ interval holds 0 is reported as "within noise".
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from salis.analysis.experiments import BASELINE, WORKSPACE, Run
+from salis.analysis.experiments import BASELINE, WORKSPACE, Run, flatten
 from salis.artifacts.atomic import atomic_path, write_text
 from salis.errors import SalisError
 
@@ -108,13 +110,35 @@ class Comparison:
     reference: str = REFERENCE
 
 
+@functools.cache
+def _current_defaults() -> dict[str, object]:
+    """Every param the code knows, at its default, flattened as runs record them (lists, not tuples)."""
+    from salis.params import Params
+
+    defaults = flatten(json.loads(json.dumps(dataclasses.asdict(Params()))))
+    return {k: v for k, v in defaults.items() if not k.startswith(IGNORED_PREFIXES)}
+
+
+def with_current_params(run: Run) -> Run:
+    """The run's params as the current code reads them. A key the run lacks was added after it
+    ran, and its default is what that code did (a new param defaults to the old behaviour), so
+    a run recorded before `annotation.policy` existed is a `mask` run; a key the code no longer
+    knows (renamed: params.py's MOVED_KEYS) is dropped, since it cannot tell runs apart today."""
+    defaults = _current_defaults()
+    params = {**defaults, **{k: v for k, v in run.params.items() if k in defaults or k in VARYING}}
+    if params == run.params:
+        return run
+    return dataclasses.replace(run, params=params)
+
+
 def select_runs(
     runs: list[Run], match: dict[str, str] | None = None, by: Sequence[str] = ()
 ) -> tuple[list[Run], list[str]]:
     """The runs of one comparison: filtered by `match`, one per (arm, seed), all on the same
     configuration. Refuses runs that differ in anything but sampler, seed, the `by` params and
-    cycle count."""
+    cycle count. Params are read as the current code reads them (with_current_params)."""
     notes = []
+    runs = [with_current_params(r) for r in runs]
     if match:
         runs = [r for r in runs if all(str(r.params.get(k)) == v for k, v in match.items())]
     runs = with_arms(runs, by)
@@ -212,8 +236,26 @@ def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str, referen
         mean, half, n = t_interval(diffs)
         row.update({f"{metric}_diff_mean": mean, f"{metric}_diff_ci95": half, "pairs": n,
                     "verdict": verdict(mean, half, n, reference)})
+        at_hours = [float(r[metric]) - at_equal_hours(refs[int(r["seed"])], float(r["annotation_hours"]), metric)
+                    for _, r in group.iterrows() if int(r["seed"]) in refs and "annotation_hours" in r]
+        mean, half, n = t_interval([d for d in at_hours if not math.isnan(d)])
+        row.update({f"{metric}_hours_diff_mean": mean, f"{metric}_hours_diff_ci95": half, "hours_pairs": n,
+                    "hours_verdict": verdict(mean, half, n, reference)})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def at_equal_hours(ref: Run, hours: float, metric: str) -> float:
+    """The reference run's metric at `hours` of annotation, interpolated linearly between its
+    cycles; NaN outside the hours it spans (no extrapolation). Arms that buy labels of other
+    costs (box, point, mixed) are compared with full masks this way, at the hours they spent."""
+    if "annotation_hours" not in ref.curve or math.isnan(hours):
+        return math.nan
+    curve = ref.curve.sort_values("annotation_hours")
+    spent, values = curve["annotation_hours"].to_numpy(float), curve[metric].to_numpy(float)
+    if not len(spent) or hours < spent[0] - 1e-9 or hours > spent[-1] + 1e-9:
+        return math.nan
+    return float(np.interp(hours, spent, values))
 
 
 def verdict(mean: float, half: float, n: int, reference: str = REFERENCE) -> str:
@@ -234,11 +276,15 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
         mine = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.seed)
         finals = [float(r.curve[metric].iloc[-1]) for r in mine]
         aulcs = [normalized_aulc(r.curve, metric) for r in mine]
-        aulc_diffs, labels, hours, saved, reached = [], [], [], [], 0
+        aulc_diffs, labels, hours, saved, reached, final_at_hours = [], [], [], [], 0, []
         for run in mine:
             ref = refs.get(run.seed)
             if ref is None:
                 continue
+            if "annotation_hours" in run.curve:
+                last = run.curve.iloc[-1]
+                gap = float(last[metric]) - at_equal_hours(ref, float(last["annotation_hours"]), metric)
+                final_at_hours += [] if math.isnan(gap) else [gap]
             common = sorted(set(run.curve["cycle"]) & set(ref.curve["cycle"]))
             a, b = (c[c["cycle"].isin(common)] for c in (run.curve, ref.curve))
             aulc_diffs.append(normalized_aulc(a, metric) - normalized_aulc(b, metric))
@@ -251,10 +297,13 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
                 saved.append(1.0 - x / float(ref.curve["labeled_images"].iloc[-1]))
         row: dict[str, object] = {"sampler": sampler, "runs": len(mine), "seeds": " ".join(str(r.seed) for r in mine)}
         for name, values in ((f"final_{metric}", finals), ("aulc", aulcs), ("aulc_diff", aulc_diffs),
-                             ("labels_to_target", labels), ("hours_to_target", hours), ("labels_saved", saved)):
+                             ("labels_to_target", labels), ("hours_to_target", hours), ("labels_saved", saved),
+                             (f"final_{metric}_hours_diff", final_at_hours)):
             mean, half, _ = t_interval(values)
             row[f"{name}_mean"], row[f"{name}_ci95"] = mean, half
         row["aulc_verdict"] = verdict(row["aulc_diff_mean"], row["aulc_diff_ci95"], len(aulc_diffs), reference)
+        row["final_hours_verdict"] = verdict(row[f"final_{metric}_hours_diff_mean"],
+                                             row[f"final_{metric}_hours_diff_ci95"], len(final_at_hours), reference)
         row["reached_target"] = f"{reached}/{len(aulc_diffs)}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -273,24 +322,28 @@ def markdown(comparison: Comparison) -> str:
     lines = [f"# Sampler comparison: {m}", "",
              f"Mean ± half width of the 95% Student-t interval over seeds; differences to {ref} are "
              f"paired by seed. Labels / hours to target: to reach the same seed's {ref} final "
-             f"{m} (interpolated between cycles; only the seeds that reach it count).", "",
+             f"{m} (interpolated between cycles; only the seeds that reach it count). At equal hours: "
+             f"minus the same seed's {ref} at the hours this run had spent (interpolated, within the "
+             f"hours {ref} spans).", "",
              f"| sampler | runs | final {m} | AULC | AULC − {ref} | verdict | labels to target | "
-             "hours to target | reached |", "|---|---|---|---|---|---|---|---|---|"]
+             f"hours to target | reached | final − {ref} at equal hours |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_sampler.to_dict("records"):
         lines.append(
             f"| {r['sampler']} | {r['runs']} | {_pm(r[f'final_{m}_mean'], r[f'final_{m}_ci95'])} | "
             f"{_pm(r['aulc_mean'], r['aulc_ci95'])} | {_pm(r['aulc_diff_mean'], r['aulc_diff_ci95'])} | "
             f"{r['aulc_verdict']} | {_pm(r['labels_to_target_mean'], r['labels_to_target_ci95'], 1)} | "
-            f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} |"
+            f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} | "
+            f"{_pm(r[f'final_{m}_hours_diff_mean'], r[f'final_{m}_hours_diff_ci95'])} ({r['final_hours_verdict']}) |"
         )
-    lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − {ref} | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − {ref} | verdict | "
+              f"− {ref} at equal hours | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_cycle.to_dict("records"):
         lines.append(
             f"| {r['sampler']} | {r['cycle']} | {r['labeled_images']:.0f} | "
             f"{_pm(r.get('annotation_hours_mean', math.nan), r.get('annotation_hours_ci95', math.nan), 2)} | "
             f"{_pm(r[f'{m}_mean'], r[f'{m}_ci95'])} | {_pm(r.get('mask_AP_mean', math.nan), r.get('mask_AP_ci95', math.nan))} | "
-            f"{_pm(r[f'{m}_diff_mean'], r[f'{m}_diff_ci95'])} | {r['verdict']} |"
+            f"{_pm(r[f'{m}_diff_mean'], r[f'{m}_diff_ci95'])} | {r['verdict']} | "
+            f"{_pm(r[f'{m}_hours_diff_mean'], r[f'{m}_hours_diff_ci95'])} | {r['hours_verdict']} |"
         )
     if comparison.notes:
         lines += ["", "Notes:", *[f"- {note}" for note in comparison.notes]]
