@@ -130,7 +130,13 @@ def test_report_files(tmp_path: Path):
     assert {p.name for p in written} == {"summary.csv", "cycles.csv", "runs.csv", "report.md", "dvc.yaml", "curves.png"}
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report.md").read_text()
-    assert "| tsp | 2 |" in report and "within noise" in report or "better than random" in report
+    lines = report.splitlines()
+    # cycle 2: tsp 0.5 against random 0.4 on both seeds (same hours): better, at zero spread
+    assert any(line.startswith("| tsp | 2 | 40 |") and line.endswith("| better than random | 0.100 ± 0.000 | better than random |")
+               for line in lines)
+    # cycle 1: differences 0 and -0.1, interval 12.706 x 0.05 wide each side
+    assert any(line.startswith("| tsp | 1 | 20 |") and "| -0.050 ± 0.635 | within noise |" in line for line in lines)
+    assert any(line.startswith("| random | 1 | 20 |") and line.endswith("| reference |") for line in lines)
     cycles = pd.read_csv(tmp_path / "cycles.csv")
     assert {"low", "high", "mask_AP50_mean", "sampler"} <= set(cycles.columns)
 

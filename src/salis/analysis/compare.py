@@ -241,6 +241,8 @@ def _per_cycle(per_run: pd.DataFrame, refs: dict[int, Run], metric: str, referen
         mean, half, n = t_interval([d for d in at_hours if not math.isnan(d)])
         row.update({f"{metric}_hours_diff_mean": mean, f"{metric}_hours_diff_ci95": half, "hours_pairs": n,
                     "hours_verdict": verdict(mean, half, n, reference)})
+        if sampler == reference:  # paired with itself: a zero difference, not a finding
+            row["verdict"] = row["hours_verdict"] = "reference"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -304,6 +306,8 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
         row["aulc_verdict"] = verdict(row["aulc_diff_mean"], row["aulc_diff_ci95"], len(aulc_diffs), reference)
         row["final_hours_verdict"] = verdict(row[f"final_{metric}_hours_diff_mean"],
                                              row[f"final_{metric}_hours_diff_ci95"], len(final_at_hours), reference)
+        if sampler == reference:
+            row["aulc_verdict"] = row["final_hours_verdict"] = "reference"
         row["reached_target"] = f"{reached}/{len(aulc_diffs)}"
         rows.append(row)
     return pd.DataFrame(rows)
