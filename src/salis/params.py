@@ -89,7 +89,7 @@ class TrainParams:
     semi_loss_weight: float = 0.01
     warm_start: bool = True
     grad_clip: float = 10.0
-    learning_loss_stop_grad_after: float = 0.6
+    learning_loss_stop_grad_after: float = 0.0
     # box-labeled images train the mask head with BoxInst's losses (Tian et al. 2021)
     box_projection_weight: float = 1.0
     box_pairwise_weight: float = 1.0
