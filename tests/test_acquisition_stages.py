@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from salis.acquisition.candidates import draw_candidates
 from salis.acquisition.embeddings import open_embeddings
 from salis.errors import SalisError
 from salis.engine.inference import Prediction, embed
@@ -143,3 +144,41 @@ def test_cycle_one_stays_cached_when_the_sampler_or_select_params_change():
         assert not [p for p in params if p in ("sampler", "select") or str(p).startswith("select.")], name
     assert "data/cycles/${item.k}/embeddings" in stages["infer_score"]["do"]["outs"]
     assert "data/cycles/${item.k}/embeddings" in stages["select"]["do"]["deps"]
+
+
+def test_candidates_are_a_seeded_subset_of_the_unlabeled_pool_redrawn_per_cycle():
+    pool = list(range(100, 150))[::-1]  # order is kept, the draw ignores it
+    drawn = draw_candidates(pool, 10, seed=3, cycle=1)
+    assert len(drawn) == 10 and len(set(drawn)) == 10 and set(drawn) <= set(pool)
+    assert drawn == [i for i in pool if i in set(drawn)]
+    assert drawn == draw_candidates(sorted(pool), 10, seed=3, cycle=1)[::-1]
+    assert set(drawn) != set(draw_candidates(pool, 10, seed=3, cycle=2))
+    assert set(drawn) != set(draw_candidates(pool, 10, seed=4, cycle=1))
+    assert draw_candidates(pool, 0, 3, 1) == pool and draw_candidates(pool, 50, 3, 1) == pool
+
+
+def test_infer_score_with_candidates_scores_only_them_and_select_picks_among_them(scored, tmp_path):
+    layout, params = scored
+    copy = Layout(tmp_path / "copy")
+    shutil.copytree(layout.root / "data", copy.root / "data")
+    shutil.copytree(layout.root / "models", copy.root / "models")
+    subset = dataclasses.replace(params, score=dataclasses.replace(params.score, candidates=3))
+    stage_infer_score(subset, copy, 1)
+    pool = PreparedData(copy.prepared).pool_ids()
+    labeled = set(pd.read_parquet(copy.labeled(1))["image_id"])
+    unlabeled = [i for i in pool if i not in labeled]
+    scored_ids = pd.read_parquet(copy.images(1))["image_id"].tolist()
+    assert scored_ids == draw_candidates(unlabeled, 3, subset.seed, 1) and len(scored_ids) == 3
+    assert set(pd.read_parquet(copy.instances(1))["image_id"]) <= set(scored_ids)
+    ids, _ = open_embeddings(copy.embeddings(1))
+    assert sorted(ids.tolist()) == sorted(set(scored_ids) | labeled)  # core-set still sees the labeled set
+    for sampler in ("random", "tsp", "coreset"):
+        batch = stage_select(dataclasses.replace(subset, sampler=sampler), copy, 1)
+        assert len(batch) == 2 and set(batch["image_id"]) <= set(scored_ids), sampler
+
+
+def test_candidates_below_the_batch_are_refused():
+    with pytest.raises(SalisError, match=r"score.candidates \(10\) is below select.budget \(20\)"):
+        parse_params({"score": {"candidates": 10}})
+    with pytest.raises(SalisError, match="score.candidates must be >= 0"):
+        parse_params({"score": {"candidates": -1}})

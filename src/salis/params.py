@@ -119,6 +119,10 @@ class ScoreParams:
     # the pool is scored in shards of this many images (rounded to whole batches): a killed
     # infer_score resumes from the last whole shard, and ranks share the shards out
     shard_images: int = 512
+    # > 0: each cycle scores only a seeded random subset of this many unlabeled images (the
+    # candidates a sampler ranks and pseudo-labels come from), as Yoo & Kweon 2019 and baal's
+    # max_sample do on large pools; 0: the whole unlabeled pool
+    candidates: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,6 +359,11 @@ def _check_ranges(p: Params) -> None:
             f"train.warmup_iterations ({p.train.warmup_iterations}) exceeds train.min_iterations "
             f"({p.train.min_iterations}): a short cycle would end inside its warm-up"
         )
+    if p.score.candidates < 0:
+        raise ParamsError(f"score.candidates must be >= 0 (0 = score the whole unlabeled pool), got {p.score.candidates}")
+    if p.score.candidates and not p.select.budget_hours and p.score.candidates < p.select.budget:
+        raise ParamsError(f"score.candidates ({p.score.candidates}) is below select.budget ({p.select.budget}): "
+                          "a cycle could not fill its batch from the scored candidates")
     if p.score.mc_passes < 0:
         raise ParamsError(f"score.mc_passes must be >= 0 (0 turns MC dropout off), got {p.score.mc_passes}")
     for name, value in {"score.mc_dropout_p": p.score.mc_dropout_p, "model.train_dropout_p": p.model.train_dropout_p}.items():

@@ -1,5 +1,6 @@
-"""Stage `infer_score@k`: score every unlabeled pool image (never a test image) with cycle k's
-model; embed every pool image, labeled ones included (core-set measures distances to them).
+"""Stage `infer_score@k`: score every unlabeled pool image (or `score.candidates` of them, drawn
+per cycle; never a test image) with cycle k's model; embed the scored images and every labeled
+pool image (core-set measures distances to them).
 
 The pool goes in shards (salis.acquisition.shards): resumable after a kill, and spread over
 the ranks when runtime.nproc > 1; rank 0 writes the outputs, the same bytes for any rank count."""
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from salis.acquisition.candidates import draw_candidates
 from salis.acquisition.shards import Shard, ShardCache, cache_key, plan_shards, score_shards
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, read_table
@@ -36,7 +38,8 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     prepared = PreparedData(layout.prepared)
     labeled = set(read_table(layout.labeled(cycle), LABELED)["image_id"].tolist())
     pool = prepared.pool_ids()
-    unlabeled = [i for i in pool if i not in labeled]
+    unlabeled_all = [i for i in pool if i not in labeled]
+    unlabeled = draw_candidates(unlabeled_all, params.score.candidates, params.seed, cycle)
     labeled_pool = [i for i in pool if i in labeled]
     assert not set(pool) & set(prepared.test_ids()), "test images must never be scored or embedded"
     model, _ = load_model(layout.model(cycle))
@@ -72,6 +75,8 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
     images = cache.merge(shards, layout.instances(cycle), layout.images(cycle), layout.embeddings(cycle))
     cache.remove()
     ranks = ", ".join(f"rank {r}: {n} shard(s), peak RSS {mb:.0f} MiB" for r, (n, mb) in enumerate(per_rank))
-    print(f"cycle {cycle}: scored {len(unlabeled)} unlabeled and embedded {len(labeled_pool)} labeled pool images "
+    scored_what = (f"{len(unlabeled)} of {len(unlabeled_all)} unlabeled (score.candidates)"
+                   if len(unlabeled) < len(unlabeled_all) else f"{len(unlabeled)} unlabeled")
+    print(f"cycle {cycle}: scored {scored_what} and embedded {len(labeled_pool)} labeled pool images "
           f"in {len(shards)} shard(s) ({ranks})")
     return images
