@@ -90,6 +90,9 @@ class TrainParams:
     warm_start: bool = True
     grad_clip: float = 10.0
     learning_loss_stop_grad_after: float = 0.0
+    # a batch's images share an aspect-ratio group (torchvision's detection references): width /
+    # height binned at 2 ** linspace(-1, 1, 2k + 1); 0 = portrait / landscape; -1 = no grouping
+    aspect_ratio_group_factor: int = 3
     # box-labeled images train the mask head with BoxInst's losses (Tian et al. 2021)
     box_projection_weight: float = 1.0
     box_pairwise_weight: float = 1.0
@@ -354,6 +357,9 @@ def _check_ranges(p: Params) -> None:
         raise ParamsError(
             f"train.max_iterations ({p.train.max_iterations}) is below train.min_iterations ({p.train.min_iterations})"
         )
+    if p.train.aspect_ratio_group_factor < -1:
+        raise ParamsError(f"train.aspect_ratio_group_factor must be >= -1 (-1 = no grouping), got "
+                          f"{p.train.aspect_ratio_group_factor}")
     if p.train.warmup_iterations > max(p.train.min_iterations, 1):
         raise ParamsError(
             f"train.warmup_iterations ({p.train.warmup_iterations}) exceeds train.min_iterations "

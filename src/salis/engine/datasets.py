@@ -49,6 +49,19 @@ class Sample:
         return image, target
 
 
+def _sizes_of(prepared: PreparedData, image_ids: list[int]) -> list[tuple[int, int]]:
+    infos = (prepared.image_info(int(i)) for i in image_ids)
+    return [(int(info["height"]), int(info["width"])) for info in infos]
+
+
+def sample_sizes(source) -> list[tuple[int, int]]:
+    """(height, width) of every sample of a source, from the prepared data's image table where the
+    source knows it (nothing decoded), else from the samples themselves (a list of Samples)."""
+    if hasattr(source, "image_sizes"):
+        return source.image_sizes()
+    return [tuple(source[i].image.shape[:2]) for i in range(len(source))]
+
+
 class LabeledSamples:
     """Expert-labeled pool images with their labels from the cycle's label store: full masks, or
     boxes (label_types says which; masks by default), whose targets are the filled boxes.
@@ -71,6 +84,9 @@ class LabeledSamples:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return _sizes_of(self.prepared, self.image_ids)
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.image_ids[index]
@@ -108,6 +124,9 @@ class EmptySamples:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return _sizes_of(self.prepared, self.image_ids)
+
     def __getitem__(self, index: int) -> Sample:
         image = self.prepared.load_image(self.image_ids[index])
         arrays = target_arrays([], image.shape[0], image.shape[1], self.prepared.label_of)
@@ -123,6 +142,9 @@ class ConcatSamples:
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return [size for source in self.sources for size in sample_sizes(source)]
 
     def __getitem__(self, index: int) -> Sample:
         k = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -147,6 +169,9 @@ class PseudoSamples:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return _sizes_of(self.prepared, self.image_ids)
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.image_ids[index]

@@ -6,7 +6,9 @@ pseudo-labeled images, of a pseudo batch whose images carry the positive-only fl
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -20,7 +22,7 @@ from salis.errors import SalisError
 from salis.model.heads import BoxSupervision
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.params import TrainParams
-from salis.engine.datasets import Sample
+from salis.engine.datasets import Sample, sample_sizes
 
 
 class SampleSource(Protocol):
@@ -36,6 +38,35 @@ def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
             order = np.resize(order, batch_size)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield order[start : start + batch_size].tolist()
+
+
+def aspect_ratio_groups(sizes: Sequence[tuple[int, int]], factor: int) -> list[int]:
+    """Each (height, width)'s aspect-ratio group, as torchvision's detection references group them
+    (create_aspect_ratio_groups): width / height quantised at the bins 2 ** linspace(-1, 1, 2k + 1),
+    k = factor; factor 0: portrait / landscape; factor -1: one group (no grouping)."""
+    if factor < 0:
+        return [0] * len(sizes)
+    bins = (2.0 ** np.linspace(-1, 1, 2 * factor + 1)).tolist() if factor > 0 else [1.0]
+    return [bisect.bisect_right(bins, width / height) for height, width in sizes]
+
+
+def grouped_index_batches(groups: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Endless batches whose indices share a group (GroupedBatchSampler of torchvision's detection
+    references): each shuffled epoch fills one buffer per group and a full buffer is a batch, so
+    a batch pads its images to one shape instead of to the widest and the tallest of mixed ones.
+    A group smaller than the batch fills it over several epochs (repeating its images). With one
+    group these are exactly index_batches' batches."""
+    if len(set(groups)) <= 1:
+        yield from index_batches(len(groups), batch_size, rng)
+        return
+    buffers: dict[int, list[int]] = defaultdict(list)
+    while True:
+        for index in rng.permutation(len(groups)).tolist():
+            buffer = buffers[groups[index]]
+            buffer.append(index)
+            if len(buffer) == batch_size:
+                yield buffer.copy()
+                buffer.clear()
 
 
 def schedule_iterations(params: TrainParams, labeled_images: int) -> int:
@@ -165,13 +196,14 @@ class Trainer:
 Plan = list[tuple[list[tuple[int, bool]], list[tuple[int, bool]] | None]]
 
 
-def batch_plan(labeled: int, pseudo: int, params: TrainParams, rng: np.random.Generator, iterations: int,
-               use_pseudo: bool) -> Plan:
+def batch_plan(labeled: Sequence[int], pseudo: Sequence[int], params: TrainParams, rng: np.random.Generator,
+               iterations: int, use_pseudo: bool) -> Plan:
     """Per iteration: the global labeled batch and pseudo batch as (index, flipped) pairs, drawn
     from `rng` in the order the training loop always drew them (batch, its flips, pseudo batch,
-    its flips), so a plan made up front changes no result."""
-    labeled_batches = index_batches(labeled, params.batch_size, rng)
-    pseudo_batches = index_batches(pseudo, params.pseudo_batch_size, rng) if pseudo else None
+    its flips), so a plan made up front changes no result. `labeled` and `pseudo` are each
+    image's aspect-ratio group: a batch draws from one group (one group: no grouping)."""
+    labeled_batches = grouped_index_batches(labeled, params.batch_size, rng)
+    pseudo_batches = grouped_index_batches(pseudo, params.pseudo_batch_size, rng) if len(pseudo) else None
     plan: Plan = []
     for _ in range(iterations):
         batch = [(i, bool(rng.random() < params.hflip)) for i in next(labeled_batches)]
@@ -195,6 +227,16 @@ class PlannedBatches(torch.utils.data.Dataset):
         return take(self.labeled, batch), (take(self.pseudo, extra) if extra is not None else None)
 
 
+def rank_plan(labeled: SampleSource, pseudo: SampleSource, params: TrainParams, seed: int, iterations: int,
+              use_pseudo: bool, rank: int, world: int) -> Plan:
+    """Rank `rank`'s share (batch[rank::world]) of the global plan, which every rank draws alike
+    from the run's seed: the ranks together train on exactly the one-process batches."""
+    factor = params.aspect_ratio_group_factor
+    groups = [aspect_ratio_groups(sample_sizes(source), factor) for source in (labeled, pseudo)]
+    plan = batch_plan(groups[0], groups[1], params, np.random.default_rng(seed), iterations, use_pseudo)
+    return [(batch[rank::world], extra[rank::world] if extra is not None else None) for batch, extra in plan]
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """torch's seed on a rank: the run's own on rank 0 (one process keeps its results), derived on the others."""
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
@@ -216,7 +258,8 @@ def train_model(
     the last logged losses and the schedule.
 
     Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
-    every rank draws the same global batch plan and trains on its share (batch[r::W]), DDP
+    every rank draws the same global batch plan (rank_plan; each batch from one aspect-ratio group)
+    and trains on its share (batch[r::W]), DDP
     averages the gradients, and logged losses are averaged over the ranks. On CUDA, BatchNorm
     becomes SyncBatchNorm; on CPU (gloo) each rank normalises its own share of the batch.
     """
@@ -226,7 +269,6 @@ def train_model(
         raise SalisError("no labeled images to train on: the labeled table is empty")
     iterations = schedule_iterations(params, len(labeled))
     rank, world = dist.rank(), dist.world_size()
-    rng = np.random.default_rng(seed)
     torch.manual_seed(rank_seed(seed, rank))
     model.to(device).train()
     if hasattr(model.roi_heads, "box_supervision"):  # box-labeled images' mask losses
@@ -242,9 +284,8 @@ def train_model(
         )
     trainer = Trainer(model, params, iterations, device, amp, wrap=wrap)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
-    plan = [(batch[rank::world], extra[rank::world] if extra is not None else None)
-            for batch, extra in batch_plan(len(labeled), len(pseudo), params, rng, iterations, use_pseudo)]
-    batches = PlannedBatches(plan, labeled, pseudo)
+    batches = PlannedBatches(rank_plan(labeled, pseudo, params, seed, iterations, use_pseudo, rank, world),
+                             labeled, pseudo)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
         if workers > 0 else (batches[it] for it in range(len(batches)))
 
