@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    # torch.save names the zip's records after the file it writes to, here a random temp name:
+    # through a buffer the records are always "archive/...", so the same weights give the same
+    # bytes and DVC sees an unchanged model as unchanged
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _read(path: str | Path) -> Any:
