@@ -59,6 +59,14 @@ def scored(tmp_path_factory) -> tuple[Layout, object]:
     return layout, params
 
 
+
+def copy_project(layout: Layout, root: Path) -> Layout:
+    """The scored fixture's data and models in a folder of its own, for a test that rescores them."""
+    copy = Layout(root)
+    shutil.copytree(layout.root / "data", copy.root / "data")
+    shutil.copytree(layout.root / "models", copy.root / "models")
+    return copy
+
 def test_infer_score_writes_mc_columns_predicted_loss_and_embeddings_of_the_whole_pool(scored):
     layout, params = scored
     pool = PreparedData(layout.prepared).pool_ids()
@@ -105,9 +113,7 @@ def test_scores_and_embeddings_are_reproducible_with_mc_passes(scored, tmp_path)
 
 def test_mc_dropout_is_refused_on_a_pool_scored_without_passes(scored, tmp_path):
     layout, params = scored
-    copy = Layout(tmp_path / "copy")
-    shutil.copytree(layout.root / "data", copy.root / "data")
-    shutil.copytree(layout.root / "models", copy.root / "models")
+    copy = copy_project(layout, tmp_path / "copy")
     no_mc = dataclasses.replace(params, score=dataclasses.replace(params.score, mc_passes=0))
     stage_infer_score(no_mc, copy, 1)
     assert pd.read_parquet(copy.instances(1))["mc_disagreement"].isna().all()
@@ -159,9 +165,7 @@ def test_candidates_are_a_seeded_subset_of_the_unlabeled_pool_redrawn_per_cycle(
 
 def test_infer_score_with_candidates_scores_only_them_and_select_picks_among_them(scored, tmp_path):
     layout, params = scored
-    copy = Layout(tmp_path / "copy")
-    shutil.copytree(layout.root / "data", copy.root / "data")
-    shutil.copytree(layout.root / "models", copy.root / "models")
+    copy = copy_project(layout, tmp_path / "copy")
     subset = dataclasses.replace(params, score=dataclasses.replace(params.score, candidates=3))
     stage_infer_score(subset, copy, 1)
     pool = PreparedData(copy.prepared).pool_ids()
