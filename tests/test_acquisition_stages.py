@@ -186,3 +186,51 @@ def test_candidates_below_the_batch_are_refused():
         parse_params({"score": {"candidates": 10}})
     with pytest.raises(SalisError, match="score.candidates must be >= 0"):
         parse_params({"score": {"candidates": -1}})
+
+
+@pytest.mark.parametrize("mc_passes", [0, 2])
+def test_a_mask_floor_changes_no_score_no_selection_and_no_pseudo_label(scored, tmp_path, mc_passes):
+    """Scoring with score.mask_min_score keeps every score (the mask-IoU head reads RoI features,
+    not masks), the same masks for detections at or above the floor and none below it; so every
+    sampler picks the same images and pseudo-labels come out the same bytes. mc_passes 0 runs the
+    mask head on the kept detections only; MC dropout runs it on all (it compares masks)."""
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+
+    layout, params = scored
+    floor = float(np.median(pd.read_parquet(layout.instances(1))["score"]))  # about half kept
+    runs = {}
+    for name, mask_min_score in (("all", 0.0), ("floor", floor)):
+        project = copy_project(layout, tmp_path / name)
+        run_params = dataclasses.replace(
+            params, score=dataclasses.replace(params.score, mc_passes=mc_passes, mask_min_score=mask_min_score),
+            pseudo=dataclasses.replace(params.pseudo, score_thresh=floor, box_iou_thresh=0.0, mask_iou_thresh=0.0))
+        stage_infer_score(run_params, project, 1)
+        selected = {}
+        for sampler in ("random", "entropy", "tsp", "beta_iou", "coreset", "mc_dropout") if mc_passes else ("tsp",):
+            stage_select(dataclasses.replace(run_params, sampler=sampler), project, 1)
+            selected[sampler] = project.selected(1).read_bytes()
+        stage_pseudo_label(run_params, project, 1)
+        runs[name] = (project, selected, project.pseudo(2).read_bytes())
+    (all_masks, all_selected, all_pseudo), (floored, floor_selected, floor_pseudo) = runs["all"], runs["floor"]
+    assert all_masks.images(1).read_bytes() == floored.images(1).read_bytes()
+    assert floor_selected == all_selected
+    assert floor_pseudo == all_pseudo and len(pd.read_parquet(floored.pseudo(2))) > 0
+    full, part = pd.read_parquet(all_masks.instances(1)), pd.read_parquet(floored.instances(1))
+    mask_columns = ["area", "rle"]
+    pd.testing.assert_frame_equal(full.drop(columns=mask_columns), part.drop(columns=mask_columns))
+    above = (full["score"] >= floor).to_numpy()
+    assert 0 < above.sum() < len(full) and full["rle"].notna().all()
+    pd.testing.assert_frame_equal(full.loc[above, mask_columns], part.loc[above, mask_columns], check_dtype=False)
+    assert part.loc[~above, "rle"].isna().all() and part.loc[~above, "area"].isna().all()
+
+
+def test_readers_of_masks_below_the_floor_are_refused():
+    with pytest.raises(SalisError, match=r"pseudo.score_thresh \(0.2\) reads masks .* score.mask_min_score \(0.3\)"):
+        parse_params({"pseudo": {"score_thresh": 0.2}})
+    with pytest.raises(SalisError, match=r"annotation.pre_annotation_score \(0.1\) reads masks"):
+        parse_params({"annotation": {"pre_annotation_score": 0.1}})
+    with pytest.raises(SalisError, match=r"select.min_score \(0.0\) reads masks"):
+        parse_params({"sampler": "oracle_iou"})
+    parse_params({"sampler": "oracle_iou", "score": {"mask_min_score": 0.0}})  # every mask kept
+    with pytest.raises(SalisError, match=r"score.mask_min_score must lie in \[0, 1\]"):
+        parse_params({"score": {"mask_min_score": 1.5}})

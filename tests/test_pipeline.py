@@ -23,7 +23,10 @@ TINY = {
     "model": {"min_size": 64, "max_size": 64, "rpn_post_nms_top_n_test": 50, "detections_per_image": 20},
     "train": {"min_iterations": 4, "max_iterations": 4, "batch_size": 2, "pseudo_batch_size": 1, "warmup_iterations": 2},
     "select": {"initial": 4, "budget": 3},
-    "pseudo": {"score_thresh": 0.0},  # an untrained model is never confident: keep every detection
+    # an untrained model is never confident: keep every detection (all score above model.box_score_thresh
+    # 0.05), their masks kept from that floor
+    "pseudo": {"score_thresh": 0.05},
+    "score": {"mask_min_score": 0.05},
     "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
 }
 

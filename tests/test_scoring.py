@@ -59,3 +59,39 @@ def test_no_detection_anywhere_still_writes_a_readable_table(tmp_path):
     write_score_tables(iter([prediction(1, 0)]), tmp_path / "i.parquet", tmp_path / "m.parquet")
     assert pd.read_parquet(tmp_path / "i.parquet").empty
     assert len(pd.read_parquet(tmp_path / "m.parquet")) == 1
+
+
+def test_detections_scored_without_their_mask_get_null_mask_columns(tmp_path):
+    full = prediction(4, 3)
+    part = Prediction(4, full.boxes, full.scores, full.category_ids, full.masks[[1]], full.posteriors, full.box_ious,
+                      full.mask_ious, mask_index=np.array([1]))
+    assert part.image_size == (16, 20) and not part.has_all_masks and full.has_all_masks
+    write_score_tables(iter([part]), tmp_path / "inst.parquet", tmp_path / "img.parquet")
+    inst = pd.read_parquet(tmp_path / "inst.parquet")
+    assert inst["height"].tolist() == [16] * 3 and inst["width"].tolist() == [20] * 3
+    assert inst["rle"].isna().tolist() == [True, False, True]
+    assert inst["area"].isna().tolist() == [True, False, True] and inst["area"][1] == 24
+    row = inst.iloc[1]
+    decoded = mask_utils.decode({"size": [16, 20], "counts": row.rle.encode()})
+    assert np.array_equal(decoded.astype(bool), full.masks[1])
+
+
+def test_binary_paste_equals_torchvision_paste_then_threshold():
+    """paste_binary_masks is torchvision's paste_masks_in_image > 0.5, pixel for pixel: boxes inside,
+    across the borders (the mask expanded by a pixel each side) and thinner than a pixel."""
+    import torch
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from salis.engine.inference import paste_binary_masks
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand((7, 1, 28, 28), generator=generator)
+    boxes = torch.tensor([[3.2, 4.7, 20.1, 15.9], [-5.0, -3.0, 12.0, 9.0], [30.0, 20.0, 45.0, 40.0],
+                          [10.0, 10.0, 10.4, 10.2], [35.0, 28.0, 39.9, 31.9], [0.0, 0.0, 39.0, 31.0],
+                          [17.5, 2.5, 18.5, 30.5]])
+    expected = paste_masks_in_image(probs, boxes, (32, 40))[:, 0] > 0.5
+    got = paste_binary_masks(probs, boxes, (32, 40))
+    assert got.dtype == torch.bool and got.shape == (7, 32, 40)
+    assert torch.equal(got, expected)
+    assert all(got[k].any() for k in (0, 1, 5))
+    assert paste_binary_masks(probs[:0], boxes[:0], (32, 40)).shape == (0, 32, 40)

@@ -94,9 +94,10 @@ TINY = {
               "rpn_post_nms_top_n_test": 30, "detections_per_image": 10},
     "train": {"min_iterations": 3, "max_iterations": 3, "warmup_iterations": 1, "batch_size": 2,
               "pseudo_batch_size": 2, "semi_loss_weight": 0.5},
-    "score": {"batch_size": 4},
+    "score": {"batch_size": 4, "mask_min_score": 0.05},
     "select": {"initial": 4, "budget": 2},
-    "pseudo": {"score_thresh": 0.0, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},  # untrained: keep all
+    # untrained: keep every detection (all score above model.box_score_thresh 0.05)
+    "pseudo": {"score_thresh": 0.05, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},
     "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
 }
 

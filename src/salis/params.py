@@ -126,6 +126,10 @@ class ScoreParams:
     # candidates a sampler ranks and pseudo-labels come from), as Yoo & Kweon 2019 and baal's
     # max_sample do on large pools; 0: the whole unlabeled pool
     candidates: int = 0
+    # masks (RLE in instances.parquet) only for detections with class score >= this; the others keep
+    # every score selection reads (the mask-IoU head reads RoI features, not the mask) with a null
+    # mask. Every later reader of masks must ask at least this score (checked below); 0: all masks
+    mask_min_score: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,6 +429,7 @@ def _check_ranges(p: Params) -> None:
     }.items():
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")
+    _check_mask_floor(p)
     if not p.select.tsp_components or len(set(p.select.tsp_components)) != len(p.select.tsp_components):
         raise ParamsError(f"select.tsp_components must list class, box and/or mask once each, got {p.select.tsp_components}")
     if len(p.model.anchor_sizes) != 5:
@@ -435,6 +440,22 @@ def _check_ranges(p: Params) -> None:
     ks = sorted(c.k for c in p.cycles.values())
     if ks and ks != list(range(1, len(ks) + 1)):
         raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
+
+
+def _check_mask_floor(p: Params) -> None:
+    """Every stage that reads masks from instances.parquet reads detections at or above the
+    score floor those masks were kept from (score.mask_min_score)."""
+    floor = p.score.mask_min_score
+    if not 0.0 <= floor <= 1.0:
+        raise ParamsError(f"score.mask_min_score must lie in [0, 1], got {floor}")
+    readers = {"pseudo.score_thresh": p.pseudo.score_thresh,
+               "annotation.pre_annotation_score": p.annotation.pre_annotation_score}
+    if p.sampler == "oracle_iou":
+        readers["select.min_score"] = p.select.min_score
+    for name, value in readers.items():
+        if value < floor:
+            raise ParamsError(f"{name} ({value}) reads masks of detections below score.mask_min_score ({floor}), "
+                              f"which scoring does not keep: lower score.mask_min_score to {value} or raise {name}")
 
 
 # model keys that older checkpoints store and that now live elsewhere (inference knobs)

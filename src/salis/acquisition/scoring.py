@@ -40,11 +40,17 @@ def mc_columns(pred: Prediction) -> dict[str, np.ndarray]:
 
 
 def instance_rows(pred: Prediction) -> dict[str, list]:
-    """Columns for one image's detections (mask RLE-encoded)."""
+    """Columns for one image's detections; the mask RLE-encoded, its area and RLE null for a
+    detection scored without its mask (below score.mask_min_score)."""
     n = len(pred)
     mc = mc_columns(pred)
-    height, width = pred.masks.shape[1:] if n else (0, 0)
+    height, width = pred.image_size if n else (0, 0)
     xywh = xyxy_to_xywh(pred.boxes)
+    areas: list[int | None] = [None] * n
+    rles: list[str | None] = [None] * n
+    for d, area, counts in zip(pred.mask_index.tolist(), pred.masks.sum(axis=(1, 2)).tolist(),
+                               encode_masks(pred.masks)):
+        areas[d], rles[d] = int(area), counts
     return {
         "image_id": [pred.image_id] * n,
         "det": list(range(n)),
@@ -59,10 +65,10 @@ def instance_rows(pred: Prediction) -> dict[str, list]:
         "y": xywh[:, 1].tolist(),
         "w": xywh[:, 2].tolist(),
         "h": xywh[:, 3].tolist(),
-        "area": [int(a) for a in pred.masks.reshape(n, -1).sum(axis=1)] if n else [],
+        "area": areas,
         "height": [int(height)] * n,
         "width": [int(width)] * n,
-        "rle": encode_masks(pred.masks),
+        "rle": rles,
     }
 
 

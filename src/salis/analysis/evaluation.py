@@ -39,7 +39,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from salis.geometry import encode_mask, xyxy_to_xywh
+from salis.geometry import encode_masks, xyxy_to_xywh
 
 _SUFFIXES = ("AP", "AP50", "AP75", "AR")
 _IOU_TYPES = {"mask": "segm", "box": "bbox"}
@@ -89,15 +89,16 @@ def detections_from_prediction(
             f"{len(masks)} masks; they must match"
         )
     xywh = xyxy_to_xywh(boxes)
+    size = [int(s) for s in masks.shape[1:]]
     return [
         {
             "image_id": int(image_id),
             "category_id": int(labels[i]),
             "score": float(scores[i]),
             "bbox": xywh[i].tolist(),
-            "segmentation": encode_mask(masks[i]),
+            "segmentation": {"size": size, "counts": counts},
         }
-        for i in range(n)
+        for i, counts in enumerate(encode_masks(masks))
     ]
 
 
@@ -145,6 +146,8 @@ def _evaluate(gt: dict, detections: list[dict], iou_type: str, max_dets: int) ->
         coco_dt = coco_gt.loadRes(_results_for(detections, iou_type))
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.params.maxDets = [1, 10, max_dets]
+        # only area "all" is reported: the small/medium/large ranges would triple evaluateImg's work
+        evaluator.params.areaRng, evaluator.params.areaRngLbl = evaluator.params.areaRng[:1], ["all"]
         evaluator.evaluate()
         evaluator.accumulate()
     return _summary(evaluator, max_dets)

@@ -274,6 +274,9 @@ def largest_part(mask: np.ndarray) -> np.ndarray:
 
 def _prediction(row: Any, image: dict) -> dict | None:
     height, width = int(row.height), int(row.width)
+    if not isinstance(row.rle, str):
+        raise SalisError(f"a detection of image {image['id']} (score {float(row.score):.3f}) was scored without its "
+                         "mask: annotation.pre_annotation_score must be at least score.mask_min_score")
     if (height, width) != (image["height"], image["width"]):
         raise SalisError(
             f"a detection of image {image['id']} has a {width}x{height} mask but the image is "

@@ -65,6 +65,8 @@ INSTANCE_SCHEMA = pa.schema(
         ("y", pa.float32()),
         ("w", pa.float32()),
         ("h", pa.float32()),
+        # the mask: null (area and rle) for a detection scoring below score.mask_min_score, whose
+        # mask nothing reads; pseudo-labels, request batches and pictures read higher scores only
         ("area", pa.int64()),
         ("height", pa.int32()),
         ("width", pa.int32()),

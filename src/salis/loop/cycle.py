@@ -107,7 +107,11 @@ def pseudo_labels(
         for column, thresh in (("box_iou", box_iou_thresh), ("mask_iou", mask_iou_thresh)):
             passes = pc.or_(pc.is_nan(table[column]), pc.greater(table[column], thresh))
             keep = pc.and_(keep, passes)
-        parts.append(table.filter(keep))
+        kept = table.filter(keep)
+        if kept["rle"].null_count:
+            raise SalisError(f"{instances_path}: detections above pseudo.score_thresh {score_thresh} were scored "
+                             "without masks (score.mask_min_score above it); re-run infer_score with a lower floor")
+        parts.append(kept)
     if not parts:
         return empty_pseudo()
     return pa.concat_tables(parts).cast(PSEUDO.schema).to_pandas()

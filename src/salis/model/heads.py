@@ -116,6 +116,13 @@ class MaskBranch:
     logits: Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskOutput:
+    """Which detections' masks inference computes: class score >= min_score (None: all)."""
+
+    min_score: float | None = None
+
+
 class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
     box_iou_head: IoUHead | None
     mask_iou_head: IoUHead | None
@@ -135,6 +142,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         self.loss_prediction = parts.loss_prediction
         self.train_dropout_p = parts.train_dropout_p
         self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
+        self.mask_settings = MaskOutput()  # an inference setting: see masks_from()
         self.box_supervision = BoxSupervision()  # a training setting: train_model sets it
 
     @classmethod
@@ -182,6 +190,17 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         finally:
             self.mc_settings = previous
 
+    @contextmanager
+    def masks_from(self, min_score: float | None) -> Iterator[None]:
+        """Inside the block, inference runs the mask head only on detections with class score >=
+        `min_score` and returns their masks at RoI resolution (see _mask_outputs); None: every
+        detection's mask, pasted. The previous setting comes back on leaving it."""
+        previous, self.mask_settings = self.mask_settings, MaskOutput(min_score)
+        try:
+            yield
+        finally:
+            self.mask_settings = previous
+
     # --- target assignment hooks -------------------------------------------------------
 
     def select_training_samples(self, proposals, targets):  # type: ignore[override]
@@ -217,16 +236,22 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
     def _forward_inference(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
         box = self._forward_box(features, proposals, image_shapes)
         detections = postprocess_detections(self, box.class_logits, box.regression, proposals, image_shapes)
-        mask = self._forward_mask(features, detections.boxes, image_shapes)
-        mask_probs = maskrcnn_inference(mask.logits, detections.labels)
+        floor = self.mask_settings.min_score
+        # the mask head's convolutions run on the detections whose masks are kept (all of them
+        # for MC dropout, which compares masks); RoIAlign runs on all: the mask-IoU head reads it
+        wanted = None if floor is None else [s >= floor for s in detections.scores]
+        head_on = None if self.mc_settings.enabled else wanted
+        mask = self._forward_mask(features, detections.boxes, image_shapes, head_on)
         pooled = self.image_features(features, image_shapes)
         results = [
-            {"boxes": b, "labels": lab, "scores": s, "masks": m, "class_posterior": p, "embedding": e}
-            for b, lab, s, m, p, e in zip(
-                detections.boxes, detections.labels, detections.scores, mask_probs, detections.posteriors,
+            {"boxes": b, "labels": lab, "scores": s, "class_posterior": p, "embedding": e}
+            for b, lab, s, p, e in zip(
+                detections.boxes, detections.labels, detections.scores, detections.posteriors,
                 torch.cat(pooled, dim=1),
             )
         ]
+        for result, outputs in zip(results, self._mask_outputs(mask, detections, wanted, head_on is None)):
+            result.update(outputs)
         for per_image_outputs in (
             self._predict_loss(pooled),
             self._predict_iou(features, image_shapes, detections, mask),
@@ -243,10 +268,25 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         class_logits, regression = self.box_predictor(self._train_dropout(head_features))
         return BoxBranch(proposals, head_features, class_logits, regression)
 
-    def _forward_mask(self, features, rois, image_shapes) -> MaskBranch:
+    def _forward_mask(self, features, rois, image_shapes, wanted: list[Tensor] | None = None) -> MaskBranch:
+        """Pooled features of every RoI; the mask head on those `wanted` (per image, a bool per
+        RoI; None: all), whose logits come first in RoI order."""
         pooled = self.mask_roi_pool(features, rois, image_shapes)
-        head_features = self.mask_head(pooled)
+        head_features = self.mask_head(pooled if wanted is None else pooled[torch.cat(wanted)])
         return MaskBranch(rois, pooled, head_features, self.mask_predictor(self._train_dropout(head_features)))
+
+    def _mask_outputs(self, mask: MaskBranch, detections: Detections, wanted: list[Tensor] | None,
+                      logits_of_all: bool) -> list[dict[str, Tensor]]:
+        """Per image: "masks" (N x 1 x h x w probabilities, pasted at image size by the model's
+        transform) for every detection; or, with a mask floor, "roi_masks" (M x 1 x 28 x 28
+        probabilities at RoI resolution, for the caller to paste) of the detections scoring at least
+        the floor and "mask_index" (M: their places among the image's detections)."""
+        if wanted is None:
+            return [{"masks": m} for m in maskrcnn_inference(mask.logits, detections.labels)]
+        logits = mask.logits[torch.cat(wanted)] if logits_of_all else mask.logits
+        kept_labels = [lab[w] for lab, w in zip(detections.labels, wanted)]
+        probs = maskrcnn_inference(logits, kept_labels)
+        return [{"roi_masks": m, "mask_index": torch.where(w)[0]} for m, w in zip(probs, wanted)]
 
     def _train_dropout(self, x: Tensor) -> Tensor:
         """Dropout on a head's last features while training (model.train_dropout_p; 0 = off)."""

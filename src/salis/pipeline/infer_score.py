@@ -62,7 +62,7 @@ def stage_infer_score(params: Params, layout: Layout, cycle: int) -> pd.DataFram
         if shard.kind == "score":
             return predict(model, prepared, shard.image_ids, size, device, amp, f"score shard {shard.index}",
                            mc_passes=score.mc_passes, mc_dropout_p=score.mc_dropout_p, seed=mc_seed,
-                           offset=shard.start, workers=workers)
+                           offset=shard.start, workers=workers, mask_min_score=score.mask_min_score or None)
         return (_Embedded(i, v) for i, v in embed(model, prepared, shard.image_ids, size, device, amp,
                                                    f"embed labeled shard {shard.index}", workers))
 

@@ -39,7 +39,7 @@ def _detections(layout: Layout, cycle: int, ids: list[int]) -> dict[int, pd.Data
     if not ids:
         return {}
     rows = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])
-    rows = rows[rows["score"] >= DISPLAY_SCORE]
+    rows = rows[(rows["score"] >= DISPLAY_SCORE) & rows["rle"].notna()]  # no mask below score.mask_min_score
     return {i: rows[rows["image_id"] == i] for i in ids}
 
 

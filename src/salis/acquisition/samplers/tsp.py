@@ -123,6 +123,9 @@ class OracleIoUSampler(_BetaSampler):
         for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=columns):
             rows = batch.to_pandas()
             rows = rows[rows["image_id"].isin(wanted) & (rows["score"] >= self.min_score)]
+            if rows["rle"].isna().any():
+                raise SalisError(f"{ctx.instances_path}: sampler oracle_iou needs the masks of detections scoring "
+                                 f">= select.min_score {self.min_score}; score.mask_min_score left them out")
             for image_id, group in rows.groupby("image_id", sort=False):
                 rles = rles_from_counts(group["rle"], int(group["height"].iloc[0]), int(group["width"].iloc[0]))
                 gt = [rle(a["segmentation"]) for a in ctx.oracle.annotations(int(image_id))]
