@@ -36,3 +36,27 @@ def test_atomic_dir_replaces_whole_folder(tmp_path):
             raise ValueError
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_a_full_disk_is_one_line_naming_the_artifact_and_leaves_nothing(tmp_path):
+    import errno
+
+    from salis.artifacts.atomic import atomic_path, ensure_space, is_disk_full
+    from salis.errors import SalisError
+
+    target = tmp_path / "table.parquet"
+    with pytest.raises(SalisError, match=r"table\.parquet: no space left on device while writing it \(it needs more "
+                                         r"than 0\.0 MiB; [0-9.]+ MiB free there\)"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"x" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    # pyarrow and torch re-raise ENOSPC as text without an errno
+    assert is_disk_full(OSError("IOError: No space left on device. Detail: [errno 28]"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    with pytest.raises(PermissionError):  # any other error passes through unchanged
+        with atomic_path(target):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    with pytest.raises(SalisError, match=r"model\.pt: no space left on device for it \(it needs [0-9.]+ MiB"):
+        ensure_space(tmp_path / "models" / "model.pt", 2**62)
+    ensure_space(tmp_path / "models" / "model.pt", 1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from salis.model.build import seeded_model
@@ -25,3 +28,30 @@ def test_the_same_weights_save_to_the_same_bytes_whatever_the_file_name(tmp_path
     changed = seeded_model(SMALL, 2, seed=1)
     save_checkpoint(second, changed, SMALL, CATEGORIES, {"cycle": 1})
     assert first.read_bytes() != second.read_bytes()
+
+
+class _Payload:
+    """Pickles into a call of os.system: what a malicious checkpoint carries."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/salis_pwned",))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file at all", b"PK\x03\x04" + b"\x00" * 60, "pickle"])
+def test_an_unloadable_weights_file_is_one_line_without_torchs_advice(tmp_path, content):
+    from salis.errors import InputError
+    from salis.model.checkpoint import load_checkpoint
+
+    path = tmp_path / "model.pt"
+    if content == "pickle":
+        torch.save({"format": "salis-checkpoint", "x": _Payload()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a loadable salis/torch weights file (")
+    assert "\n" not in message and "weights_only" not in message and len(message) < 300
+    assert not Path("/tmp/salis_pwned").exists()

@@ -56,7 +56,8 @@ def project(tmp_path_factory):
     """A tiny human-mode project waiting for the mask labels of batch 1, and a server serving it."""
     root = tmp_path_factory.mktemp("ls") / "lab"
     root.mkdir()
-    raw = copy.deepcopy(TINY) | {"oracle": "human", "annotation": {"pre_annotation_score": 0.0}}
+    # pre-annotate every detection (all score above model.box_score_thresh 0.05, where masks are kept)
+    raw = copy.deepcopy(TINY) | {"oracle": "human", "annotation": {"pre_annotation_score": 0.05}}
     raw["select"] = dict(raw["select"], budget=3)
     params = parse_params(raw)
     layout = Layout(root)

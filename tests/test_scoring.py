@@ -95,3 +95,76 @@ def test_binary_paste_equals_torchvision_paste_then_threshold():
     assert torch.equal(got, expected)
     assert all(got[k].any() for k in (0, 1, 5))
     assert paste_binary_masks(probs[:0], boxes[:0], (32, 40)).shape == (0, 32, 40)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "foreign", "old_marker", "missing"])
+def test_a_damaged_shard_is_scored_again_never_read(tmp_path, damage):
+    """A shard counts as scored only when every file matches the checksum its marker recorded: a
+    flipped byte, a truncated, empty or foreign file, a marker of the old format or a missing file
+    sends it back to scoring, with a log line, instead of into a pyarrow traceback."""
+    from salis.acquisition.shards import ShardCache, plan_shards, score_shards
+
+    cache = ShardCache(tmp_path / "shards", "infer_score@c1", "key")
+    shards = plan_shards([1, 2], [], shard_images=2, batch_size=2)
+    calls = []
+
+    def predict_shard(shard):
+        calls.append(shard.name)
+        for image_id in shard.image_ids:
+            pred = prediction(image_id, 2)
+            pred.embedding = np.zeros(4, np.float32)
+            yield pred
+
+    assert score_shards(cache, shards, lambda s: True, predict_shard, log=lambda line: None) == 1
+    assert cache.done(shards[0]) and calls == ["score-00000"]
+    instances = cache.folder / "score-00000.instances.parquet"
+    data = instances.read_bytes()
+    if damage == "flip":
+        instances.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    elif damage == "truncate":
+        instances.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        instances.write_bytes(b"")
+    elif damage == "foreign":
+        instances.write_bytes((cache.folder / "score-00000.images.parquet").read_bytes())
+    elif damage == "old_marker":
+        (cache.folder / "score-00000.done").write_text("2\n")
+    else:
+        instances.unlink()
+    assert not cache.done(shards[0])
+    lines = []
+    assert score_shards(cache, shards, lambda s: True, predict_shard, log=lines.append) == 1
+    assert calls == ["score-00000"] * 2 and cache.done(shards[0])
+    assert len(lines) == 1 and "unusable" in lines[0] and "scoring it again" in lines[0]
+    merged = cache.merge(shards, tmp_path / "inst.parquet", tmp_path / "img.parquet", tmp_path / "emb")
+    assert merged["image_id"].tolist() == [1, 2]
+    assert len(pd.read_parquet(tmp_path / "inst.parquet")) == 4
+
+
+def test_a_corrupt_instance_table_names_its_stage_and_the_command_that_rebuilds_it(tmp_path):
+    """A data page flipped inside instances.parquet: every reader says which stage writes it and how
+    to rebuild it, in one line, instead of a pyarrow traceback."""
+    from salis.acquisition.samplers.aggregate import aggregate_instances
+    from salis.artifacts.tables import INSTANCES, PSEUDO, SELECTED
+    from salis.errors import InputError
+    from salis.loop.cycle import pseudo_labels
+
+    path = tmp_path / "data" / "cycles" / "2" / "instances.parquet"
+    path.parent.mkdir(parents=True)
+    write_score_tables(iter([prediction(1, 40)]), path, tmp_path / "img.parquet")
+    data = bytearray(path.read_bytes())
+    for offset in range(8, len(data) // 2, 7):  # the column chunks: pages, not the footer
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    expected = (r"instances.parquet: not a readable instances table \(.*\); the infer_score stage writes it: "
+                r"`dvc repro --force --single-item infer_score@c2`")
+    with pytest.raises(InputError, match=expected) as caught:
+        pseudo_labels(path, frozenset(), 0.5)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(InputError, match=expected):
+        aggregate_instances(path, np.array([1]), "mean", ["score"])
+    with pytest.raises(InputError, match=expected):
+        INSTANCES.read_rows(path, filters=[("image_id", "in", [1])])
+    assert PSEUDO.rebuild_command("data/cycles/3/pseudo.parquet") == "dvc repro --force --single-item pseudo_label@c2"
+    assert PSEUDO.rebuild_command("data/cycles/1/pseudo.parquet") == "dvc repro --force --single-item init"
+    assert SELECTED.rebuild_command("data/cycles/0/selected.parquet") == "dvc repro --force --single-item init"

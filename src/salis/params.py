@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -243,8 +245,14 @@ class Params:
         return len(self.cycles)
 
 
+MAX_ECHO = 60  # characters of a refused value quoted in an error line
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    text = repr(value)
+    if len(text) > MAX_ECHO:
+        text = f"{text[:MAX_ECHO]}... ({len(text)} characters)"
+    return f"{text} ({type(value).__name__})"
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
@@ -290,6 +298,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{where} must be a number, got {_describe(value)}")
+        if not math.isfinite(float(value)):  # NaN passes every < and > check downstream
+            raise ParamsError(f"{where} must be a finite number, got {_describe(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -339,7 +349,93 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
+# Sizes past which a run allocates without bound (an image side of 100,000 px asks ~120 GB):
+# refused unless the user raises the limit deliberately, in the environment (not a param, so
+# raising it re-runs nothing).
+IMAGE_SIDE_LIMIT_ENV = "SALIS_MAX_IMAGE_SIDE"
+DEFAULT_IMAGE_SIDE_LIMIT = 4096
+COUNT_LIMIT = 100_000  # detections, proposals, batch and head sizes
+
+
+def image_side_limit() -> int:
+    raw = os.environ.get(IMAGE_SIDE_LIMIT_ENV, "")
+    try:
+        return int(raw) if raw else DEFAULT_IMAGE_SIDE_LIMIT
+    except ValueError:
+        raise ParamsError(f"{IMAGE_SIDE_LIMIT_ENV} must be an integer number of pixels, got {_describe(raw)}") from None
+
+
+def _check_limits(p: Params) -> None:
+    """Numbers that would fail or corrupt a later stage: seeds numpy cannot take, a learning rate
+    that is not positive, sizes that would allocate without bound."""
+    for name, value in {"seed": p.seed, "data.seed": p.data.seed}.items():
+        if not 0 <= value <= SEED_MAX:
+            raise ParamsError(f"{name} must lie in 0..{SEED_MAX}, got {_describe(value)}")
+    for name, value in {"train.lr": p.train.lr, "train.grad_clip": p.train.grad_clip,
+                        "train.gamma": p.train.gamma}.items():
+        if value <= 0:
+            raise ParamsError(f"{name} must be positive, got {value}")
+    for name, value in {"train.weight_decay": p.train.weight_decay,
+                        "train.semi_loss_weight": p.train.semi_loss_weight,
+                        "model.iou_loss_weight": p.model.iou_loss_weight}.items():
+        if value < 0:
+            raise ParamsError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= p.train.momentum < 1.0:
+        raise ParamsError(f"train.momentum must lie in [0, 1), got {p.train.momentum}")
+    if any(not 0.0 < step < 1.0 for step in p.train.lr_steps):
+        raise ParamsError(f"train.lr_steps are fractions of a cycle's iterations, each in (0, 1), got {list(p.train.lr_steps)}")
+    if p.train.epochs == 0 and p.train.min_iterations == 0:
+        raise ParamsError("train.epochs and train.min_iterations are both 0: a cycle would train no iteration")
+    limit = image_side_limit()
+    sides = {"model.min_size": p.model.min_size, "model.max_size": p.model.max_size,
+             "data.synthetic.image_size": p.data.synthetic.image_size}
+    for name, value in sides.items():
+        if value > limit:
+            raise ParamsError(f"{name} ({value}) is above the image side limit of {limit} px; set "
+                              f"{IMAGE_SIDE_LIMIT_ENV} to raise it deliberately")
+    if p.model.min_size > p.model.max_size:
+        raise ParamsError(f"model.min_size ({p.model.min_size}) is above model.max_size ({p.model.max_size})")
+    counts = {
+        "model.detections_per_image": p.model.detections_per_image,
+        "model.rpn_pre_nms_top_n_train": p.model.rpn_pre_nms_top_n_train,
+        "model.rpn_post_nms_top_n_train": p.model.rpn_post_nms_top_n_train,
+        "model.rpn_pre_nms_top_n_test": p.model.rpn_pre_nms_top_n_test,
+        "model.rpn_post_nms_top_n_test": p.model.rpn_post_nms_top_n_test,
+        "model.rpn_batch_size_per_image": p.model.rpn_batch_size_per_image,
+        "model.box_batch_size_per_image": p.model.box_batch_size_per_image,
+        "model.fpn_channels": p.model.fpn_channels, "model.box_head_dim": p.model.box_head_dim,
+        "model.mask_head_channels": p.model.mask_head_channels, "model.iou_head_channels": p.model.iou_head_channels,
+        "model.learning_loss_channels": p.model.learning_loss_channels,
+        "model.mask_head_convs": p.model.mask_head_convs,
+        "train.batch_size": p.train.batch_size, "train.pseudo_batch_size": p.train.pseudo_batch_size,
+        "score.batch_size": p.score.batch_size, "eval.batch_size": p.eval.batch_size,
+        "score.mc_passes": p.score.mc_passes, "pictures.images": p.pictures.images,
+        "data.synthetic.max_instances": p.data.synthetic.max_instances,
+    }
+    for name, value in counts.items():
+        if value > COUNT_LIMIT:
+            raise ParamsError(f"{name} ({value}) is above the sane limit of {COUNT_LIMIT}")
+    for name, value in {"model.rpn_post_nms_top_n_train": p.model.rpn_post_nms_top_n_train,
+                        "model.rpn_post_nms_top_n_test": p.model.rpn_post_nms_top_n_test,
+                        "model.rpn_batch_size_per_image": p.model.rpn_batch_size_per_image,
+                        "model.box_batch_size_per_image": p.model.box_batch_size_per_image,
+                        "model.fpn_channels": p.model.fpn_channels, "model.box_head_dim": p.model.box_head_dim,
+                        "model.mask_head_channels": p.model.mask_head_channels,
+                        "model.iou_head_channels": p.model.iou_head_channels,
+                        "model.mask_head_convs": p.model.mask_head_convs,
+                        "train.pseudo_batch_size": p.train.pseudo_batch_size}.items():
+        if value <= 0:
+            raise ParamsError(f"{name} must be positive, got {value}")
+    if p.select.budget_hours > 1e6:
+        raise ParamsError(f"select.budget_hours ({p.select.budget_hours}) is above the sane limit of 1,000,000 hours")
+    for name, value in dataclasses.asdict(p.cost).items():
+        if isinstance(value, float) and value < 0:
+            raise ParamsError(f"cost.{name} must be >= 0, got {value}")
+
+
 def _check_ranges(p: Params) -> None:
+    _check_limits(p)
     positive = {
         "select.initial": p.select.initial,
         "select.budget": p.select.budget,

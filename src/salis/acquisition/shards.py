@@ -61,6 +61,14 @@ def plan_shards(unlabeled: Sequence[int], labeled: Sequence[int], shard_images: 
     return out
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_key(model_path: Path, unlabeled: Sequence[int], labeled: Sequence[int], settings: dict) -> str:
     digest = hashlib.sha256()
     with open(model_path, "rb") as handle:
@@ -87,8 +95,37 @@ class ShardCache:
             shutil.rmtree(path, ignore_errors=True)
         return stale
 
+    def _files(self, shard: Shard) -> list[Path]:
+        names = ["instances.parquet", "images.parquet", "vectors.npy"] if shard.kind == "score" else ["vectors.npy"]
+        return [self.folder / f"{shard.name}.{name}" for name in names]
+
     def done(self, shard: Shard) -> bool:
-        return (self.folder / f"{shard.name}.done").is_file()
+        """Whether the shard was scored whole: its marker lists each file's checksum, and every file
+        still has it. A corrupt, truncated or foreign file fails this and the shard is scored again."""
+        return self.problem(shard) is None
+
+    def problem(self, shard: Shard) -> str | None:
+        """Why the cached shard cannot be used (None: it can)."""
+        marker = self.folder / f"{shard.name}.done"
+        if not marker.is_file():
+            return "not scored"
+        try:
+            recorded = json.loads(marker.read_text())
+            files = recorded["files"]
+            if not isinstance(files, dict) or recorded["images"] != len(shard.image_ids):
+                return "marker of another shard"
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return "unreadable marker"
+        for path in self._files(shard):
+            if not path.is_file():
+                return f"{path.name} missing"
+            if files.get(path.name) != _sha256(path):
+                return f"{path.name} does not match its checksum"
+        return None
+
+    def discard(self, shard: Shard) -> None:
+        for path in [*self._files(shard), self.folder / f"{shard.name}.done"]:
+            path.unlink(missing_ok=True)
 
     def write(self, shard: Shard, predictions: Iterable[Prediction]) -> None:
         """Score one shard into the cache; its marker comes last, after every file is in place."""
@@ -109,7 +146,8 @@ class ShardCache:
         with atomic_path(self.folder / f"{shard.name}.vectors.npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-        write_text(self.folder / f"{shard.name}.done", f"{len(shard.image_ids)}\n")
+        checksums = {path.name: _sha256(path) for path in self._files(shard)}
+        write_text(self.folder / f"{shard.name}.done", json.dumps({"images": len(shard.image_ids), "files": checksums}) + "\n")
 
     def merge(self, shards: Sequence[Shard], instances_path: Path, images_path: Path, embeddings_dir: Path) -> pd.DataFrame:
         """The stage's outputs from every shard, in order; the same bytes one streaming process writes."""
@@ -146,8 +184,16 @@ def score_shards(
     predict_shard: Callable[[Shard], Iterator[Prediction]], log: Callable[[str], None] = print,
 ) -> int:
     """Score this rank's shards that the cache lacks; how many it scored."""
-    todo = [s for s in shards if mine(s) and not cache.done(s)]
-    kept = sum(1 for s in shards if mine(s) and cache.done(s))
+    todo, kept = [], 0
+    for shard in (s for s in shards if mine(s)):
+        problem = cache.problem(shard)
+        if problem is None:
+            kept += 1
+            continue
+        if problem != "not scored":
+            log(f"shard {shard.name} in {cache.folder} is unusable ({problem}): scoring it again")
+            cache.discard(shard)
+        todo.append(shard)
     if kept:
         log(f"resuming: {kept} shard(s) already scored in {cache.folder}")
     for shard in todo:

@@ -9,6 +9,7 @@ from what a live one is writing, and removed (remove_stale_temp).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from salis.errors import SalisError
 
 
 _UMASK = os.umask(0)
@@ -59,6 +62,40 @@ def remove_stale_temp(roots: list[Path]) -> list[Path]:
     return removed
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also from pyarrow and torch, which re-raise them without an errno."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _raise_if_disk_full(err: BaseException, target: Path, tmp: Path) -> None:
+    """One line naming the artifact and the space it needed, instead of the writer's traceback."""
+    if not is_disk_full(err):
+        return
+    written = _size(tmp)
+    free = shutil.disk_usage(target.parent).free
+    raise SalisError(f"{target}: no space left on device while writing it (it needs more than {written / 2**20:.1f} MiB; "
+                     f"{free / 2**20:.1f} MiB free there); free some space and re-run") from None
+
+
+def ensure_space(target: str | Path, needed: int) -> None:
+    """Refuse, before writing, an artifact of `needed` bytes that the target's disk cannot hold."""
+    target = Path(target)
+    folder = next((p for p in [target.parent, *target.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise SalisError(f"{target}: no space left on device for it (it needs {needed / 2**20:.1f} MiB; "
+                         f"{free / 2**20:.1f} MiB free there); free some space and re-run")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto target on success only."""
@@ -68,7 +105,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as err:
+            _raise_if_disk_full(err, target, tmp_path)
+            raise
         os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp_path, target)
     finally:
@@ -83,7 +124,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            _raise_if_disk_full(err, target, tmp)
+            raise
         os.chmod(tmp, _DIR_MODE)
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,40 @@ class Table:
     schema: pa.Schema
     producer: str  # the stage that writes it (named in errors)
     format: Literal["parquet", "csv"] = "parquet"
+    # cycle k's file (data/cycles/<k>/, metrics/<x>/<k>.csv) comes from stage@c<k + cycle_offset>;
+    # the cycle that offset makes 0 is written by init
+    cycle_offset: int = 0
+
+    def rebuild_command(self, path: str | Path) -> str:
+        """The `dvc repro` that writes the file at `path` again."""
+        path = Path(path)
+        stage = self.producer.split()[0]
+        cycle = next((int(n) for n in (path.parent.name, path.stem) if n.isdigit()), None)
+        if cycle is not None:
+            k = cycle + self.cycle_offset
+            stage = "init" if k == 0 else f"{stage}@c{k}"
+        return f"dvc repro --force --single-item {stage}"
+
+    def unreadable(self, path: str | Path, err: BaseException) -> InputError:
+        """The one-line error for a file of this table that cannot be read."""
+        detail = "".join(c if c.isprintable() else " " for c in " ".join(str(err).split()))[:200]  # one line
+        return InputError(path, f"not a readable {self.name} table ({type(err).__name__}: {detail}); "
+                                f"the {self.producer.split()[0]} stage writes it: `{self.rebuild_command(path)}`")
+
+    def batches(self, path: str | Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The parquet file's rows one row group at a time; a corrupt page is one clear line."""
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(columns=columns):
+                yield batch
+        except (pa.ArrowException, OSError) as err:
+            raise self.unreadable(path, err) from None
+
+    def read_rows(self, path: str | Path, filters: list | None = None) -> pd.DataFrame:
+        """pandas rows of the parquet file (optionally filtered); a corrupt file is one clear line."""
+        try:
+            return pd.read_parquet(path, filters=filters)
+        except (pa.ArrowException, OSError) as err:
+            raise self.unreadable(path, err) from None
 
     def empty(self) -> pd.DataFrame:
         return self.schema.empty_table().to_pandas()
@@ -121,7 +156,7 @@ LABELED = Table(
 )
 
 # Detections kept as pseudo-labels for the next cycle's training: instance rows.
-PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label (init for cycle 1)")
+PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label (init for cycle 1)", cycle_offset=-1)
 
 # Weak labels turned into training targets for cycle k (weak_label@k): point-guided pseudo-labels
 # of point-labeled images and image-label-filtered detections of image-labeled images.
@@ -215,8 +250,8 @@ def read_table(path: str | Path, table: Table, columns: list[str] | None = None)
             data = pa_csv.read_csv(io.BytesIO(path.read_bytes()), convert_options=options)
         else:
             data = pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(path, f"not a readable {table.name} table ({err}); re-run the {table.producer} stage") from None
+    except (pa.ArrowException, OSError) as err:
+        raise table.unreadable(path, err) from None
     expected = table.schema if columns is None else pa.schema([table.schema.field(c) for c in columns])
     if not data.schema.equals(expected, check_metadata=False):
         raise InputError(
@@ -234,8 +269,8 @@ def check_parquet_schema(path: str | Path, table: Table) -> None:
         raise InputError(path, f"missing; the {table.producer} stage writes it (run `dvc repro`)")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(path, f"not a readable {table.name} table ({err}); re-run the {table.producer} stage") from None
+    except (pa.ArrowException, OSError) as err:
+        raise table.unreadable(path, err) from None
     if not schema.equals(table.schema, check_metadata=False):
         raise InputError(path, f"does not match the {table.name} table schema; re-run the {table.producer} stage")
 

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from salis.artifacts.tables import LABELED, PSEUDO, SELECTED
+from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED
 from salis.errors import SalisError
 from salis.seeds import derive_rng
 
@@ -101,7 +100,7 @@ def pseudo_labels(
     """
     parts = []
     excluded = pa.array(sorted(labeled_ids), type=pa.int64())
-    for batch in pq.ParquetFile(instances_path).iter_batches():
+    for batch in INSTANCES.batches(instances_path):
         table = pa.Table.from_batches([batch])
         keep = pc.and_(pc.greater(table["score"], score_thresh), pc.invert(pc.is_in(table["image_id"], excluded)))
         for column, thresh in (("box_iou", box_iou_thresh), ("mask_iou", mask_iou_thresh)):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from salis.artifacts.atomic import atomic_path
+from salis.artifacts.atomic import atomic_path, ensure_space
 from salis.errors import InputError
 from salis.model.build import build_model
 from salis.params import ModelParams, parse_model_params
@@ -35,6 +35,7 @@ def save_checkpoint(
     # bytes and DVC sees an unchanged model as unchanged
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    ensure_space(path, len(buffer.getbuffer()))
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
@@ -47,7 +48,11 @@ def _read(path: str | Path) -> Any:
         # Never unpickle arbitrary objects from a file we did not write ourselves.
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types here: unpickling, zip, EOF
-        raise InputError(path, f"not a loadable weights file ({type(err).__name__}: {err})") from None
+        # torch's text advises weights_only=False, which must never be followed for an untrusted
+        # file: only the error's kind and, where it has no such advice, its first line are shown
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        detail = type(err).__name__ + (f": {first}" if first and "weights_only" not in str(err) else "")
+        raise InputError(path, f"not a loadable salis/torch weights file ({detail})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -38,7 +38,7 @@ def stage_pictures(params: Params, layout: Layout, cycle: int) -> list:
 def _detections(layout: Layout, cycle: int, ids: list[int]) -> dict[int, pd.DataFrame]:
     if not ids:
         return {}
-    rows = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)])
+    rows = INSTANCES.read_rows(layout.instances(cycle), filters=[("image_id", "in", ids)])
     rows = rows[(rows["score"] >= DISPLAY_SCORE) & rows["rle"].notna()]  # no mask below score.mask_min_score
     return {i: rows[rows["image_id"] == i] for i in ids}
 

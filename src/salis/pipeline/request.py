@@ -33,7 +33,7 @@ def stage_request(params: Params, layout: Layout, cycle: int) -> dict:
     selected = read_table(layout.selected(cycle), SELECTED)
     ids = selected["image_id"].tolist()
     check_parquet_schema(layout.instances(cycle), INSTANCES)
-    predictions = pd.read_parquet(layout.instances(cycle), filters=[("image_id", "in", ids)]) if ids else INSTANCES.empty()
+    predictions = INSTANCES.read_rows(layout.instances(cycle), filters=[("image_id", "in", ids)]) if ids else INSTANCES.empty()
     summary = write_request_batch(
         layout.requests(cycle), prepared, ids, predictions, cycle=cycle, model_note=model_summary(layout, cycle),
         min_score=params.annotation.pre_annotation_score, label_types=selected["label_type"].tolist(),

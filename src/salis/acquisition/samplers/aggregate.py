@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from salis.acquisition.measures import confidence_spread
+from salis.artifacts.tables import INSTANCES
 from salis.errors import SalisError
 from salis.acquisition.samplers.base import ScoreSampler, SelectionContext
 from salis.params import SelectParams
@@ -84,13 +86,16 @@ def aggregate_instances(
 ) -> np.ndarray:
     """Aggregate a column of instances.parquet (or `combine` of several) per image, streamed;
     only detections whose class score is at least `min_score` count (select.min_score)."""
-    names = set(pq.ParquetFile(path).schema_arrow.names)
+    try:
+        names = set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as err:
+        raise INSTANCES.unreadable(path, err) from None
     absent = [c for c in columns if c not in names]
     if absent:
         raise SalisError(f"{path} lacks the columns {absent}{missing_hint}")
     aggregator = InstanceAggregator()
     read = ["image_id", *dict.fromkeys([*columns, "score"])]
-    for batch in pq.ParquetFile(path).iter_batches(columns=read):
+    for batch in INSTANCES.batches(path, read):
         keep = batch.column("score").to_numpy(zero_copy_only=False) >= min_score
         arrays = [batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)[keep] for c in columns]
         values = combine(arrays) if combine is not None else arrays[0]

@@ -20,11 +20,11 @@ exp(-std) * mean) and the mean (predicted or true) mask IoU of beta_iou and orac
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from salis.acquisition.measures import instance_scores
 from salis.acquisition.samplers.aggregate import AggregatingSampler, InstanceAggregator, aggregate_instances, resolve
 from salis.acquisition.samplers.base import SelectionContext, register
+from salis.artifacts.tables import INSTANCES
 from salis.errors import SalisError
 from salis.geometry import mask_ious, rle, rles_from_counts
 from salis.params import SelectParams
@@ -120,7 +120,7 @@ class OracleIoUSampler(_BetaSampler):
         wanted = set(ctx.images["image_id"].tolist())
         aggregator = InstanceAggregator()
         columns = ["image_id", "score", "rle", "height", "width"]
-        for batch in pq.ParquetFile(ctx.instances_path).iter_batches(columns=columns):
+        for batch in INSTANCES.batches(ctx.instances_path, columns):
             rows = batch.to_pandas()
             rows = rows[rows["image_id"].isin(wanted) & (rows["score"] >= self.min_score)]
             if rows["rle"].isna().any():
