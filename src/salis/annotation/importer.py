@@ -51,6 +51,7 @@ from salis.data.coco_import import (
     rle_areas,
 )
 from salis.annotation.label_studio_json import coco_from_label_studio
+from salis.annotation.label_studio_schema import MAX_COUNT
 from salis.errors import InputError
 
 POLYGON_SLACK_PX = 1.0  # vertices this far outside the image are clipped, farther ones refused
@@ -322,7 +323,14 @@ def _read_annotations(
         )
     _check_compressed([(where, rle) for where, _, _, rle in pending], path)
     areas = rle_areas([rle for *_, rle in pending])
+    seen: set[tuple[int, int, str]] = set()
+    duplicates: list[str] = []
     for (where, pool_id, cat_id, rle), area in zip(pending, areas):
+        key = (pool_id, cat_id, _counts_str(rle["counts"]))
+        if key in seen:  # the same mask twice (a double submit): one instance, not two
+            duplicates.append(where)
+            continue
+        seen.add(key)
         if area <= 0:
             raise InputError(
                 path,
@@ -330,7 +338,14 @@ def _read_annotations(
                 "every instance needs a mask (delete it, or draw its outline)",
             )
         per_image[pool_id].append({"category_id": cat_id, "rle": rle, "area": float(area)})
+    _warn_duplicates(duplicates, path)
     return per_image, clipped
+
+
+def _warn_duplicates(duplicates: list[str], path: Path) -> None:
+    if duplicates:
+        warnings.warn(f"{path}: {len(duplicates)} annotation(s) repeat an earlier one exactly (same image, category "
+                      f"and geometry), kept once: {', '.join(duplicates[:3])}", UserWarning, stacklevel=3)
 
 
 def _resolve(
@@ -442,6 +457,7 @@ def _read_weak_export(
     per_image: dict[int, list[dict]] = {i: [] for i in requested}
     counts: dict[int, dict[int, int]] = {}
     unknown: set[str] = set()
+    duplicates: list[str] = []
     for where, entry in _entries(raw["annotations"], "annotations", ("image_id", "category_id"), path):
         found = _annotation_type(entry)
         if label_type == "image" or found != label_type:
@@ -454,7 +470,11 @@ def _read_weak_export(
         pool_id, category_id = resolved
         image = requested[pool_id]
         geometry = _box(entry, image, where, path) if label_type == "box" else _point(entry, image, where, path)
-        per_image[pool_id].append({"category_id": category_id, **geometry})
+        instance = {"category_id": category_id, **geometry}
+        if instance in per_image[pool_id]:
+            duplicates.append(where)
+            continue
+        per_image[pool_id].append(instance)
     if label_type == "image":
         for where, entry in _entries(raw["images"], "images", ("id",), path):
             if "counts" in entry:
@@ -463,6 +483,7 @@ def _read_weak_export(
     if unknown:
         raise InputError(path, f"unknown category name(s) {', '.join(map(repr, sorted(unknown)))}; "
                                f"the project's categories are {', '.join(map(repr, project_ids))}")
+    _warn_duplicates(duplicates, path)
     listed = set(matched.values())
     if label_type == "image":
         labeled = {i for i in listed if i in counts}
@@ -537,6 +558,9 @@ def _counts(raw: Any, where: str, path: Path, project_ids: dict[str, int], unkno
             continue
         ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
         if not ok or value < 0:
-            raise InputError(path, f"{where} counts {name!r}: {value!r} is not a non-negative whole number")
+            raise InputError(path, f"{where} counts {name!r}: {str(value)[:40]} is not a non-negative whole number")
+        if value > MAX_COUNT:
+            raise InputError(path, f"{where} counts {name!r}: {str(value)[:40]} is above the sane maximum of "
+                                   f"{MAX_COUNT} instances of one category on one image")
         out[project_ids[name]] = int(value)
     return out

@@ -18,10 +18,26 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from salis.annotation.label_studio_schema import (
+    BrushValue,
+    ChoicesValue,
+    NumberValue,
+    PolygonValue,
+    RectangleValue,
+    parse_result,
+)
 from salis.errors import InputError
 
 MASK_TYPES = {"polygonlabels", "brushlabels"}
 COUNT_PREFIX = "count_"
+
+
+class BrushSizeError(ValueError):
+    """A brush RLE declaring another length than its image's."""
+
+    def __init__(self, declared: int) -> None:
+        super().__init__(f"declares {declared} values")
+        self.declared = declared
 
 
 class _Bits:
@@ -39,10 +55,13 @@ class _Bits:
         return int("".join(map(str, chunk)), 2) if n else 0
 
 
-def decode_brush(rle: list[int]) -> np.ndarray:
-    """Label Studio's brush RLE (a list of byte values) -> the flat RGBA values it encodes."""
+def decode_brush(rle: list[int], expected: int | None = None) -> np.ndarray:
+    """Label Studio's brush RLE (a list of byte values) -> the flat RGBA values it encodes; a
+    declared length other than `expected` is refused before anything is allocated."""
     bits = _Bits(bytes(int(v) & 0xFF for v in rle))
     num = bits.read(32)
+    if expected is not None and num != expected:
+        raise BrushSizeError(num)
     word = bits.read(5) + 1
     sizes = [bits.read(4) + 1 for _ in range(4)]
     out = np.zeros(num, dtype=np.uint8)
@@ -64,14 +83,14 @@ def decode_brush(rle: list[int]) -> np.ndarray:
 def brush_mask(rle: Any, height: int, width: int, where: str, path: Path) -> np.ndarray:
     """A brush region's mask (its alpha channel), refused by name when it is not H x W."""
     try:
-        values = decode_brush(rle)
+        values = decode_brush(rle, height * width * 4)
+    except BrushSizeError as err:
+        raise InputError(
+            path, f"{where} brush mask holds {err.declared // 4} pixels but its image is {width}x{height} "
+            f"({height * width} pixels)"
+        ) from None
     except (ValueError, TypeError) as err:
         raise InputError(path, f"{where} has a corrupt brush mask: {err}") from None
-    if len(values) != height * width * 4:
-        raise InputError(
-            path, f"{where} brush mask holds {len(values) // 4} pixels but its image is {width}x{height} "
-            f"({height * width} pixels)"
-        )
     return values.reshape(height, width, 4)[:, :, 3] > 0
 
 
@@ -102,8 +121,10 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
         results = final.get("result", []) if final else []
         if not isinstance(results, list):
             raise InputError(path, f"{where}: its annotation's result must be a list")
-        widths = {r.get("original_width") for r in results if isinstance(r, dict) and r.get("original_width")}
-        heights = {r.get("original_height") for r in results if isinstance(r, dict) and r.get("original_height")}
+        parsed = [parse_result(r, f"{where} result {n} ({r.get('type') if isinstance(r, dict) else '?'})", path)
+                  for n, r in enumerate(results)]
+        widths = {r.original_width for r, _ in parsed if r.original_width}
+        heights = {r.original_height for r, _ in parsed if r.original_height}
         width = size["width"] if size else (widths.pop() if len(widths) == 1 else None)
         height = size["height"] if size else (heights.pop() if len(heights) == 1 else None)
         if width is None or height is None:
@@ -113,47 +134,43 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
             continue
         counts: dict[str, Any] = {}
         present: set[str] = set()
-        for r, result in enumerate(results):
-            if not isinstance(result, dict) or not isinstance(result.get("value"), dict):
-                raise InputError(path, f"{where} result {r} must be an object with a value")
-            kind, value = result.get("type"), result["value"]
+        for r, (result, value) in enumerate(parsed):
+            kind = result.type
             item = f"{where} result {r} ({kind})"
-            if kind == "choices":
-                present.update(str(c) for c in value.get("choices", []))
+            if isinstance(value, ChoicesValue):
+                present.update(value.choices)
                 continue
-            if kind == "number":
-                name = str(result.get("from_name", ""))
+            if isinstance(value, NumberValue):
+                name = result.from_name
                 category = name[len(COUNT_PREFIX):] if name.startswith(COUNT_PREFIX) else ""
                 names = {str(i): n for n, i in by_name.items()}
                 if category not in names:
                     raise InputError(path, f"{item}: {name!r} is no category count (count_<category id>)")
-                counts[names[category]] = value.get("number")
+                counts[names[category]] = value.number
                 continue
-            labels = value.get(str(kind)) if kind else None
-            if not isinstance(labels, list) or len(labels) != 1:
-                raise InputError(path, f"{item} must carry exactly one label, got {labels!r}")
-            ann: dict[str, Any] = {"id": len(annotations) + 1, "image_id": image["id"], "category_name": str(labels[0])}
-            if kind == "polygonlabels":
-                ann["segmentation"] = [[float(v) * (width if k % 2 == 0 else height) / 100.0
-                                        for xy in value.get("points", []) for k, v in enumerate(xy)]]
-            elif kind == "brushlabels":
-                mask = brush_mask(value.get("rle"), height, width, item, path)
+            if value is None:
+                raise InputError(path, f"{item}: salis reads polygons, brushes, rectangles, keypoints, choices and numbers")
+            label = getattr(value, str(kind))[0]
+            ann: dict[str, Any] = {"id": len(annotations) + 1, "image_id": image["id"], "category_name": label}
+            if isinstance(value, PolygonValue):
+                ann["segmentation"] = [[v * (width if k % 2 == 0 else height) / 100.0
+                                        for xy in value.points for k, v in enumerate(xy)]]
+            elif isinstance(value, BrushValue):
+                mask = brush_mask(value.rle, height, width, item, path)
                 encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 ann["segmentation"] = {"size": [height, width], "counts": encoded["counts"].decode("ascii")}
-            elif kind == "rectanglelabels":
-                if float(value.get("rotation", 0) or 0) != 0:
+            elif isinstance(value, RectangleValue):
+                if value.rotation != 0:
                     raise InputError(path, f"{item} is rotated; boxes must be axis-aligned")
-                ann["bbox"] = [float(value["x"]) * width / 100, float(value["y"]) * height / 100,
-                               float(value["width"]) * width / 100, float(value["height"]) * height / 100]
-            elif kind == "keypointlabels":
-                ann["point"] = [float(value["x"]) * width / 100, float(value["y"]) * height / 100]
+                ann["bbox"] = [value.x * width / 100, value.y * height / 100,
+                               value.width * width / 100, value.height * height / 100]
             else:
-                raise InputError(path, f"{item}: salis reads polygons, brushes, rectangles, keypoints, choices and numbers")
+                ann["point"] = [value.x * width / 100, value.y * height / 100]
             annotations.append(ann)
         uncounted = sorted(present - set(counts))
         if uncounted:
             raise InputError(path, f"{where} marks {', '.join(map(repr, uncounted))} present but gives no count")
-        if counts or present or any(r.get("type") in ("choices", "number") for r in results) or \
+        if counts or present or any(r.type in ("choices", "number") for r, _ in parsed) or \
                 (not results and request.get("info", {}).get("salis", {}).get("label_type") == "image"):
             image["counts"] = counts  # an image-level label submitted with nothing present: all counts 0
         images.append(image)

@@ -100,12 +100,21 @@ def _subset(coco: dict, image_ids: set[int]) -> dict:
 # --- reading and structure -------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+MAX_JSON_BYTES = 4 * 2**30  # a label export or instances file larger than this is refused unread
+
+
+def _read_json(path: Path, max_bytes: int | None = None) -> Any:
     if not path.is_file():
         raise InputError(path, "no such file (expected a COCO instances JSON file)")
+    limit = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    if path.stat().st_size > limit:
+        raise InputError(path, f"is {path.stat().st_size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB a JSON file "
+                               "may have here")
     try:
         with path.open("rb") as fh:
             return json.load(fh)
+    except RecursionError:
+        raise InputError(path, "not valid JSON here: nested deeper than any COCO or Label Studio file") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     except UnicodeDecodeError as err:
