@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from salis.annotation.cost import CostModel, instances_per_image, label_savings
+from salis.annotation.cost import CostModel, instances_per_image
 from salis.errors import ParamsError
 
 
@@ -93,70 +93,3 @@ def test_bad_cost_params_are_refused(kwargs):
 def test_instances_per_image_counts_zeros_and_ignores_other_images():
     anns = [{"image_id": 1}, {"image_id": 1}, {"image_id": 3}, {"image_id": 7}]
     assert instances_per_image(anns, [1, 2, 3]) == {1: 2, 2: 0, 3: 1}
-
-
-# --- label savings -------------------------------------------------------------------------
-
-
-def _curve(*rows):
-    return [{"labeled_images": n, "annotation_hours": h, "mask_AP50": ap} for n, h, ap in rows]
-
-
-CURVES = {
-    "random": _curve((10, 1.0, 0.2), (20, 2.0, 0.3), (30, 3.0, 0.4)),
-    "entropy": _curve((10, 1.1, 0.25), (20, 2.2, 0.35), (30, 3.3, 0.45)),
-    "lucky": _curve((10, 0.5, 0.5), (20, 1.0, 0.6)),
-    "never": _curve((10, 1.0, 0.1), (20, 2.0, float("nan")), (30, 3.0, 0.39)),
-}
-
-
-def test_label_savings_interpolates_between_cycles():
-    out = label_savings(CURVES)["entropy"]
-    # 0.4 lies halfway between 0.35 (20 images, 2.2 h) and 0.45 (30 images, 3.3 h).
-    assert out["target"] == pytest.approx(0.4)
-    assert out["reached"] is True
-    assert out["labeled_images"] == pytest.approx(25.0)
-    assert out["annotation_hours"] == pytest.approx(2.75)
-    assert out["labels_saved"] == pytest.approx(5.0)
-    assert out["labels_saved_fraction"] == pytest.approx(5 / 30)
-    assert out["hours_saved"] == pytest.approx(0.25)
-    assert out["hours_saved_fraction"] == pytest.approx(0.25 / 3.0)
-    assert out["reference_labeled_images"] == 30.0
-
-
-def test_label_savings_first_cycle_reaching_the_target_counts_as_is():
-    out = label_savings(CURVES)["lucky"]
-    assert (out["labeled_images"], out["annotation_hours"]) == (10.0, 0.5)
-    assert out["labels_saved"] == 20.0
-
-
-def test_label_savings_reference_against_itself_saves_nothing():
-    out = label_savings(CURVES)["random"]
-    assert (out["labeled_images"], out["labels_saved"], out["hours_saved"]) == (30.0, 0.0, 0.0)
-
-
-def test_label_savings_never_reached_is_none():
-    out = label_savings(CURVES)["never"]  # the NaN row is skipped, 0.39 < 0.4
-    assert out["reached"] is False
-    assert out["labeled_images"] is None and out["annotation_hours"] is None
-    assert out["labels_saved"] is None and out["hours_saved_fraction"] is None
-
-
-def test_label_savings_without_hours_reports_labels_only():
-    curves = {"random": [{"labeled_images": 10, "mask_AP50": 0.3}], "b": [{"labeled_images": 5, "mask_AP50": 0.3}]}
-    out = label_savings(curves)["b"]
-    assert out["labeled_images"] == 5.0 and out["annotation_hours"] is None and out["hours_saved"] is None
-
-
-def test_label_savings_needs_a_reference_run():
-    assert label_savings({"entropy": CURVES["entropy"]}) == {}
-    assert label_savings({"random": [{"labeled_images": 10, "mask_AP50": math.nan}]}) == {}
-
-
-def test_label_savings_other_metric_and_reference():
-    curves = {
-        "base": [{"labeled_images": 10, "box_AP": 0.2}, {"labeled_images": 20, "box_AP": 0.4}],
-        "new": [{"labeled_images": 10, "box_AP": 0.3}, {"labeled_images": 20, "box_AP": 0.5}],
-    }
-    out = label_savings(curves, reference="base", metric="box_AP")["new"]
-    assert out["labeled_images"] == pytest.approx(15.0)

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from salis.analysis.compare import (
     compare,
-    crossing,
     markdown,
     normalized_aulc,
     reference_arm,
@@ -22,6 +21,7 @@ from salis.analysis.compare import (
     verdict,
     write_report,
 )
+from salis.analysis.curves import crossing
 from salis.analysis.experiments import Run, flatten
 from salis.cli import app
 from salis.errors import SalisError
@@ -48,6 +48,7 @@ def test_area_and_crossing_by_hand():
     curve = run("tsp", 0, [0.2, 0.4, 0.8]).curve  # labeled 20, 40, 60
     # trapezoids (0.2+0.4)/2*20 + (0.4+0.8)/2*20 = 18 over a range of 40
     assert normalized_aulc(curve, "mask_AP50") == pytest.approx(18 / 40)
+    curve = curve.to_dict("records")
     # 0.6 lies halfway between 0.4 (40 images, 4 h) and 0.8 (60 images, 6 h)
     assert crossing(curve, "mask_AP50", 0.6) == pytest.approx((50.0, 5.0))
     assert crossing(curve, "mask_AP50", 0.1) == (20.0, 2.0)

@@ -1,9 +1,11 @@
+import math
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
-from salis.analysis.savings import WORKSPACE, savings_table
+from salis.analysis.savings import WORKSPACE, label_savings, savings_table
 
 
 def git(*args, cwd):
@@ -56,3 +58,93 @@ def test_the_committed_baseline_is_a_run_too(tmp_path):
     reference, table = savings_table(tmp_path)
     assert reference == "HEAD"
     assert table[WORKSPACE]["labeled_images"] == pytest.approx(20 + 20 * (0.05 / 0.15))
+
+# --- label savings (moved from test_annotation_cost with the function) -------------------------------------------------------------------------
+
+
+def _curve(*rows):
+    return [{"labeled_images": n, "annotation_hours": h, "mask_AP50": ap} for n, h, ap in rows]
+
+
+CURVES = {
+    "random": _curve((10, 1.0, 0.2), (20, 2.0, 0.3), (30, 3.0, 0.4)),
+    "entropy": _curve((10, 1.1, 0.25), (20, 2.2, 0.35), (30, 3.3, 0.45)),
+    "lucky": _curve((10, 0.5, 0.5), (20, 1.0, 0.6)),
+    "never": _curve((10, 1.0, 0.1), (20, 2.0, float("nan")), (30, 3.0, 0.39)),
+}
+
+
+def test_label_savings_interpolates_between_cycles():
+    out = label_savings(CURVES)["entropy"]
+    # 0.4 lies halfway between 0.35 (20 images, 2.2 h) and 0.45 (30 images, 3.3 h).
+    assert out["target"] == pytest.approx(0.4)
+    assert out["reached"] is True
+    assert out["labeled_images"] == pytest.approx(25.0)
+    assert out["annotation_hours"] == pytest.approx(2.75)
+    assert out["labels_saved"] == pytest.approx(5.0)
+    assert out["labels_saved_fraction"] == pytest.approx(5 / 30)
+    assert out["hours_saved"] == pytest.approx(0.25)
+    assert out["hours_saved_fraction"] == pytest.approx(0.25 / 3.0)
+    assert out["reference_labeled_images"] == 30.0
+
+
+def test_label_savings_first_cycle_reaching_the_target_counts_as_is():
+    out = label_savings(CURVES)["lucky"]
+    assert (out["labeled_images"], out["annotation_hours"]) == (10.0, 0.5)
+    assert out["labels_saved"] == 20.0
+
+
+def test_label_savings_reference_against_itself_saves_nothing():
+    out = label_savings(CURVES)["random"]
+    assert (out["labeled_images"], out["labels_saved"], out["hours_saved"]) == (30.0, 0.0, 0.0)
+
+
+def test_label_savings_never_reached_is_none():
+    out = label_savings(CURVES)["never"]  # the NaN row is skipped, 0.39 < 0.4
+    assert out["reached"] is False
+    assert out["labeled_images"] is None and out["annotation_hours"] is None
+    assert out["labels_saved"] is None and out["hours_saved_fraction"] is None
+
+
+def test_label_savings_without_hours_reports_labels_only():
+    curves = {"random": [{"labeled_images": 10, "mask_AP50": 0.3}], "b": [{"labeled_images": 5, "mask_AP50": 0.3}]}
+    out = label_savings(curves)["b"]
+    assert out["labeled_images"] == 5.0 and out["annotation_hours"] is None and out["hours_saved"] is None
+
+
+def test_label_savings_needs_a_reference_run():
+    assert label_savings({"entropy": CURVES["entropy"]}) == {}
+    assert label_savings({"random": [{"labeled_images": 10, "mask_AP50": math.nan}]}) == {}
+
+
+def test_label_savings_other_metric_and_reference():
+    curves = {
+        "base": [{"labeled_images": 10, "box_AP": 0.2}, {"labeled_images": 20, "box_AP": 0.4}],
+        "new": [{"labeled_images": 10, "box_AP": 0.3}, {"labeled_images": 20, "box_AP": 0.5}],
+    }
+    out = label_savings(curves, reference="base", metric="box_AP")["new"]
+    assert out["labeled_images"] == pytest.approx(15.0)
+
+
+def test_savings_and_compare_give_the_same_numbers_on_the_same_runs():
+    """One crossing for both commands: a curve with a NaN cycle and one reaching the target in
+    its first cycle get the same labels and hours from `salis savings` and `salis compare`."""
+    from salis.analysis.compare import compare
+    from salis.analysis.experiments import Run
+
+    def run(sampler, rows):
+        curve = pd.DataFrame(rows, columns=["cycle", "labeled_images", "annotation_hours", "mask_AP50"])
+        return Run(f"cmp-{sampler}-s0", {"sampler": sampler, "seed": 0, "data.source": "synthetic"}, curve)
+
+    runs = [run("random", [(1, 10, 1.0, 0.2), (2, 20, 2.0, 0.3), (3, 30, 3.0, 0.4)]),
+            run("entropy", [(1, 10, 1.1, 0.25), (2, 20, 2.2, float("nan")), (3, 30, 3.3, 0.45)]),
+            run("tsp", [(1, 10, 0.5, 0.5), (2, 20, 1.0, 0.6), (3, 30, 1.5, 0.7)])]
+    savings = label_savings({r.sampler: r.curve.to_dict("records") for r in runs})
+    per_sampler = compare(runs).per_sampler.set_index("sampler")
+    for sampler in ("entropy", "tsp"):
+        row = per_sampler.loc[sampler]
+        assert row["labels_to_target_mean"] == pytest.approx(savings[sampler]["labeled_images"])
+        assert row["hours_to_target_mean"] == pytest.approx(savings[sampler]["annotation_hours"])
+    # entropy: the NaN cycle is skipped, 0.4 lies 0.15/0.2 of the way from 10 to 30 images
+    assert savings["entropy"]["labeled_images"] == pytest.approx(10 + 20 * 0.75)
+    assert savings["tsp"]["labeled_images"] == 10.0 and not math.isnan(per_sampler.loc["tsp", "labels_to_target_mean"])

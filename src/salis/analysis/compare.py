@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from salis.analysis.curves import crossing
 from salis.analysis.experiments import BASELINE, WORKSPACE, Run, flatten
 from salis.artifacts.atomic import atomic_path, write_text
 from salis.errors import SalisError
@@ -83,21 +84,6 @@ def normalized_aulc(curve: pd.DataFrame, metric: str) -> float:
     if len(x) == 1 or x[-1] == x[0]:
         return float(y[-1])
     return float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum() / (x[-1] - x[0]))  # trapezoids
-
-
-def crossing(curve: pd.DataFrame, metric: str, target: float) -> tuple[float, float]:
-    """(labeled images, hours) where the curve first reaches `target`, linearly interpolated
-    between cycles; NaN when it never does."""
-    rows = curve.to_dict("records")
-    for i, row in enumerate(rows):
-        if row[metric] >= target:
-            if i == 0:
-                return row["labeled_images"], row.get("annotation_hours", math.nan)
-            prev = rows[i - 1]
-            t = (target - prev[metric]) / (row[metric] - prev[metric])
-            lerp = lambda key: prev[key] + t * (row[key] - prev[key])  # noqa: E731
-            return lerp("labeled_images"), lerp("annotation_hours") if "annotation_hours" in row else math.nan
-    return math.nan, math.nan
 
 
 @dataclasses.dataclass
@@ -291,7 +277,7 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
             a, b = (c[c["cycle"].isin(common)] for c in (run.curve, ref.curve))
             aulc_diffs.append(normalized_aulc(a, metric) - normalized_aulc(b, metric))
             target = float(ref.curve[metric].iloc[-1])
-            x, h = crossing(run.curve, metric, target)
+            x, h = crossing(run.curve.to_dict("records"), metric, target)
             if not math.isnan(x):
                 reached += 1
                 labels.append(x)
