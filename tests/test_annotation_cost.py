@@ -9,17 +9,19 @@ import pytest
 
 from salis.annotation.cost import CostModel, instances_per_image
 from salis.errors import ParamsError
+from salis.params import CostParams, parse_params
 
 
 def test_defaults_are_the_literature_values():
-    model = CostModel()
+    model = CostModel().params  # the cost params' defaults: one place
+    assert model == CostParams()
     assert model.mask_seconds_per_instance == 79.0
     assert model.seconds_per_category_checked == 1.0
     assert model.box_seconds == 7.0
     assert model.point_seconds == 2.4
     assert model.image_label_seconds_per_category == 1.0
     assert model.count_seconds_per_instance == 0.8
-    assert model.hourly_rate == 0.0
+    assert model.hourly_rate == 50.0
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_an_unknown_label_type_is_refused():
 
 
 def test_image_seconds_uses_the_configured_rates():
-    model = CostModel(mask_seconds_per_instance=60.0, seconds_per_category_checked=2.0)
+    model = CostModel(CostParams(mask_seconds_per_instance=60.0, seconds_per_category_checked=2.0))
     assert model.image_seconds(2, 3) == 126.0
 
 
@@ -63,7 +65,7 @@ def test_cost_table_prices_each_image_by_its_label_type():
 
 def test_cumulative_hours_and_money_per_cycle():
     costs = pd.DataFrame({"cycle": [1, 1, 2, 4], "seconds": [3600.0, 1800.0, 1800.0, 3600.0]})
-    out = CostModel(hourly_rate=30.0).cumulative_hours_and_money(costs, cycles=[1, 2, 3, 4])
+    out = CostModel(CostParams(hourly_rate=30.0)).cumulative_hours_and_money(costs, cycles=[1, 2, 3, 4])
     assert out["cycle"].tolist() == [1, 2, 3, 4]
     assert out["images"].tolist() == [2, 1, 0, 1]  # cycle 3 added nothing but keeps a row
     assert out["annotation_hours"].tolist() == pytest.approx([1.5, 0.5, 0.0, 1.0])
@@ -73,7 +75,7 @@ def test_cumulative_hours_and_money_per_cycle():
 
 
 def test_cost_table_feeds_the_cumulative_totals():
-    model = CostModel(hourly_rate=36.0)
+    model = CostModel(CostParams(hourly_rate=36.0))
     table = model.cost_table({1: 3, 2: 1}, num_categories=2)  # 239 s + 81 s = 320 s
     table["cycle"] = 1
     out = model.cumulative_hours_and_money(table)
@@ -86,8 +88,8 @@ def test_cost_table_feeds_the_cumulative_totals():
     [{"mask_seconds_per_instance": -1.0}, {"hourly_rate": float("nan")}, {"box_seconds": True}, {"point_seconds": "2"}],
 )
 def test_bad_cost_params_are_refused(kwargs):
-    with pytest.raises(ParamsError):
-        CostModel(**kwargs)
+    with pytest.raises(ParamsError, match=f"cost.{next(iter(kwargs))}"):
+        parse_params({"cost": kwargs})
 
 
 def test_instances_per_image_counts_zeros_and_ignores_other_images():

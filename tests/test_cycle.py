@@ -46,11 +46,18 @@ def labeled_after_init(pool, n, seed=0):
     return add_labeled(empty_labeled(), selected, ids, {i: 80.0 for i in ids}, 1, "simulated_oracle")
 
 
+def images_budget(images: int):
+    from salis.annotation.cost import CostModel
+    from salis.loop.budget import CycleBudget
+
+    return CycleBudget.of_images(images, num_categories=1, cost=CostModel())
+
+
 def test_select_picks_budget_unlabeled_images_by_the_sampler():
     pool = list(range(1, 21))
     labeled = labeled_after_init(pool, 5)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
-    batch = select_batch(get_sampler("entropy"), labeled, images, pool, 4, cycle=1, seed=0, num_classes=1)
+    batch = select_batch(get_sampler("entropy"), labeled, images, pool, images_budget(4), cycle=1, seed=0, num_classes=1)
     # entropy grows with position in `images`: the last four are the most uncertain
     assert batch["image_id"].tolist() == images["image_id"].tolist()[::-1][:4]
     assert (batch["cycle"] == 1).all() and (batch["sampler"] == "entropy").all()
@@ -75,7 +82,7 @@ def test_selection_is_byte_identical_for_same_params(tmp_path):
     labeled = labeled_after_init(pool, 5, seed=1)
     images = images_table([i for i in pool if i not in set(labeled["image_id"])])
     for name in ("a", "b"):
-        write_parquet(tmp_path / f"{name}.parquet", select_batch(get_sampler("random"), labeled, images, pool, 6, 1, 1, 1))
+        write_parquet(tmp_path / f"{name}.parquet", select_batch(get_sampler("random"), labeled, images, pool, images_budget(6), 1, 1, 1))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
@@ -83,10 +90,10 @@ def test_select_refuses_images_outside_pool_and_small_pools():
     pool = [1, 2, 3, 4]
     labeled = labeled_after_init(pool, 2)
     with pytest.raises(SalisError, match="outside the pool"):
-        select_batch(get_sampler("random"), labeled, images_table([3, 4, 99]), pool, 1, 1, 0, 1)
+        select_batch(get_sampler("random"), labeled, images_table([3, 4, 99]), pool, images_budget(1), 1, 0, 1)
     unl = [i for i in pool if i not in set(labeled["image_id"])]
     with pytest.raises(SalisError, match="only 2 unlabeled images are left for a budget of 3"):
-        select_batch(get_sampler("random"), labeled, images_table(unl), pool, 3, 1, 0, 1)
+        select_batch(get_sampler("random"), labeled, images_table(unl), pool, images_budget(3), 1, 0, 1)
 
 
 def instance_table(path, **columns):

@@ -18,15 +18,13 @@ own label type (a mixed batch holds several).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from salis.errors import ParamsError
 from salis.params import LABEL_TYPES, CostParams
 
 SECONDS_PER_HOUR = 3600.0
@@ -34,44 +32,32 @@ SECONDS_PER_HOUR = 3600.0
 
 @dataclass(frozen=True)
 class CostModel:
-    """Annotation time per image, and money at `hourly_rate` currency units per annotator hour.
+    """Annotation time per image, and money at `cost.hourly_rate` currency units per annotator hour,
+    from the cost params alone (params.yaml's `cost:`, validated where params are parsed).
 
     hourly_rate is in whatever currency the user budgets in (0 leaves money out: every money
     figure is then 0).
     """
 
-    mask_seconds_per_instance: float = 79.0
-    seconds_per_category_checked: float = 1.0
-    box_seconds: float = 7.0
-    point_seconds: float = 2.4
-    image_label_seconds_per_category: float = 1.0
-    count_seconds_per_instance: float = 0.8
-    hourly_rate: float = 0.0
+    params: CostParams = CostParams()
 
     @classmethod
     def from_params(cls, params: CostParams) -> "CostModel":
-        return cls(**asdict(params))
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0:
-                raise ParamsError(f"annotation cost: {f.name} must be a non-negative number, got {value!r}")
+        return cls(params)
 
     def seconds_per_instance(self, label_type: str = "mask") -> float:
         """The per-instance time of a label type (counting, for image-level labels)."""
         return {
-            "mask": self.mask_seconds_per_instance,
-            "box": self.box_seconds,
-            "point": self.point_seconds,
-            "image": self.count_seconds_per_instance,
+            "mask": self.params.mask_seconds_per_instance,
+            "box": self.params.box_seconds,
+            "point": self.params.point_seconds,
+            "image": self.params.count_seconds_per_instance,
         }[_checked(label_type)]
 
     def seconds_per_category(self, label_type: str = "mask") -> float:
         if _checked(label_type) == "image":
-            return self.image_label_seconds_per_category
-        return self.seconds_per_category_checked
+            return self.params.image_label_seconds_per_category
+        return self.params.seconds_per_category_checked
 
     def image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
         """Seconds to label one image holding num_instances objects, num_categories categories checked."""
@@ -102,7 +88,7 @@ class CostModel:
         )
 
     def money(self, seconds: float) -> float:
-        return seconds / SECONDS_PER_HOUR * self.hourly_rate
+        return seconds / SECONDS_PER_HOUR * self.params.hourly_rate
 
     def cumulative_hours_and_money(self, costs: pd.DataFrame, cycles: Sequence[int] | None = None) -> pd.DataFrame:
         """Per cycle: what that cycle's new labels cost, and the running totals.
@@ -127,9 +113,9 @@ class CostModel:
                 "images": grouped["count"].to_numpy(dtype=np.int64),
                 "seconds": seconds,
                 "annotation_hours": hours,
-                "money": hours * self.hourly_rate,
+                "money": hours * self.params.hourly_rate,
                 "cumulative_annotation_hours": np.cumsum(hours),
-                "cumulative_money": np.cumsum(hours) * self.hourly_rate,
+                "cumulative_money": np.cumsum(hours) * self.params.hourly_rate,
             }
         )
 

@@ -33,6 +33,11 @@ class CycleBudget:
     num_categories: int
     cost: CostModel
 
+    @classmethod
+    def of_images(cls, images: int, num_categories: int, cost: CostModel) -> "CycleBudget":
+        """`images` images a cycle (no hour budget)."""
+        return cls(images=images, hours=0.0, mean_instances=0.0, num_categories=num_categories, cost=cost)
+
     def seconds(self, label_type: str) -> float:
         """The estimated cost of one image with this label type."""
         return self.cost.image_seconds(self.mean_instances, self.num_categories, label_type)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from salis.acquisition.samplers.base import Sampler, SelectionContext
-from salis.annotation.cost import CostModel
 from salis.errors import SalisError
 from salis.loop.budget import CycleBudget, assign_label_types, ranking_depth
 from salis.loop.cycle import selected_frame
@@ -26,7 +25,7 @@ def select_batch(
     labeled: pd.DataFrame,
     images: pd.DataFrame,
     pool_ids: Sequence[int],
-    budget: int | CycleBudget,
+    budget: CycleBudget,
     cycle: int,
     seed: int,
     num_classes: int,
@@ -36,10 +35,8 @@ def select_batch(
     policy: AnnotationParams | None = None,
 ) -> pd.DataFrame:
     """The unlabeled pool images the sampler wants labeled after cycle `cycle`, each with the label
-    type the policy asks for: `budget` images (an int: full masks), or what a CycleBudget buys."""
+    type the policy asks for: what the CycleBudget buys (built by the caller, with its cost model)."""
     policy = policy or AnnotationParams()
-    if isinstance(budget, int):
-        budget = CycleBudget(images=budget, hours=0.0, mean_instances=0.0, num_categories=num_classes, cost=CostModel())
     pool = set(int(i) for i in pool_ids)
     already = frozenset(int(i) for i in labeled["image_id"])
     if not already <= pool:
