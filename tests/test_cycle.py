@@ -145,7 +145,10 @@ def test_pseudo_labels_without_iou_heads_fall_back_to_the_class_score(tmp_path):
 def test_derived_seeds_are_stable_and_independent_per_purpose():
     from salis.seeds import derive_seed
 
-    assert derive_seed(0, 1, "train") == derive_seed(0, 1, "train")  # same key, same stream
+    # pinned values: a change of the derivation (or a hash that varies per process, as Python's
+    # hash() of a str does) would silently change every run's random choices
+    assert derive_seed(0, 1, "train") == 7509344946079293938
+    assert derive_seed(7, 3, "select", index=2) == 4561237697807586459
     keys = [(0, 1, "train"), (0, 2, "train"), (1, 1, "train"), (0, 1, "select"), (0, 1, "train", 1)]
     seeds = [derive_seed(*k[:3], index=k[3] if len(k) > 3 else 0) for k in keys]
     assert len(set(seeds)) == len(seeds)

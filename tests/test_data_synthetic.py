@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from collections import Counter
 
 import numpy as np
@@ -27,13 +27,22 @@ def _decode(ann: dict) -> np.ndarray:
     return mask_utils.decode([{"size": seg["size"], "counts": seg["counts"].encode()}])[:, :, 0]
 
 
+def _digest(data) -> str:
+    images, annotations, pixels = data
+    return hashlib.sha256(json.dumps([images, annotations], sort_keys=True).encode()
+                          + b"".join(x.tobytes() for x in pixels)).hexdigest()
+
+
+# The bytes of generate(5, 64, 6, seed=11), pinned: the built-in dataset (and with it every demo
+# figure) must not change under a refactor or a numpy upgrade without this test saying so.
+PINNED_DIGEST = "2ea32a1a8da8b0f9b57a9766a0fdbc17363a469de8d8f740c7a4133c2a36e307"
+
+
 def test_same_seed_same_bytes_and_other_seed_differs():
     a = generate(5, 64, 6, seed=11)
-    b = generate(5, 64, 6, seed=11)
+    assert _digest(a) == PINNED_DIGEST
     c = generate(5, 64, 6, seed=12)
-    assert json.dumps(a[:2], sort_keys=True) == json.dumps(b[:2], sort_keys=True)
-    assert all(x.tobytes() == y.tobytes() for x, y in zip(a[2], b[2]))
-    assert any(x.tobytes() != y.tobytes() for x, y in zip(a[2], c[2]))
+    assert all(x.tobytes() != y.tobytes() for x, y in zip(a[2], c[2]))
     assert json.dumps(a[1], sort_keys=True) != json.dumps(c[1], sort_keys=True)
 
 
@@ -127,15 +136,9 @@ def test_difficulty_spread(dataset):
     assert min(contrast(i) for i in hard) > 15  # faint, but visible (out of 255)
 
 
-def test_fast_enough():
-    start = time.perf_counter()
-    generate(60, 128, 18, seed=1)
-    assert time.perf_counter() - start < 5.0  # ~0.25 s here; generous for busy machines
-
-
-def test_negative_seed_is_deterministic():
+def test_negative_seed_is_deterministic_and_its_own():
     a, b = generate(2, 48, 3, seed=-7), generate(2, 48, 3, seed=-7)
-    assert a[1] == b[1]
+    assert _digest(a) == _digest(b) and _digest(a) != _digest(generate(2, 48, 3, seed=7))
 
 
 @pytest.mark.parametrize("args", [(-1, 64, 5), (2, 8, 5), (2, 64, 0)])

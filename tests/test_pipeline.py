@@ -102,8 +102,10 @@ def test_repro_writes_every_cycle_and_keeps_the_test_split_out(project: Path):
 
 
 def test_nothing_reruns_without_changes(project: Path):
-    out = run(["dvc", "status"], project)
-    assert "up to date" in out
+    # every stage of both cycles is in dvc.lock and none has changed: `dvc status` lists nothing
+    assert json.loads(run(["dvc", "status", "--json"], project)) == {}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert {"train@c1", "train@c2", "infer_score@c2", "evaluate@c2", "report"} <= set(lock)
 
 
 def test_changing_the_sampler_keeps_cycle_one_training_and_scoring_cached(project: Path):
