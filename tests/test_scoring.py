@@ -65,7 +65,7 @@ def test_detections_scored_without_their_mask_get_null_mask_columns(tmp_path):
     full = prediction(4, 3)
     part = Prediction(4, full.boxes, full.scores, full.category_ids, full.masks[[1]], full.posteriors, full.box_ious,
                       full.mask_ious, mask_index=np.array([1]))
-    assert part.image_size == (16, 20) and not part.has_all_masks and full.has_all_masks
+    assert part.image_size == (16, 20) and part.mask_index.tolist() == [1] and full.mask_index.tolist() == [0, 1, 2]
     write_score_tables(iter([part]), tmp_path / "inst.parquet", tmp_path / "img.parquet")
     inst = pd.read_parquet(tmp_path / "inst.parquet")
     assert inst["height"].tolist() == [16] * 3 and inst["width"].tolist() == [20] * 3

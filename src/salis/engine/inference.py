@@ -47,10 +47,6 @@ class Prediction:
     def image_size(self) -> tuple[int, int]:
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
-    @property
-    def has_all_masks(self) -> bool:
-        return len(self.mask_index) == len(self.scores)
-
     def __len__(self) -> int:
         return len(self.scores)
 
@@ -187,9 +183,7 @@ def predict(
     """
     for_inference(model, device)
     heads = model.roi_heads
-    if mc_passes and not hasattr(heads, "mc_dropout"):
-        raise SalisError("MC dropout needs salis's RoI heads (salis.model.build.build_model)")
-    if not hasattr(heads, "masks_from"):
+    if not hasattr(heads, "masks_from"):  # the mask floor and MC dropout are salis's
         raise SalisError("prediction needs salis's RoI heads (salis.model.build.build_model)")
     for start, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc, workers):
         # floor 0 keeps every detection's mask (scores are > model.box_score_thresh >= 0)
