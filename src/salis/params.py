@@ -102,6 +102,20 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation (salis.engine.augment): a preset, each knob overriding it (None: the
+    preset's value). train.hflip stays the horizontal flip's probability."""
+
+    preset: Literal["none", "natural", "microscopy"] = "none"
+    vflip: float | None = None  # probability of a vertical flip
+    rot90: float | None = None  # probability of a quarter turn (90, 180 or 270 degrees)
+    brightness: float | None = None  # ColorJitter strengths
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None  # at most 0.5
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeParams:
     """Where and how the torch stages run; read by init_model, train, infer_score and evaluate."""
 
@@ -230,6 +244,7 @@ class Params:
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    augment: AugmentParams = AugmentParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
     annotation: AnnotationParams = AnnotationParams()
@@ -526,6 +541,7 @@ def _check_ranges(p: Params) -> None:
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")
     _check_mask_floor(p)
+    _check_augment(p.augment)
     if not p.select.tsp_components or len(set(p.select.tsp_components)) != len(p.select.tsp_components):
         raise ParamsError(f"select.tsp_components must list class, box and/or mask once each, got {p.select.tsp_components}")
     if len(p.model.anchor_sizes) != 5:
@@ -536,6 +552,19 @@ def _check_ranges(p: Params) -> None:
     ks = sorted(c.k for c in p.cycles.values())
     if ks and ks != list(range(1, len(ks) + 1)):
         raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
+
+
+def _check_augment(a: AugmentParams) -> None:
+    for name in ("vflip", "rot90"):
+        value = getattr(a, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ParamsError(f"augment.{name} is a probability in [0, 1], got {value}")
+    for name in ("brightness", "contrast", "saturation"):
+        value = getattr(a, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ParamsError(f"augment.{name} must lie in [0, 1] (ColorJitter's strength), got {value}")
+    if a.hue is not None and not 0.0 <= a.hue <= 0.5:
+        raise ParamsError(f"augment.hue must lie in [0, 0.5], got {a.hue}")
 
 
 def _check_mask_floor(p: Params) -> None:

@@ -21,8 +21,10 @@ from salis.engine.device import autocast
 from salis.errors import SalisError
 from salis.model.heads import BoxSupervision
 from salis.model.learning_loss import stop_loss_prediction_gradient
-from salis.params import TrainParams
+from salis.engine.augment import Augmenter, AugmentSettings
 from salis.engine.datasets import Sample, sample_sizes
+from salis.params import AugmentParams, TrainParams
+from salis.seeds import derive_seed
 
 
 class SampleSource(Protocol):
@@ -213,18 +215,30 @@ def batch_plan(labeled: Sequence[int], pseudo: Sequence[int], params: TrainParam
 
 
 class PlannedBatches(torch.utils.data.Dataset):
-    """Iteration it of a rank's plan as samples (decoded in DataLoader workers when there are any)."""
+    """Iteration it of a rank's plan as samples (decoded in DataLoader workers when there are any),
+    flipped as the plan says and augmented (salis.engine.augment) from a seed of (run seed,
+    iteration, source, image): the same on every rank and every rerun."""
 
-    def __init__(self, plan: Plan, labeled: SampleSource, pseudo: SampleSource) -> None:
-        self.plan, self.labeled, self.pseudo = plan, labeled, pseudo
+    def __init__(self, plan: Plan, labeled: SampleSource, pseudo: SampleSource,
+                 augment: Augmenter | None = None, seed: int = 0) -> None:
+        self.plan, self.labeled, self.pseudo, self.augment, self.seed = plan, labeled, pseudo, augment, seed
 
     def __len__(self) -> int:
         return len(self.plan)
 
+    def _take(self, source: SampleSource, pairs: list[tuple[int, bool]], it: int, kind: str) -> list[Sample]:
+        out = []
+        for i, flip in pairs:
+            sample = source[i].flipped() if flip else source[i]
+            if self.augment is not None:
+                sample = self.augment(sample, derive_seed(self.seed, it, f"augment {kind}", index=i))
+            out.append(sample)
+        return out
+
     def __getitem__(self, it: int) -> tuple[list[Sample], list[Sample] | None]:
         batch, extra = self.plan[it]
-        take = lambda source, pairs: [source[i].flipped() if f else source[i] for i, f in pairs]  # noqa: E731
-        return take(self.labeled, batch), (take(self.pseudo, extra) if extra is not None else None)
+        return self._take(self.labeled, batch, it, "labeled"), (
+            self._take(self.pseudo, extra, it, "pseudo") if extra is not None else None)
 
 
 def rank_plan(labeled: SampleSource, pseudo: SampleSource, params: TrainParams, seed: int, iterations: int,
@@ -253,9 +267,10 @@ def train_model(
     log: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 10,
     workers: int = 0,
+    augment: AugmentParams | None = None,
 ) -> dict[str, float]:
     """Train in place for schedule_iterations(params, len(labeled)) steps; returns the mean of
-    the last logged losses and the schedule.
+    the last logged losses and the schedule. `augment`: training augmentation (None: none).
 
     Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
     every rank draws the same global batch plan (rank_plan; each batch from one aspect-ratio group)
@@ -284,8 +299,9 @@ def train_model(
         )
     trainer = Trainer(model, params, iterations, device, amp, wrap=wrap)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
+    settings = AugmentSettings.from_params(augment or AugmentParams())
     batches = PlannedBatches(rank_plan(labeled, pseudo, params, seed, iterations, use_pseudo, rank, world),
-                             labeled, pseudo)
+                             labeled, pseudo, Augmenter(settings) if settings.active else None, seed)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
         if workers > 0 else (batches[it] for it in range(len(batches)))
 

@@ -57,7 +57,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     seed = derive_seed(params.seed, cycle, "train")
     if not dist.is_main():  # the other ranks train their share; rank 0 logs and writes
         train_model(model, labeled, pseudo, params.train, seed, device, params.runtime.amp,
-                    workers=params.runtime.workers)
+                    workers=params.runtime.workers, augment=params.augment)
         return {}
     with atomic_dir(layout.live(cycle)) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
@@ -72,7 +72,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
 
             summary = train_model(
                 model, labeled, pseudo, params.train, seed, device, params.runtime.amp, log,
-                workers=params.runtime.workers,
+                workers=params.runtime.workers, augment=params.augment,
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():

@@ -1,0 +1,142 @@
+"""Training augmentation (torchvision.transforms.v2 on tv_tensors): hand cases for each transform,
+boxes that equal their masks' bounding boxes after any of them, exact rectangles for box labels,
+seeded and repeatable, presets and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from salis.engine.augment import PRESETS, Augmenter, AugmentSettings, RandomQuarterTurn
+from salis.engine.datasets import Sample
+from salis.errors import ParamsError
+from salis.params import AugmentParams, parse_params
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """[x0, y0, x1, y1] of a mask, pixel edges (COCO's x + w)."""
+    rows, cols = np.where(mask)
+    return [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
+
+
+def sample(box_labeled: bool = False) -> Sample:
+    """A 10 x 12 image (rows x cols) with two instances: an L shape and a rectangle."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(10, 12, 3), dtype=np.uint8)
+    masks = np.zeros((2, 10, 12), dtype=np.uint8)
+    masks[0, 1:4, 2:3] = 1
+    masks[0, 3:4, 2:6] = 1  # an L: rows 1-3, cols 2-5
+    masks[1, 6:9, 7:11] = 1
+    if box_labeled:
+        masks[0, 1:4, 2:6] = 1  # a box label's mask is its filled box
+    boxes = np.array([mask_box(m) for m in masks], dtype=np.float32)
+    return Sample(5, image, boxes, np.array([1, 2], dtype=np.int64), masks, mask_from_box=box_labeled)
+
+
+def settings(**knobs) -> AugmentSettings:
+    base = dict.fromkeys(("vflip", "rot90", "brightness", "contrast", "saturation", "hue"), 0.0)
+    return AugmentSettings(**(base | knobs))
+
+
+def test_a_quarter_turn_by_hand():
+    s = sample()
+    # k = 1 (counter-clockwise): pixel (row y, col x) moves to (row W - 1 - x, col y); a box
+    # [x0, y0, x1, y1] becomes [y0, W - x1, y1, W - x0] on a W x H canvas
+    turn = RandomQuarterTurn(1.0)
+    from torchvision import tv_tensors
+    boxes = tv_tensors.BoundingBoxes(torch.from_numpy(s.boxes), format="XYXY", canvas_size=(10, 12))
+    masks = tv_tensors.Mask(torch.from_numpy(s.masks))
+    turned_boxes = turn.transform(boxes, {"k": 1})
+    turned_masks = turn.transform(masks, {"k": 1})
+    assert turned_boxes.canvas_size == (12, 10)
+    assert turned_boxes[0].tolist() == [1.0, 12 - 6.0, 4.0, 12 - 2.0]
+    assert np.array_equal(turned_masks.numpy(), np.rot90(s.masks, 1, axes=(1, 2)))
+    assert turned_masks[0, 12 - 1 - 2, 1] == 1  # (row 1, col 2) -> (row 9, col 1)
+
+
+def test_a_vertical_flip_by_hand():
+    out = Augmenter(settings(vflip=1.0))(sample(), seed=0)
+    s = sample()
+    assert np.array_equal(out.masks, s.masks[:, ::-1])
+    assert np.array_equal(out.image, s.image[::-1])
+    assert out.boxes[1].tolist() == [7.0, 10 - 9.0, 11.0, 10 - 6.0]
+
+
+@pytest.mark.parametrize("preset", ["natural", "microscopy"])
+@pytest.mark.parametrize("box_labeled", [False, True])
+def test_after_any_transform_each_box_is_its_masks_bounding_box(preset, box_labeled):
+    augment = Augmenter(AugmentSettings.from_params(AugmentParams(preset=preset, vflip=0.5, rot90=0.9)))
+    shapes = set()
+    for seed in range(40):
+        out = augment(sample(box_labeled), seed)
+        shapes.add(out.image.shape)
+        assert out.image.dtype == np.uint8 and out.masks.shape[1:] == out.image.shape[:2]
+        assert out.masks.sum() == sample(box_labeled).masks.sum()  # exact: no pixel lost or made
+        for box, mask in zip(out.boxes, out.masks):
+            assert box.tolist() == mask_box(mask)
+            if box_labeled:  # a filled box stays a filled box
+                x0, y0, x1, y1 = (int(v) for v in box)
+                assert mask[y0:y1, x0:x1].all()
+    assert shapes == {(10, 12, 3), (12, 10, 3)}  # quarter turns happened, and not only them
+
+
+def test_photometric_jitter_changes_pixels_only():
+    out = Augmenter(settings(brightness=0.5, contrast=0.5))(sample(), seed=3)
+    s = sample()
+    assert not np.array_equal(out.image, s.image)
+    assert np.array_equal(out.masks, s.masks) and np.array_equal(out.boxes, s.boxes)
+
+
+def test_seeded_repeatable_and_the_global_stream_untouched():
+    augment = Augmenter(AugmentSettings.from_params(AugmentParams(preset="microscopy")))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = augment(sample(), 7), augment(sample(), 7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.masks, b.masks)
+    outputs = {augment(sample(), seed).image.tobytes() for seed in range(10)}
+    assert len(outputs) > 5
+
+
+def test_presets_and_overrides():
+    assert not AugmentSettings.from_params(AugmentParams()).active  # none: training as before presets
+    micro = AugmentSettings.from_params(AugmentParams(preset="microscopy", hue=0.05, vflip=0.0))
+    assert micro.hue == 0.05 and micro.vflip == 0.0 and micro.rot90 == PRESETS["microscopy"]["rot90"]
+    assert AugmentSettings.from_params(AugmentParams(preset="natural")).saturation == 0.2
+
+
+@pytest.mark.parametrize(("augment", "message"), [
+    ({"vflip": 1.5}, r"augment.vflip is a probability in \[0, 1\]"),
+    ({"hue": 0.7}, r"augment.hue must lie in \[0, 0.5\]"),
+    ({"contrast": -0.1}, r"augment.contrast must lie in \[0, 1\]"),
+    ({"preset": "medical"}, r"augment.preset must be one of 'none', 'natural', 'microscopy'"),
+    ({"rotate": 15}, r"unknown key\(s\) augment.rotate"),
+])
+def test_bad_augmentation_params_are_one_line(augment, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params({"augment": augment})
+
+
+def test_training_with_augmentation_repeats_and_differs_from_training_without():
+    """train_model draws each sample's augmentation from (seed, iteration, image): the same run
+    twice gives the same weights; the preset changes them; `none` is the plain training."""
+    from salis.engine.training import train_model
+    from salis.model.build import seeded_model
+    from salis.params import TrainParams
+    from test_semi_supervised import SMALL
+    from test_semi_supervised import sample as labeled_sample
+
+    source = [labeled_sample(i, False) for i in range(4)]
+    params = TrainParams(min_iterations=2, max_iterations=2, warmup_iterations=1, batch_size=2)
+
+    def weights(augment: AugmentParams | None) -> torch.Tensor:
+        model = seeded_model(SMALL, 2, seed=0)
+        train_model(model, source, [], params, seed=3, device=torch.device("cpu"), amp=False, augment=augment)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    micro = AugmentParams(preset="microscopy", rot90=1.0, vflip=1.0)
+    first = weights(micro)
+    assert torch.equal(first, weights(micro))
+    assert not torch.equal(first, weights(None))
+    assert torch.equal(weights(None), weights(AugmentParams(preset="none")))
