@@ -109,15 +109,15 @@ def timed_parts(stage: str) -> Iterator[PartTimer]:
         if hasattr(module, "load_model"):
             timer._undo.append(lambda m=module, f=module.load_model: setattr(m, "load_model", f))
             module.load_model = load_and_hook
-    timer.function("paste masks", tv_transform, "paste_masks_in_image")
-    timer.function("paste masks", inference, "paste_masks_in_image")
+    timer.function("paste masks", tv_transform, "paste_masks_in_image")  # main's path, before this bench
+    timer.function("paste masks", inference, "paste_binary_masks")
     timer.function("rle encode", scoring, "encode_masks")
     if stage == "evaluate":
         import salis.pipeline.evaluate as evaluate
 
         for name in ("detections_from_prediction", "matched_iou_pairs", "per_image_ap50", "coco_metrics",
                      "pseudo_label_quality"):
-            timer.function(name, evaluate, name)
+            timer.function(name, evaluate, name)  # detections_from_prediction: the RLE encoding
     try:
         yield timer
     finally:

@@ -108,7 +108,7 @@ def test_arms_told_apart_by_params_pair_against_a_reference_arm():
         select_runs([masks[0], mixed[1]])
     by = ["annotation.policy", "select.budget_hours"]
     kept, _ = select_runs(masks + mixed, by=by)
-    assert sorted({r.sampler for r in kept}) == ["random policy=mask budget_hours=0.0", "random policy=mixed budget_hours=1.0"]
+    assert sorted({r.arm for r in kept}) == ["random policy=mask budget_hours=0.0", "random policy=mixed budget_hours=1.0"]
     ref = reference_arm(kept, "annotation.policy=mask", by)
     assert ref == "random policy=mask budget_hours=0.0"
     with pytest.raises(SalisError, match="matches 2 arms"):

@@ -161,8 +161,7 @@ def labels_import(
     dvc_add: bool = typer.Option(True, "--dvc-add/--no-dvc-add", help="track the labels file with `dvc add`"),
 ) -> None:
     """Validate an annotation export against its request batch and store it for the next cycle."""
-    _import_export(export, cycle, label_type, replace, partial, allow_empty)
-    _track(dvc_add)
+    _track([_import_export(export, cycle, label_type, replace, partial, allow_empty)], dvc_add)
 
 
 def _import_export(export: Path, cycle: int, label_type: str, replace: bool, partial: bool, allow_empty: bool) -> str:
@@ -190,23 +189,19 @@ def _import_export(export: Path, cycle: int, label_type: str, replace: bool, par
         + (f"; {len(returned)} images go back to the pool" if returned else "")
         + (f"; previous labels kept in {summary['backup']}" if summary["backup"] else "")
     )
-    _TRACK.append(summary["labels_path"])
     return summary["labels_path"]
 
 
-_TRACK: list[str] = []  # labels files imported by this command, for `dvc add`
-
-
-def _track(dvc_add: bool) -> None:
-    if dvc_add and Path(".dvc").is_dir() and _TRACK:
-        done = subprocess.run(["dvc", "add", "-q", *_TRACK], capture_output=True, text=True)
+def _track(paths: list[str], dvc_add: bool) -> None:
+    """`dvc add` the labels files this command imported."""
+    if dvc_add and Path(".dvc").is_dir() and paths:
+        done = subprocess.run(["dvc", "add", "-q", *paths], capture_output=True, text=True)
         if done.returncode != 0:
-            typer.echo(f"`dvc add {' '.join(_TRACK)}` failed: {done.stderr.strip()}", err=True)
+            typer.echo(f"`dvc add {' '.join(paths)}` failed: {done.stderr.strip()}", err=True)
             raise typer.Exit(1)
-        typer.echo(f"tracked with DVC: commit {', '.join(p + '.dvc' for p in _TRACK)}, then `dvc repro` goes on")
+        typer.echo(f"tracked with DVC: commit {', '.join(p + '.dvc' for p in paths)}, then `dvc repro` goes on")
     else:
         typer.echo("now `dvc repro` goes on from this cycle")
-    _TRACK.clear()
 
 
 def _label_studio(url: str | None, token: str | None):
@@ -262,9 +257,8 @@ def labels_pull(
                              layout.label_studio_state / "exports")
     except SalisError as err:
         _fail(err)
-    for label_type, path in exports.items():
-        _import_export(path, cycle, label_type, replace, partial, allow_empty)
-    _track(dvc_add)
+    _track([_import_export(path, cycle, label_type, replace, partial, allow_empty)
+            for label_type, path in exports.items()], dvc_add)
 
 
 def _image_folder(request_dir: Path) -> Path:
@@ -408,7 +402,7 @@ def compare(
         _fail(SalisError(f"--seeds must be comma-separated integers, got {seeds_!r}"))
     from salis.acquisition.samplers import SAMPLERS
     from salis.analysis.compare import compare as compare_runs
-    from salis.analysis.compare import markdown, reference_arm, select_runs, write_report
+    from salis.analysis.compare import reference_arm, sampler_table, select_runs, write_report
     from salis.analysis.experiments import collect_runs, load_runs, run_grid, save_runs
 
     try:
@@ -438,7 +432,7 @@ def compare(
         save_runs(sorted(selected, key=lambda r: (r.sampler, r.seed)), out / "runs.json")
     except SalisError as err:
         _fail(err)
-    typer.echo(markdown(result).split("\n\n")[2])  # the per-sampler table
+    typer.echo("\n".join(sampler_table(result)))
     typer.echo(f"report: {out / 'report.md'} (per cycle, notes), {out / 'curves.png'}; `dvc plots show` draws the bands")
 
 

@@ -37,11 +37,11 @@ class ArmRun(Run):
     """A run labelled by its arm: the sampler plus the values of the `--by` params (e.g. the
     annotation policy and the hour budget), so arms other than samplers compare the same way."""
 
-    arm: str = ""
+    label: str = ""
 
     @property
-    def sampler(self) -> str:  # the arm is what the report groups by
-        return self.arm
+    def arm(self) -> str:
+        return self.label
 
 
 def arm_label(run: Run, by: Sequence[str]) -> str:
@@ -53,7 +53,7 @@ def with_arms(runs: Sequence[Run], by: Sequence[str]) -> list[Run]:
     """The runs labelled by arm (unchanged when `by` is empty: the arm is the sampler)."""
     if not by:
         return list(runs)
-    return [ArmRun(r.name, r.params, r.curve, arm=arm_label(r, by)) for r in runs]
+    return [ArmRun(r.name, r.params, r.curve, label=arm_label(r, by)) for r in runs]
 
 
 def reference_arm(runs: Sequence[Run], spec: str, by: Sequence[str]) -> str:
@@ -61,7 +61,7 @@ def reference_arm(runs: Sequence[Run], spec: str, by: Sequence[str]) -> str:
     if "=" not in spec:
         return spec
     wanted = dict(part.split("=", 1) for part in spec.split(","))
-    arms = sorted({r.sampler for r in runs if all(str(r.params.get(k)) == v for k, v in wanted.items())})
+    arms = sorted({r.arm for r in runs if all(str(r.params.get(k)) == v for k, v in wanted.items())})
     if len(arms) != 1:
         raise SalisError(f"--reference {spec} matches {len(arms)} arms ({', '.join(arms) or 'none'}); it must match one")
     return arms[0]
@@ -130,10 +130,10 @@ def select_runs(
     runs = with_arms(runs, by)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:  # experiments come first, so they win over HEAD and the workspace
-        key = (run.sampler, run.seed)
+        key = (run.arm, run.seed)
         if key in chosen:
             if run.name not in (BASELINE, WORKSPACE):
-                notes.append(f"two experiments ran {run.sampler} seed {run.seed}: kept {chosen[key].name}, "
+                notes.append(f"two experiments ran {run.arm} seed {run.seed}: kept {chosen[key].name}, "
                              f"left out {run.name}")
             continue
         chosen[key] = run
@@ -183,9 +183,9 @@ def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFEREN
         raise SalisError(f"metric {metric!r} is not in every run's metrics/curve.csv")
     notes = _missing_notes(runs)
     per_run = pd.concat(
-        [r.curve.assign(run=r.name, sampler=r.sampler, seed=r.seed) for r in runs], ignore_index=True
+        [r.curve.assign(run=r.name, sampler=r.arm, seed=r.seed) for r in runs], ignore_index=True
     )
-    refs = {r.seed: r for r in runs if r.sampler == reference}
+    refs = {r.seed: r for r in runs if r.arm == reference}
     if not refs:
         notes.append(f"no {reference} run: paired differences and labels-to-target need one per seed")
     per_cycle = _per_cycle(per_run, refs, metric, reference)
@@ -194,9 +194,9 @@ def compare(runs: list[Run], metric: str = "mask_AP50", reference: str = REFEREN
 
 
 def _missing_notes(runs: list[Run]) -> list[str]:
-    samplers = sorted({r.sampler for r in runs})
+    samplers = sorted({r.arm for r in runs})
     seeds = sorted({r.seed for r in runs})
-    have = {(r.sampler, r.seed) for r in runs}
+    have = {(r.arm, r.seed) for r in runs}
     notes = [f"missing: {s} seed {seed}" for s in samplers for seed in seeds if (s, seed) not in have]
     cycles = {r.name: int(r.curve["cycle"].max()) for r in runs}
     if len(set(cycles.values())) > 1:
@@ -260,8 +260,8 @@ def verdict(mean: float, half: float, n: int, reference: str = REFERENCE) -> str
 
 def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: str = REFERENCE) -> pd.DataFrame:
     rows = []
-    for sampler in sorted({r.sampler for r in runs}):
-        mine = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.seed)
+    for sampler in sorted({r.arm for r in runs}):
+        mine = sorted((r for r in runs if r.arm == sampler), key=lambda r: r.seed)
         finals = [float(r.curve[metric].iloc[-1]) for r in mine]
         aulcs = [normalized_aulc(r.curve, metric) for r in mine]
         aulc_diffs, labels, hours, saved, reached, final_at_hours = [], [], [], [], 0, []
@@ -307,15 +307,10 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
 
 
-def markdown(comparison: Comparison) -> str:
+def sampler_table(comparison: Comparison) -> list[str]:
+    """The per-sampler table of the report (what `salis compare` prints), as markdown lines."""
     m, ref = comparison.metric, comparison.reference
-    lines = [f"# Sampler comparison: {m}", "",
-             f"Mean ± half width of the 95% Student-t interval over seeds; differences to {ref} are "
-             f"paired by seed. Labels / hours to target: to reach the same seed's {ref} final "
-             f"{m} (interpolated between cycles; only the seeds that reach it count). At equal hours: "
-             f"minus the same seed's {ref} at the hours this run had spent (interpolated, within the "
-             f"hours {ref} spans).", "",
-             f"| sampler | runs | final {m} | AULC | AULC − {ref} | verdict | labels to target | "
+    lines = [f"| sampler | runs | final {m} | AULC | AULC − {ref} | verdict | labels to target | "
              f"hours to target | reached | final − {ref} at equal hours |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_sampler.to_dict("records"):
         lines.append(
@@ -325,6 +320,17 @@ def markdown(comparison: Comparison) -> str:
             f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} | "
             f"{_pm(r[f'final_{m}_hours_diff_mean'], r[f'final_{m}_hours_diff_ci95'])} ({r['final_hours_verdict']}) |"
         )
+    return lines
+
+
+def markdown(comparison: Comparison) -> str:
+    m, ref = comparison.metric, comparison.reference
+    lines = [f"# Sampler comparison: {m}", "",
+             f"Mean ± half width of the 95% Student-t interval over seeds; differences to {ref} are "
+             f"paired by seed. Labels / hours to target: to reach the same seed's {ref} final "
+             f"{m} (interpolated between cycles; only the seeds that reach it count). At equal hours: "
+             f"minus the same seed's {ref} at the hours this run had spent (interpolated, within the "
+             f"hours {ref} spans).", "", *sampler_table(comparison)]
     lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − {ref} | verdict | "
               f"− {ref} at equal hours | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.per_cycle.to_dict("records"):

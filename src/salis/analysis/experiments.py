@@ -40,6 +40,11 @@ class Run:
     def seed(self) -> int:
         return int(self.params.get("seed", 0))
 
+    @property
+    def arm(self) -> str:
+        """What a comparison groups runs by: the sampler (salis.analysis.compare.ArmRun adds params)."""
+        return self.sampler
+
 
 def git(args: list[str], cwd: Path) -> str:
     done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)

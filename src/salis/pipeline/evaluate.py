@@ -3,6 +3,7 @@ trained on (labels, pseudo-labels, hours) and how well its IoU heads predict."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -31,6 +32,16 @@ from salis.model.checkpoint import load_model
 from salis.params import LABEL_TYPES, Params
 
 
+@dataclasses.dataclass(frozen=True)
+class TestImageResult:
+    """One test image's part of the evaluation (what a rank sends to rank 0)."""
+
+    image_id: int
+    detections: list[dict]  # COCO results
+    iou_pairs: pd.DataFrame  # predicted vs true IoU of its matched detections
+    row: dict  # its TEST_IMAGES row
+
+
 def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     configure_runtime(params.runtime)
     prepared = PreparedData(layout.prepared)
@@ -46,17 +57,18 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     results = []
     for pred in predict(model, prepared, mine, size, device, params.runtime.amp, "test", workers=params.runtime.workers):
         dets = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
-        results.append((pred.image_id, dets, matched_iou_pairs(pred, test_gt[pred.image_id]),
-                        {"image_id": pred.image_id, "instances": len(test_gt[pred.image_id]), "detections": len(dets),
-                         "mask_AP50": per_image_ap50(test_gt[pred.image_id], dets)}))
+        truth = test_gt[pred.image_id]
+        results.append(TestImageResult(pred.image_id, dets, matched_iou_pairs(pred, truth),
+                                       {"image_id": pred.image_id, "instances": len(truth), "detections": len(dets),
+                                        "mask_AP50": per_image_ap50(truth, dets)}))
     gathered = dist.gather(results)
     if gathered is None:  # not rank 0: rank 0 evaluates and writes
         return {}
     order = {image_id: n for n, image_id in enumerate(test_ids)}
-    results = sorted((r for part in gathered for r in part), key=lambda r: order[r[0]])
-    detections = [d for r in results for d in r[1]]
-    pairs = [r[2] for r in results]
-    per_image = [r[3] for r in results]
+    results = sorted((r for part in gathered for r in part), key=lambda r: order[r.image_id])
+    detections = [d for r in results for d in r.detections]
+    pairs = [r.iou_pairs for r in results]
+    per_image = [r.row for r in results]
     metrics = coco_metrics(prepared.test_coco(), detections, model.roi_heads.detections_per_img)
     write_table(layout.test_images(cycle), pd.DataFrame(per_image, columns=TEST_IMAGES.schema.names), TEST_IMAGES)
     write_table(layout.test_detections(cycle), pd.DataFrame(
