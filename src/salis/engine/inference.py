@@ -105,13 +105,13 @@ def _to_prediction(image_id: int, output: dict[str, torch.Tensor], prepared: Pre
     )
 
 
-def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model on `device` in eval mode; on the CPU with its weights channels-last, oneDNN's fast
-    layout for convolutions (the mask head's transposed convolution runs ~2.5x faster). Scores move
-    in the 6th decimal against the default layout; the same settings still give the same bytes."""
+def for_inference(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """The model on `device` in eval mode. channels_last: on the CPU, weights in oneDNN's fast layout
+    for convolutions (the mask head's transposed convolution runs ~2.5x faster), at the price of
+    scores that move in the 6th decimal; only evaluation asks for it, since its outputs train and
+    select nothing (a pseudo-label moved by 1e-6 would change every later cycle)."""
     model.to(device).eval()
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last if channels_last and device.type == "cpu" else torch.contiguous_format)
     return model
 
 
@@ -168,12 +168,14 @@ def predict(
     offset: int = 0,
     workers: int = 0,
     mask_min_score: float | None = None,
+    channels_last: bool = False,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per image, in order; only one batch is held in memory at a time.
 
     mask_min_score: masks only for detections with class score >= it (the mask head, pasting and
     binarising skipped for the others: most of a crowded image's inference time); None: all.
-    Masks are pasted here (paste_binary_masks), not by the model's transform.
+    Masks are pasted here (paste_binary_masks), not by the model's transform. channels_last: see
+    for_inference (evaluation only).
 
     mc_passes > 0 adds the MC-dropout disagreement of every detection, with dropout probability
     mc_dropout_p on the heads' last features; each batch's dropout masks come from a generator
@@ -181,7 +183,7 @@ def predict(
     (a shard of the pool), so scores are reproducible however the pool is split and the global
     random state is left as it was. workers: DataLoader processes decoding the images.
     """
-    for_inference(model, device)
+    for_inference(model, device, channels_last)
     heads = model.roi_heads
     if not hasattr(heads, "masks_from"):  # the mask floor and MC dropout are salis's
         raise SalisError("prediction needs salis's RoI heads (salis.model.build.build_model)")

@@ -55,7 +55,9 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     batches = [test_ids[i : i + size] for i in range(0, len(test_ids), size)]
     mine = [i for batch in dist.shard(batches) for i in batch]
     results = []
-    for pred in predict(model, prepared, mine, size, device, params.runtime.amp, "test", workers=params.runtime.workers):
+    # channels-last: ~1.5x faster on the CPU, metrics moved by ~1e-5; nothing downstream trains on them
+    for pred in predict(model, prepared, mine, size, device, params.runtime.amp, "test", workers=params.runtime.workers,
+                        channels_last=True):
         dets = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
         truth = test_gt[pred.image_id]
         results.append(TestImageResult(pred.image_id, dets, matched_iou_pairs(pred, truth),
