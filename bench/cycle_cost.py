@@ -1,6 +1,7 @@
 """Where a cycle's time goes: every stage of cycle 1..K timed in one process, infer_score and
-evaluate part by part, and pool scoring with every mask (score.mask_min_score 0, main's path
-before masks were kept only above a floor) against the floor, side by side on the same images.
+evaluate part by part, and pool scoring three ways side by side on the same images: as main did
+before this round (every mask pasted by torchvision into a float stack; commit 2dcd621), with
+every mask through the binary paste (score.mask_min_score 0), and with the floor.
 
     python bench/cycle_cost.py --params examples/dsb2018/params.yaml [--cycles 1] [--threads 1]
         [--repeats 2] [--work /tmp/cycle_cost] [--out bench/results/cycle_cost.json]
@@ -9,9 +10,9 @@ Stages run as `dvc repro` runs them (the stage functions, in DAG order) in a wor
 own (--work), from the repository root so the params' relative data paths resolve. Parts are
 timed with forward hooks on the model's modules and wrappers around the functions that paste,
 encode and evaluate masks; "other" is the rest of the stage (image decoding, tables, RPN
-post-processing). The floor comparison rescores the last cycle's candidates with each setting
-in turn, alternating, and checks that images.parquet and every sampler's selection and the
-pseudo-labels are the same bytes. Process start (imports) per stage is timed in subprocesses.
+post-processing). The comparison rescores the last cycle's candidates with each setting in turn,
+alternating, and checks that images.parquet, every sampler's selection and the pseudo-labels
+are the same bytes as main's path gives. Process start (imports) per stage is timed in subprocesses.
 """
 
 from __future__ import annotations
@@ -179,11 +180,35 @@ def run_cycles(params: Params, layout: Layout, cycles: int) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def mains_path() -> Iterator[None]:
+    """Scoring as main did before the mask floor (commit 2dcd621): the model's transform pastes every
+    detection's mask with torchvision's paste_masks_in_image into an N x H x W float stack, then
+    `> 0.5`; every mask is RLE-encoded."""
+    import salis.engine.inference as inference
+    from salis.model.heads import SalisRoIHeads
+
+    def every_mask_pasted_by_torchvision(self, min_score):
+        return contextlib.nullcontext()  # no floor: the heads output "masks" as torchvision's do
+
+    def binary(output, image_size):
+        return (output["masks"][:, 0] > inference.MASK_THRESHOLD).cpu().numpy(), None
+
+    saved = SalisRoIHeads.masks_from, inference._binary_masks
+    SalisRoIHeads.masks_from, inference._binary_masks = every_mask_pasted_by_torchvision, binary
+    try:
+        yield
+    finally:
+        SalisRoIHeads.masks_from, inference._binary_masks = saved
+
+
 def floor_comparison(params: Params, layout: Layout, cycle: int, floor: float, repeats: int, work: Path) -> dict:
-    """Pool scoring of cycle `cycle` with every mask (0) and with the floor, alternating; per image
-    seconds, and whether selections and pseudo-labels are the same bytes."""
+    """Pool scoring of cycle `cycle` as main did (every mask, torchvision's paste), with every mask
+    (floor 0) and with the floor, alternating; per image seconds, and whether selections and
+    pseudo-labels are the same bytes as main's."""
     stages = stage_functions()
-    settings = {"every mask (mask_min_score 0)": 0.0, f"floor (mask_min_score {floor})": floor}
+    settings = {"main (2dcd621): every mask, torchvision's paste": None, "every mask (mask_min_score 0)": 0.0,
+                f"floor (mask_min_score {floor})": floor}
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     outputs: dict[str, dict[str, bytes]] = {}
     images = 0
@@ -194,10 +219,11 @@ def floor_comparison(params: Params, layout: Layout, cycle: int, floor: float, r
             shutil.copytree(layout.root / "data", copy.root / "data")
             (copy.root / "models").mkdir(parents=True)
             shutil.copytree(layout.model(cycle).parent, copy.model(cycle).parent)
-            run_params = dataclasses.replace(params, score=dataclasses.replace(params.score, mask_min_score=value))
-            start = time.perf_counter()
-            frame = stages["infer_score"](run_params, copy, cycle)
-            seconds[name].append(time.perf_counter() - start)
+            run_params = dataclasses.replace(params, score=dataclasses.replace(params.score, mask_min_score=value or 0.0))
+            with mains_path() if value is None else contextlib.nullcontext():
+                start = time.perf_counter()
+                frame = stages["infer_score"](run_params, copy, cycle)
+                seconds[name].append(time.perf_counter() - start)
             images = len(frame)
             if repeat == 0:
                 out = {"images.parquet": copy.images(cycle).read_bytes()}
@@ -208,13 +234,15 @@ def floor_comparison(params: Params, layout: Layout, cycle: int, floor: float, r
                 out["pseudo.parquet"] = copy.pseudo(cycle + 1).read_bytes()
                 outputs[name] = out
             shutil.rmtree(copy.root, ignore_errors=True)
-    (old, new) = settings
+    old, every, new = settings
     per_image = {name: statistics.median(v) / max(images, 1) for name, v in seconds.items()}
     return {
         "cycle": cycle, "images": images, "repeats": repeats,
         "seconds_per_image": {k: round(v, 4) for k, v in per_image.items()},
-        "speedup": round(per_image[old] / per_image[new], 2),
-        "identical_outputs": {k: outputs[old][k] == outputs[new][k] for k in outputs[old]},
+        "speedup_floor_vs_main": round(per_image[old] / per_image[new], 2),
+        "speedup_every_mask_vs_main": round(per_image[old] / per_image[every], 2),
+        "identical_to_main": {name: {k: outputs[old][k] == outputs[name][k] for k in outputs[old]}
+                              for name in (every, new)},
     }
 
 
