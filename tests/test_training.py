@@ -90,3 +90,17 @@ def test_the_ranks_shares_make_up_the_one_process_batches_each_of_one_shape():
     ungrouped = dataclasses.replace(params, aspect_ratio_group_factor=-1)
     mixed = rank_plan(source, [], ungrouped, seed=5, iterations=12, use_pseudo=False, rank=0, world=1)
     assert any(len({shape(i) for i, _ in batch}) == 2 for batch, _ in mixed)
+
+
+def test_a_model_with_nan_weights_is_refused_before_it_is_saved():
+    import torch
+
+    from salis.engine.training import check_finite_weights
+    from salis.errors import SalisError
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    check_finite_weights(model, 0.02)  # finite: nothing said
+    with torch.no_grad():
+        model[1].running_var[0] = float("inf")
+    with pytest.raises(SalisError, match=r"training diverged: 1 weight tensors are NaN or infinite \(e.g. 1.running_var\)"):
+        check_finite_weights(model, 0.02)

@@ -256,6 +256,15 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
+def check_finite_weights(model: nn.Module, lr: float) -> None:
+    """Refuse a model whose weights are no longer finite (a step late in the cycle diverged):
+    the stage stops with this line instead of saving a NaN checkpoint every later stage would use."""
+    bad = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise SalisError(f"training diverged: {len(bad)} weight tensors are NaN or infinite (e.g. {bad[0]}) at the end "
+                         f"of the cycle (lr {lr:g}); lower train.lr or raise train.warmup_iterations")
+
+
 def train_model(
     model: nn.Module,
     labeled: SampleSource,
@@ -325,6 +334,7 @@ def train_model(
     bar.close()
     stop_loss_prediction_gradient(model, False)
     model.eval()
+    check_finite_weights(model, trainer.lr)
     result = dict(window.last)
     result["skipped_steps"] = float(trainer.skipped)
     result["iterations"] = float(iterations)
