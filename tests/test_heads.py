@@ -155,3 +155,12 @@ def test_inference_returns_a_posterior_per_detection():
     # the reported score is the posterior of the reported label
     picked = out["class_posterior"][torch.arange(n), out["labels"]]
     assert torch.allclose(picked, out["scores"], atol=1e-6)
+
+
+def test_box_supervision_is_a_part_given_at_construction():
+    from salis.model.build import build_model
+    from salis.model.heads import BoxSupervision
+
+    weights = BoxSupervision(projection_weight=2.0, pairwise_weight=0.0, color_tau=0.5)
+    assert build_model(SMALL, 2, box_supervision=weights).roi_heads.box_supervision == weights
+    assert build_model(SMALL, 2).roi_heads.box_supervision == BoxSupervision()  # train.box_*'s defaults

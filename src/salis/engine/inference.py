@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from salis.data.prepared import PreparedData
 from salis.engine.device import autocast
+from salis.model.heads import SalisRoIHeads
 from salis.errors import SalisError
 from salis.seeds import derive_seed
 
@@ -185,7 +186,7 @@ def predict(
     """
     for_inference(model, device, channels_last)
     heads = model.roi_heads
-    if not hasattr(heads, "masks_from"):  # the mask floor and MC dropout are salis's
+    if not isinstance(heads, SalisRoIHeads):  # the mask floor and MC dropout are salis's
         raise SalisError("prediction needs salis's RoI heads (salis.model.build.build_model)")
     for start, batch_ids, images in _batches(prepared, image_ids, batch_size, device, desc, workers):
         # floor 0 keeps every detection's mask (scores are > model.box_score_thresh >= 0)

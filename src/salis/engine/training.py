@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from salis.engine.device import autocast
 from salis.errors import SalisError
-from salis.model.heads import BoxSupervision
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.engine.augment import Augmenter, AugmentSettings
 from salis.engine.datasets import Sample, sample_sizes
@@ -295,10 +294,6 @@ def train_model(
     rank, world = dist.rank(), dist.world_size()
     torch.manual_seed(rank_seed(seed, rank))
     model.to(device).train()
-    if hasattr(model.roi_heads, "box_supervision"):  # box-labeled images' mask losses
-        model.roi_heads.box_supervision = BoxSupervision(
-            params.box_projection_weight, params.box_pairwise_weight, params.box_pairwise_color_tau
-        )
     wrap = None
     if world > 1:
         if device.type == "cuda":

@@ -13,7 +13,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from salis.model.detector import SalisMaskRCNN
-from salis.model.heads import RoIHeadsParts
+from salis.model.heads import BoxSupervision, RoIHeadsParts
 from salis.model.iou_heads import IoUHeads
 from salis.model.learning_loss import LossPredictionModule
 from salis.params import ModelParams
@@ -39,8 +39,9 @@ def build_backbone(params: ModelParams) -> BackboneWithFPN:
     )
 
 
-def build_roi_parts(params: ModelParams) -> RoIHeadsParts:
-    """salis's additions to the RoI heads: IoU heads, loss-prediction module, training dropout."""
+def build_roi_parts(params: ModelParams, box_supervision: BoxSupervision | None = None) -> RoIHeadsParts:
+    """salis's additions to the RoI heads: IoU heads, loss-prediction module, training dropout, and
+    BoxInst's loss weights for box-labeled images (a training setting: train.box_*)."""
     channels = params.fpn_channels
     iou = (
         IoUHeads.build(channels, params.iou_head_channels, params.iou_mask_threshold, params.iou_loss_weight)
@@ -54,11 +55,13 @@ def build_roi_parts(params: ModelParams) -> RoIHeadsParts:
         if params.learning_loss
         else None
     )
-    return RoIHeadsParts(iou=iou, loss_prediction=loss_prediction, train_dropout_p=params.train_dropout_p)
+    return RoIHeadsParts(iou=iou, loss_prediction=loss_prediction, train_dropout_p=params.train_dropout_p,
+                         box_supervision=box_supervision or BoxSupervision())
 
 
-def build_model(params: ModelParams, num_classes: int) -> SalisMaskRCNN:
-    """Mask R-CNN with `num_classes` foreground classes (plus background)."""
+def build_model(params: ModelParams, num_classes: int, box_supervision: BoxSupervision | None = None) -> SalisMaskRCNN:
+    """Mask R-CNN with `num_classes` foreground classes (plus background); box_supervision: the
+    BoxInst loss weights training uses on box-labeled images (default: train.box_*'s defaults)."""
     # Modules are created in a fixed order, torchvision's before salis's: the order decides which
     # random numbers initialise each, so a seed keeps giving the weights it gave before.
     backbone = build_backbone(params)
@@ -73,7 +76,7 @@ def build_model(params: ModelParams, num_classes: int) -> SalisMaskRCNN:
     mask_layers = [params.mask_head_channels] * params.mask_head_convs
     mask_head = MaskRCNNHeads(channels, mask_layers, dilation=1)
     mask_predictor = MaskRCNNPredictor(mask_layers[-1], params.mask_head_channels, num_classes + 1)
-    parts = build_roi_parts(params)
+    parts = build_roi_parts(params, box_supervision)
     return SalisMaskRCNN(
         backbone,
         num_classes=None,

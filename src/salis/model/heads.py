@@ -75,6 +75,7 @@ class RoIHeadsParts:
     iou: IoUHeads | None = None
     loss_prediction: LossPredictionModule | None = None
     train_dropout_p: float = 0.0  # dropout on the box and mask heads' features while training; 0 = off
+    box_supervision: BoxSupervision = BoxSupervision()  # BoxInst's loss weights for box-labeled images
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -143,7 +144,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         self.train_dropout_p = parts.train_dropout_p
         self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
         self.mask_settings = MaskOutput()  # an inference setting: see masks_from()
-        self.box_supervision = BoxSupervision()  # a training setting: train_model sets it
+        self.box_supervision = parts.box_supervision
 
     @classmethod
     def from_torchvision(cls, stock: RoIHeads, parts: RoIHeadsParts | None = None) -> SalisRoIHeads:

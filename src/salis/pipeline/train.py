@@ -19,6 +19,7 @@ from salis.engine.training import schedule_iterations, train_model
 from salis.loop.labels import annotations_by_image, label_types_of, read_store
 from salis.model.build import build_model
 from salis.model.checkpoint import restore, save_checkpoint
+from salis.model.heads import BoxSupervision
 from salis.params import Params
 from salis.seeds import derive_seed
 
@@ -27,7 +28,9 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     configure_runtime(params.runtime)
     prepared = PreparedData(layout.prepared)
     start = layout.model(cycle - 1) if params.train.warm_start else layout.model(0)
-    model = build_model(params.model, len(prepared.categories))
+    t = params.train
+    boxinst = BoxSupervision(t.box_projection_weight, t.box_pairwise_weight, t.box_pairwise_color_tau)
+    model = build_model(params.model, len(prepared.categories), box_supervision=boxinst)
     restore(model, start)
     store = read_store(layout.annotations(cycle))
     types = label_types_of(store)
