@@ -44,8 +44,11 @@ def test_mask_iou_target_binarises_at_the_threshold():
 
 
 def test_iou_head_shape_and_range_and_unsaturated_start():
-    head = IoUHead(16, 8)
-    out = head(10 * torch.randn(5, 16, 14, 14))  # large features, as a trained FPN gives
+    # seeded: unseeded, the draw depended on the tests before it (1 seed in 200 gives 0.207)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = IoUHead(16, 8)
+        out = head(10 * torch.randn(5, 16, 14, 14))  # large features, as a trained FPN gives
     assert out.shape == (5,) and ((out > 0) & (out < 1)).all()
     # a fresh head predicts near 0.5, where the sigmoid still passes gradients
     assert (out - 0.5).abs().max() < 0.2
