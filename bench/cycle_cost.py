@@ -116,7 +116,7 @@ def timed_parts(stage: str) -> Iterator[PartTimer]:
     if stage == "evaluate":
         import salis.pipeline.evaluate as evaluate
 
-        for name in ("detections_from_prediction", "matched_iou_pairs", "per_image_ap50", "coco_metrics",
+        for name in ("detections_from_prediction", "iou_pairs", "per_image_ap50", "coco_metrics",
                      "pseudo_label_quality"):
             timer.function(name, evaluate, name)  # detections_from_prediction: the RLE encoding
     try:

@@ -97,8 +97,10 @@ DDP_STEP = textwrap.dedent('''
     world = int(sys.argv[2])
     if world > 1:
         dist.init(RuntimeParams(device="cpu", nproc=world))
-    # frozen BatchNorm and every anchor and RoI sampled: no randomness, no batch statistics
-    params = dataclasses.replace(SMALL, norm="frozen", rpn_batch_size_per_image=100000, box_batch_size_per_image=100000)
+    # frozen BatchNorm, every anchor and RoI sampled, every negative RoI for the IoU heads and no
+    # jittered box: no randomness, no batch statistics
+    params = dataclasses.replace(SMALL, norm="frozen", rpn_batch_size_per_image=100000, box_batch_size_per_image=100000,
+                                 iou_jitter_rois=0, iou_background_rois=100000)
     model = seeded_model(params, 2, seed=0).train()
     wrap = None
     if world > 1:

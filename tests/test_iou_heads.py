@@ -99,3 +99,95 @@ def test_plain_checkpoint_loads_into_a_model_with_iou_heads(tmp_path, capsys):
     message = capsys.readouterr().out
     assert "roi_heads.box_iou_head" in message and "roi_heads.mask_iou_head" in message and "random init" in message
     assert torch.equal(with_heads.roi_heads.box_predictor.cls_score.weight, plain.roi_heads.box_predictor.cls_score.weight)
+
+
+# --- what the IoU heads train on (IoUTraining) -------------------------------------------------
+
+OLD_RECIPE = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=0, iou_gt_proposals=True)
+
+
+def _two_instances() -> dict:
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 8:40] = 1
+    masks[1, 44:60, 40:62] = 1
+    return {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0], [40.0, 44.0, 62.0, 60.0]]), "labels": torch.tensor([1, 1]),
+            "masks": masks}
+
+
+def test_the_old_recipe_gives_the_losses_it_gave_before():
+    # pinned from the code before IoUTraining (8a353a5), same seeds: the ablation arm is the old recipe
+    torch.manual_seed(0)
+    model = seeded_model(OLD_RECIPE, 2, seed=0).train()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    torch.manual_seed(1)
+    losses = model(image, [_two_instances()])
+    assert losses["loss_box_iou"].item() == 0.1702408790588379
+    assert losses["loss_mask_iou"].item() == 0.01703670620918274
+
+
+def test_jittered_boxes_spread_evenly_over_the_wanted_iou_range():
+    from salis.model.iou_heads import jittered_boxes
+    from salis.model.mc_dropout import paired_box_iou
+
+    gt = torch.tensor([[10.0, 20.0, 50.0, 40.0], [60.0, 60.0, 70.0, 90.0]])
+    torch.manual_seed(0)
+    boxes, source = jittered_boxes(gt, 4000, 0.5, (100, 80))
+    assert boxes.shape == (4000, 4) and set(source.tolist()) == {0, 1}
+    assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= 80).all() and (boxes[:, 1::2] <= 100).all()
+    ious = paired_box_iou(boxes, gt[source])
+    assert ious.min() > 0.47 and ious.max() <= 1.0
+    shares = torch.histc(ious.clamp(0.5, 1.0), bins=5, min=0.5, max=1.0) / len(ious)
+    assert (shares > 0.15).all() and (shares < 0.25).all()  # even: 0.2 per tenth of IoU
+    assert jittered_boxes(gt, 0, 0.5, (100, 80))[0].shape == (0, 4)
+    assert jittered_boxes(gt[:0], 5, 0.5, (100, 80))[0].shape == (0, 4)
+
+
+def _iou_head_inputs(params: ModelParams, proposals: torch.Tensor) -> tuple[dict, dict]:
+    """The RoI heads' training losses on one 64 x 64 image with _two_instances, given these RPN
+    proposals, with both IoU heads predicting 0.5 everywhere; and how many RoIs each head saw."""
+    model = seeded_model(params, 2, seed=0).train()
+    heads = model.roi_heads
+    seen = {"box": 0, "mask": 0}
+
+    def constant(name):
+        def forward(features):
+            seen[name] += len(features)
+            return features.sum(dim=(1, 2, 3)) * 0.0 + 0.5
+        return forward
+
+    heads.box_iou_head.forward = constant("box")
+    heads.mask_iou_head.forward = constant("mask")
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    losses = heads(model.backbone(image), [proposals], [(64, 64)], [_two_instances()])[1]
+    return losses, seen
+
+
+FAR = torch.tensor([[0.0, 48.0, 12.0, 60.0]])  # overlaps neither instance: IoU 0
+
+
+def test_the_appended_ground_truth_boxes_train_no_iou_head():
+    no_extras = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=0)
+    losses, seen = _iou_head_inputs(no_extras, torch.zeros(0, 4))  # the only positives: the ground truth
+    assert seen == {"box": 0, "mask": 0} and losses["loss_box_iou"].item() == 0.0
+    losses, seen = _iou_head_inputs(OLD_RECIPE, torch.zeros(0, 4))
+    assert seen == {"box": 2, "mask": 2} and losses["loss_box_iou"].item() > 0.0
+
+
+def test_background_rois_teach_an_iou_of_zero():
+    only_background = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=4)
+    losses, seen = _iou_head_inputs(only_background, FAR)
+    # the negatives: FAR, and nothing else (the ground-truth boxes are positives)
+    assert seen == {"box": 1, "mask": 1}
+    assert losses["loss_box_iou"].item() == pytest.approx(0.25)  # (0.5 - 0)^2
+    assert losses["loss_mask_iou"].item() == pytest.approx(0.25)
+
+
+def test_jittered_rois_teach_their_iou():
+    only_jitter = dataclasses.replace(SMALL, iou_jitter_rois=6, iou_background_rois=0, iou_jitter_min_iou=0.9)
+    losses, seen = _iou_head_inputs(only_jitter, torch.zeros(0, 4))
+    assert seen["box"] == 6 and seen["mask"] == 6
+    # targets in [0.9, 1] (nearest of 32 candidates: a little below 0.9 at worst): (0.5 - t)^2
+    assert 0.14 < losses["loss_box_iou"].item() <= 0.25
+    # the mask target is the predicted mask's IoU, which an untrained mask head keeps low
+    assert losses["loss_mask_iou"].item() > 0.0

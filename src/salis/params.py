@@ -65,6 +65,11 @@ class ModelParams:
     iou_head_channels: int = 64
     iou_mask_threshold: float = 0.3
     iou_loss_weight: float = 1.0
+    # what the IoU heads train on besides the sampled positives (iou_heads.IoUTraining)
+    iou_jitter_rois: int = 16
+    iou_jitter_min_iou: float = 0.5
+    iou_background_rois: int = 16
+    iou_gt_proposals: bool = False
     train_dropout_p: float = 0.0
     learning_loss: bool = False
     learning_loss_channels: int = 128
@@ -396,6 +401,12 @@ def _check_limits(p: Params) -> None:
                         "model.iou_loss_weight": p.model.iou_loss_weight}.items():
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
+    for name, value in {"model.iou_jitter_rois": p.model.iou_jitter_rois,
+                        "model.iou_background_rois": p.model.iou_background_rois}.items():
+        if value < 0:
+            raise ParamsError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= p.model.iou_jitter_min_iou < 1.0:
+        raise ParamsError(f"model.iou_jitter_min_iou must lie in [0, 1), got {p.model.iou_jitter_min_iou}")
     if not 0.0 <= p.train.momentum < 1.0:
         raise ParamsError(f"train.momentum must lie in [0, 1), got {p.train.momentum}")
     if any(not 0.0 < step < 1.0 for step in p.train.lr_steps):
@@ -423,6 +434,7 @@ def _check_limits(p: Params) -> None:
         "model.mask_head_channels": p.model.mask_head_channels, "model.iou_head_channels": p.model.iou_head_channels,
         "model.learning_loss_channels": p.model.learning_loss_channels,
         "model.mask_head_convs": p.model.mask_head_convs,
+        "model.iou_jitter_rois": p.model.iou_jitter_rois, "model.iou_background_rois": p.model.iou_background_rois,
         "train.batch_size": p.train.batch_size, "train.pseudo_batch_size": p.train.pseudo_batch_size,
         "score.batch_size": p.score.batch_size, "eval.batch_size": p.eval.batch_size,
         "score.mc_passes": p.score.mc_passes, "pictures.images": p.pictures.images,

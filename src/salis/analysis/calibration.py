@@ -14,32 +14,42 @@ from salis.artifacts.tables import IOU_PAIRS
 from salis.engine.inference import Prediction
 from salis.geometry import encode_masks, mask_ious, rle, rles_from_counts, xyxy_to_xywh
 
-MATCH_IOU = 0.5  # a detection is matched to the GT box it overlaps most, when box IoU > 0.5
+MATCH_IOU = 0.5  # a detection is matched when its best box IoU with a ground-truth instance is > 0.5
 
 
-def matched_iou_pairs(pred: Prediction, gt_annotations: list[dict]) -> pd.DataFrame:
-    """Predicted vs true box and mask IoU for every detection matched to a ground-truth instance."""
+def iou_pairs(pred: Prediction, gt_annotations: list[dict], det_rles: list[dict] | None = None) -> pd.DataFrame:
+    """Predicted vs true box and mask IoU for every detection of an image.
+
+    A detection's true IoU is its best IoU with any ground-truth instance of its category, 0 if
+    there is none: what the IoU heads should predict for a false positive too, since tsp, beta_iou
+    and the pseudo-label gate read every detection. `matched`: best box IoU > MATCH_IOU (the
+    figures before 2026-12 were over these only). det_rles: the detections' masks as RLEs when
+    the caller has them (evaluate encodes them for COCOeval), else encoded here.
+    """
     columns = IOU_PAIRS.schema.names
-    if len(pred) == 0 or not gt_annotations:
+    if len(pred) == 0:
         return IOU_PAIRS.empty()
-    gt_boxes = np.array([a["bbox"] for a in gt_annotations], dtype=np.float64)
-    box_ious = np.asarray(mask_utils.iou(xyxy_to_xywh(pred.boxes).tolist(), gt_boxes.tolist(), [0] * len(gt_boxes)))
-    best = box_ious.argmax(axis=1)
-    true_box = box_ious[np.arange(len(pred)), best]
-    matched = np.where(true_box > MATCH_IOU)[0]
-    if len(matched) == 0:
-        return IOU_PAIRS.empty()
-    height, width = pred.masks.shape[1:]
-    det_rles = rles_from_counts(encode_masks(pred.masks[matched]), height, width)
-    gt_rles = [rle(gt_annotations[g]["segmentation"]) for g in best[matched]]
-    true_mask = np.array([mask_utils.iou([d], [g], [0])[0][0] for d, g in zip(det_rles, gt_rles)])
+    n = len(pred)
+    true_box, true_mask = np.zeros(n), np.zeros(n)
+    if gt_annotations:
+        gt_boxes = np.array([a["bbox"] for a in gt_annotations], dtype=np.float64)
+        gt_cats = np.array([a["category_id"] for a in gt_annotations])
+        same = np.asarray(pred.category_ids).reshape(-1, 1) == gt_cats[None, :]
+        box_ious = np.asarray(mask_utils.iou(xyxy_to_xywh(pred.boxes).tolist(), gt_boxes.tolist(), [0] * len(gt_boxes)))
+        if det_rles is None:
+            height, width = pred.masks.shape[1:]
+            det_rles = rles_from_counts(encode_masks(pred.masks), height, width)
+        ious = mask_ious(det_rles, [rle(a["segmentation"]) for a in gt_annotations])
+        true_box = np.where(same, box_ious, 0.0).max(axis=1)
+        true_mask = np.where(same, ious, 0.0).max(axis=1)
     return pd.DataFrame(
         {
             "image_id": pred.image_id,
-            "score": pred.scores[matched].astype(np.float64),
-            "pred_box_iou": pred.box_ious[matched].astype(np.float64),
-            "true_box_iou": true_box[matched],
-            "pred_mask_iou": pred.mask_ious[matched].astype(np.float64),
+            "score": pred.scores.astype(np.float64),
+            "matched": true_box > MATCH_IOU,
+            "pred_box_iou": pred.box_ious.astype(np.float64),
+            "true_box_iou": true_box,
+            "pred_mask_iou": pred.mask_ious.astype(np.float64),
             "true_mask_iou": true_mask,
         },
         columns=columns,
@@ -53,15 +63,18 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def iou_head_metrics(pairs: pd.DataFrame) -> dict[str, float | int | None]:
-    """MAE and Pearson correlation of predicted against true IoU; None where undefined."""
-    out: dict[str, float | int | None] = {"iou_matched_detections": len(pairs)}
-    for kind in ("box", "mask"):
-        pred = pairs[f"pred_{kind}_iou"].to_numpy(dtype=np.float64)
-        true = pairs[f"true_{kind}_iou"].to_numpy(dtype=np.float64)
-        valid = ~np.isnan(pred)
-        pred, true = pred[valid], true[valid]
-        out[f"{kind}_iou_mae"] = float(np.abs(pred - true).mean()) if len(pred) else None
-        out[f"{kind}_iou_pearson"] = _pearson(pred, true)
+    """MAE and Pearson correlation of predicted against true IoU, None where undefined: over the
+    matched detections (box_iou_pearson, ...) and over all of them (box_iou_pearson_all, ...)."""
+    matched = pairs["matched"].to_numpy(dtype=bool) if "matched" in pairs else np.ones(len(pairs), bool)
+    out: dict[str, float | int | None] = {"iou_matched_detections": int(matched.sum()), "iou_detections": len(pairs)}
+    for suffix, rows in (("", pairs[matched]), ("_all", pairs)):
+        for kind in ("box", "mask"):
+            pred = rows[f"pred_{kind}_iou"].to_numpy(dtype=np.float64)
+            true = rows[f"true_{kind}_iou"].to_numpy(dtype=np.float64)
+            valid = ~np.isnan(pred)
+            pred, true = pred[valid], true[valid]
+            out[f"{kind}_iou_mae{suffix}"] = float(np.abs(pred - true).mean()) if len(pred) else None
+            out[f"{kind}_iou_pearson{suffix}"] = _pearson(pred, true)
     return out
 
 

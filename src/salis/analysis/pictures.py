@@ -176,20 +176,31 @@ def learning_curves(curve: pd.DataFrame, path: Path) -> Path:
 
 
 def calibration_scatter(pairs: pd.DataFrame, path: Path, cycle: int) -> Path:
+    """Predicted vs true IoU of every test detection, box and mask side by side; the matched ones
+    (best box IoU > 0.5) drawn over the others, each group's Pearson r in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(3.6, 3.4))
-    if len(pairs):
-        ax.scatter(pairs["pred_mask_iou"], pairs["true_mask_iou"], s=4, alpha=0.4)
-    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted mask IoU (IoU head)")
-    ax.set_ylabel("true mask IoU")
-    ax.set_title(f"cycle {cycle}, test detections matched at box IoU > 0.5", fontsize=8)
+    matched = pairs["matched"].to_numpy(dtype=bool) if "matched" in pairs else np.ones(len(pairs), bool)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4))
+    for ax, kind in zip(axes, ("box", "mask")):
+        pred, true = pairs[f"pred_{kind}_iou"].to_numpy(float), pairs[f"true_{kind}_iou"].to_numpy(float)
+        for rows, colour, label in ((~matched, "tab:red", "unmatched"), (matched, "tab:blue", "matched")):
+            if rows.sum() > 1:
+                r = np.corrcoef(pred[rows], true[rows])[0, 1] if np.std(pred[rows]) and np.std(true[rows]) else float("nan")
+                ax.scatter(pred[rows], true[rows], s=3, alpha=0.3, color=colour, label=f"{label} ({rows.sum()}), r {r:.2f}")
+        if len(pred) > 1 and np.std(pred) and np.std(true):
+            ax.set_title(f"{kind}: all {len(pred)}, r {np.corrcoef(pred, true)[0, 1]:.2f}", fontsize=8)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(f"predicted {kind} IoU (IoU head)")
+        ax.set_ylabel(f"true {kind} IoU")
+        if len(pairs):
+            ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle(f"cycle {cycle}, every test detection", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

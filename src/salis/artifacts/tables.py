@@ -201,13 +201,14 @@ TEST_IMAGES = Table(
     format="csv",
 )
 
-# Predicted vs true IoU of matched test detections: a CSV, since `dvc plots` reads it.
+# Predicted vs true IoU of every test detection (matched: best box IoU > 0.5): a CSV, since `dvc plots` reads it.
 IOU_PAIRS = Table(
     "iou_pairs",
     pa.schema(
         [
             ("image_id", pa.int64()),
             ("score", pa.float64()),
+            ("matched", pa.bool_()),
             ("pred_box_iou", pa.float64()),
             ("true_box_iou", pa.float64()),
             ("pred_mask_iou", pa.float64()),

@@ -14,7 +14,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from salis.model.detector import SalisMaskRCNN
 from salis.model.heads import BoxSupervision, RoIHeadsParts
-from salis.model.iou_heads import IoUHeads
+from salis.model.iou_heads import IoUHeads, IoUTraining
 from salis.model.learning_loss import LossPredictionModule
 from salis.params import ModelParams
 
@@ -39,12 +39,23 @@ def build_backbone(params: ModelParams) -> BackboneWithFPN:
     )
 
 
+def iou_training(params: ModelParams) -> IoUTraining:
+    return IoUTraining(
+        mask_threshold=params.iou_mask_threshold,
+        loss_weight=params.iou_loss_weight,
+        jitter_rois=params.iou_jitter_rois,
+        jitter_min_iou=params.iou_jitter_min_iou,
+        background_rois=params.iou_background_rois,
+        gt_proposals=params.iou_gt_proposals,
+    )
+
+
 def build_roi_parts(params: ModelParams, box_supervision: BoxSupervision | None = None) -> RoIHeadsParts:
     """salis's additions to the RoI heads: IoU heads, loss-prediction module, training dropout, and
     BoxInst's loss weights for box-labeled images (a training setting: train.box_*)."""
     channels = params.fpn_channels
     iou = (
-        IoUHeads.build(channels, params.iou_head_channels, params.iou_mask_threshold, params.iou_loss_weight)
+        IoUHeads.build(channels, params.iou_head_channels, iou_training(params))
         if params.iou_heads
         else None
     )

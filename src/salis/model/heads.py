@@ -34,7 +34,15 @@ from salis.model.box_supervision import box_mask_losses, rgb_to_lab, roi_colors
 
 from salis.model.detections import Detections, postprocess_detections
 from salis.model.image_features import image_level_features
-from salis.model.iou_heads import IoUHead, IoUHeads, box_iou_targets, mask_iou_targets
+from salis.model.iou_heads import (
+    IoUHead,
+    IoUHeads,
+    IoUTraining,
+    best_box_ious,
+    box_iou_targets,
+    jittered_boxes,
+    mask_iou_targets,
+)
 from salis.model.learning_loss import (
     PREDICTED_LOSSES,
     ROI_IMAGE_LOSSES,
@@ -137,9 +145,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         # attributes, not a container module: the checkpoints' keys are roi_heads.box_iou_head.* etc.
         self.box_iou_head = iou.box if iou else None
         self.mask_iou_head = iou.mask if iou else None
-        # the heads' loss settings (the dataclass defaults, unused, without the heads)
-        self.iou_mask_threshold = iou.mask_threshold if iou else IoUHeads.mask_threshold
-        self.iou_loss_weight = iou.loss_weight if iou else IoUHeads.loss_weight
+        self.iou_training = iou.training if iou else IoUTraining()  # what the heads train on
         self.loss_prediction = parts.loss_prediction
         self.train_dropout_p = parts.train_dropout_p
         self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
@@ -353,11 +359,14 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
 
     def _iou_losses(self, features, image_shapes, targets, samples: RoISamples, box: BoxBranch,
                     mask: MaskBranch) -> dict[str, Tensor]:
-        """L2 losses of both IoU heads on the positive RoIs of expert-labeled images only.
+        """L2 losses of both IoU heads on expert-labeled images: on their sampled positive RoIs
+        (at the refined box for the box-IoU head) and on the extra RoIs of _iou_extra_rois
+        (IoUTraining says which).
 
         Pseudo-labeled images (positive_only) give no IoU-head loss: their "ground truth" is the
         model's own output. Targets carry no gradient.
         """
+        settings = self.iou_training
         flags = [p or own for p, own in zip(positive_only_flags(targets), target_flags(targets, OWN_LABELS))]
         from_box = target_flags(targets, MASK_FROM_BOX)
         decoded = self.box_coder.decode(box.regression.detach(), samples.proposals).split(
@@ -367,35 +376,87 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         mask_logits = mask.logits.split(mask_counts, 0)
         mask_pooled = mask.pooled.split(mask_counts, 0)
 
-        pred_boxes, box_targets, mask_inputs, mask_targets = [], [], [], []
+        box_rois, box_targets, mask_inputs, mask_targets = [], [], [], []
+        extra_mask_rois: list[Tensor] = []  # per image: the extra RoIs the mask-IoU head learns from
+        extra_mask_matched: list[Tensor | None] = []  # ... and each one's best-overlapping ground truth
         for i, target in enumerate(targets):
+            empty = decoded[i].new_zeros((0, 4))
+            if flags[i]:
+                box_rois.append(empty)
+                extra_mask_rois.append(empty)
+                extra_mask_matched.append(None)
+                continue
             pos, matched = samples.positives[i], samples.mask_matched[i]
-            if flags[i] or len(pos) == 0:
-                pred_boxes.append(decoded[i].new_zeros((0, 4)))
-                continue
+            gt_boxes = target["boxes"]
+            real = torch.ones(len(pos), dtype=torch.bool, device=pos.device)
+            if not settings.gt_proposals and len(pos):  # an appended ground-truth box equals its match
+                real = ~(samples.proposals[i][pos] == gt_boxes[matched]).all(dim=1)
             cls = samples.labels[i][pos]
-            boxes = box_ops.clip_boxes_to_image(decoded[i][pos, cls], image_shapes[i])
-            pred_boxes.append(boxes)
-            box_targets.append(box_iou_targets(boxes, target["boxes"][matched]))
+            boxes = box_ops.clip_boxes_to_image(decoded[i][pos, cls], image_shapes[i])[real]
+            extra = self._iou_extra_rois(samples, i, gt_boxes, image_shapes[i])
+            extra_iou, extra_matched = best_box_ious(extra, gt_boxes)
+            box_rois.append(torch.cat([boxes, extra]))
+            box_targets.append(torch.cat([box_iou_targets(boxes, gt_boxes[matched[real]]), extra_iou]))
             if from_box[i]:  # no mask to measure the predicted mask's IoU against
+                extra_mask_rois.append(empty)
+                extra_mask_matched.append(None)
                 continue
-            probs = mask_logits[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
-            mask_targets.append(
-                mask_iou_targets(probs, mask.rois[i], target["masks"], matched, self.iou_mask_threshold)
-            )
-            mask_inputs.append(mask_pooled[i])
+            if len(pos):
+                probs = mask_logits[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
+                mask_targets.append(mask_iou_targets(probs[real], mask.rois[i][real], target["masks"],
+                                                     matched[real], settings.mask_threshold))
+                mask_inputs.append(mask_pooled[i][real])
+            extra_mask_rois.append(extra)
+            extra_mask_matched.append(extra_matched)
 
         # the box-IoU head looks at the predicted box, the same input it sees at inference
-        box_pred = self.box_iou_head(self.box_roi_pool(features, pred_boxes, image_shapes))
-        if not box_targets:
+        box_pred = self.box_iou_head(self.box_roi_pool(features, box_rois, image_shapes))
+        if not sum(len(t) for t in box_targets):
             zero = box_pred.sum() * 0.0 + self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
             return {"loss_box_iou": zero, "loss_mask_iou": zero}
-        weight = self.iou_loss_weight
-        if mask_targets:
+        if any(len(r) for r in extra_mask_rois):
+            inputs, ious = self._extra_mask_iou_samples(features, image_shapes, targets, extra_mask_rois,
+                                                        extra_mask_matched)
+            mask_inputs.append(inputs)
+            mask_targets.append(ious)
+        weight = settings.loss_weight
+        if sum(len(t) for t in mask_targets):
             mask_loss = weight * F.mse_loss(self.mask_iou_head(torch.cat(mask_inputs)), torch.cat(mask_targets))
         else:  # only box-labeled images: the mask-IoU head has nothing to learn from
             mask_loss = self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
         return {"loss_box_iou": weight * F.mse_loss(box_pred, torch.cat(box_targets)), "loss_mask_iou": mask_loss}
+
+    def _iou_extra_rois(self, samples: RoISamples, i: int, gt_boxes: Tensor, image_shape) -> Tensor:
+        """Image i's RoIs for the IoU heads besides its positives: jittered ground-truth boxes
+        (IoU in [jitter_min_iou, 1]) and a random subset of the sampler's negative RoIs."""
+        settings = self.iou_training
+        jittered, _ = jittered_boxes(gt_boxes, settings.jitter_rois, settings.jitter_min_iou, image_shape)
+        negatives = samples.proposals[i][samples.labels[i] == 0]
+        if settings.background_rois > 0 and len(negatives):
+            negatives = negatives[torch.randperm(len(negatives), device=negatives.device)[: settings.background_rois]]
+        else:
+            negatives = negatives[:0]
+        return torch.cat([jittered.to(negatives.dtype), negatives])
+
+    def _extra_mask_iou_samples(self, features, image_shapes, targets, rois: list[Tensor],
+                                matched: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+        """The mask-IoU head's input at the extra RoIs, and the IoU of the mask the mask head
+        predicts there (for the best-overlapping instance's class) with that instance's mask."""
+        pooled = self.mask_roi_pool(features, rois, image_shapes)
+        with torch.no_grad():  # the mask head is not trained on these RoIs: it only shows its mask
+            logits = self.mask_predictor(self.mask_head(pooled)).split([len(r) for r in rois], 0)
+        ious = []
+        for target, image_rois, image_logits, image_matched in zip(targets, rois, logits, matched):
+            if len(image_rois) == 0:
+                continue
+            if image_matched is None or len(target["boxes"]) == 0:
+                ious.append(image_rois.new_zeros(len(image_rois)))
+                continue
+            labels = target["labels"][image_matched]
+            probs = image_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
+            ious.append(mask_iou_targets(probs, image_rois, target["masks"], image_matched,
+                                         self.iou_training.mask_threshold))
+        return pooled, torch.cat(ious)
 
     def _predict_iou(self, features, image_shapes, detections: Detections, mask: MaskBranch) -> list[dict[str, Tensor]]:
         if not self.has_iou_heads:

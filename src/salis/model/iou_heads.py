@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
 
+from salis.model.mc_dropout import paired_box_iou
+
 
 class IoUHead(nn.Module):
     def __init__(self, in_channels: int, hidden: int) -> None:
@@ -40,19 +42,80 @@ class IoUHead(nn.Module):
         return torch.sigmoid(self.fc(pooled)).squeeze(1)
 
 
+@dataclasses.dataclass(frozen=True)
+class IoUTraining:
+    """What the IoU heads train on (model.iou_*), besides the sampled positive RoIs.
+
+    At inference the heads score every detection, false positives included, at boxes the box
+    branch refined: never at a ground-truth box. So the ground-truth boxes torchvision appends to
+    the proposals stay out of their losses (gt_proposals False), and each expert-labeled image adds
+    `jitter_rois` ground-truth boxes jittered to an IoU spread evenly over [jitter_min_iou, 1]
+    (IoU-Net) and `background_rois` of the sampler's negative RoIs (IoU < 0.5, most near 0).
+    """
+
+    mask_threshold: float = 0.3  # binarises the predicted mask for the mask-IoU target
+    loss_weight: float = 1.0
+    jitter_rois: int = 0
+    jitter_min_iou: float = 0.5
+    background_rois: int = 0
+    gt_proposals: bool = True  # True: the appended ground-truth boxes train the heads too (before 2026-12)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class IoUHeads:
-    """The pair of heads, with the settings of their training loss (a part of the RoI heads)."""
+    """The pair of heads, with what their training sees (a part of the RoI heads)."""
 
     box: IoUHead
     mask: IoUHead
-    mask_threshold: float = 0.3  # binarises the predicted mask for the mask-IoU target
-    loss_weight: float = 1.0
+    training: IoUTraining = IoUTraining()
 
     @classmethod
-    def build(cls, in_channels: int, hidden: int, mask_threshold: float = 0.3, loss_weight: float = 1.0) -> IoUHeads:
+    def build(cls, in_channels: int, hidden: int, training: IoUTraining | None = None) -> IoUHeads:
         box = IoUHead(in_channels, hidden)  # the box head first: a seed gives both their weights of before
-        return cls(box, IoUHead(in_channels, hidden), mask_threshold, loss_weight)
+        return cls(box, IoUHead(in_channels, hidden), training or IoUTraining())
+
+
+_CANDIDATES = 32  # jittered candidates per wanted box; the nearest IoU to the wanted one is kept
+
+
+@torch.no_grad()
+def jittered_boxes(gt_boxes: Tensor, count: int, min_iou: float, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(boxes, source): `count` ground-truth boxes (drawn with replacement) jittered so that their
+    IoU with their source spreads evenly over [min_iou, 1]: each wanted IoU is drawn uniformly,
+    and of _CANDIDATES random shifts and rescalings of the source the nearest is kept (IoU-Net's
+    jitter, Jiang et al. 2018). Clipped to the image; draws from torch's global generator."""
+    device = gt_boxes.device
+    if count <= 0 or len(gt_boxes) == 0:
+        return gt_boxes.new_zeros((0, 4)), torch.zeros(0, dtype=torch.long, device=device)
+    source = torch.randint(len(gt_boxes), (count,), device=device)
+    wanted = min_iou + (1.0 - min_iou) * torch.rand(count, device=device)
+    gt = gt_boxes[source].float()
+    size = (gt[:, 2:] - gt[:, :2]).clamp(min=1.0)
+    centre = (gt[:, 2:] + gt[:, :2]) / 2
+    # per candidate a strength in [0, 1], then a shift of up to 40% and a rescaling of up to
+    # e^0.6 in each direction: IoUs from 1 down to about 0.1
+    strength = torch.rand(count, _CANDIDATES, 1, device=device)
+    shift = (torch.rand(count, _CANDIDATES, 2, device=device) * 2 - 1) * 0.4 * strength * size[:, None]
+    scale = torch.exp((torch.rand(count, _CANDIDATES, 2, device=device) * 2 - 1) * 0.6 * strength)
+    half = size[:, None] * scale / 2
+    new_centre = centre[:, None] + shift
+    candidates = torch.cat([new_centre - half, new_centre + half], dim=2)
+    height, width = image_shape
+    candidates[..., 0::2] = candidates[..., 0::2].clamp(0, width)
+    candidates[..., 1::2] = candidates[..., 1::2].clamp(0, height)
+    ious = paired_box_iou(candidates.reshape(-1, 4), gt.repeat_interleave(_CANDIDATES, 0)).reshape(count, _CANDIDATES)
+    nearest = (ious - wanted[:, None]).abs().argmin(dim=1)
+    boxes = candidates[torch.arange(count, device=device), nearest].to(gt_boxes.dtype)
+    return boxes, source
+
+
+@torch.no_grad()
+def best_box_ious(boxes: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """(IoU, index): each box's highest IoU with any ground-truth box, and which (0, 0 if none)."""
+    if len(gt_boxes) == 0 or len(boxes) == 0:
+        zeros = boxes.new_zeros(len(boxes))
+        return zeros, zeros.long()
+    return box_iou(boxes, gt_boxes).max(dim=1)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-from salis.analysis.calibration import iou_head_metrics, matched_iou_pairs, pseudo_label_quality
+from salis.analysis.calibration import iou_head_metrics, iou_pairs, pseudo_label_quality
 from salis.analysis.evaluation import coco_metrics, detections_from_prediction, per_image_ap50
 from salis.annotation.cost import CostModel
 from salis.artifacts.atomic import write_json
@@ -27,6 +27,7 @@ from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
+from salis.geometry import rle
 from salis.loop.labels import instance_counts, read_store
 from salis.model.checkpoint import load_model
 from salis.params import LABEL_TYPES, Params
@@ -38,7 +39,7 @@ class TestImageResult:
 
     image_id: int
     detections: list[dict]  # COCO results
-    iou_pairs: pd.DataFrame  # predicted vs true IoU of its matched detections
+    iou_pairs: pd.DataFrame  # predicted vs true IoU of each of its detections
     row: dict  # its TEST_IMAGES row
 
 
@@ -60,7 +61,8 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
                         channels_last=True):
         dets = detections_from_prediction(pred.image_id, pred.boxes, pred.scores, pred.category_ids, pred.masks)
         truth = test_gt[pred.image_id]
-        results.append(TestImageResult(pred.image_id, dets, matched_iou_pairs(pred, truth),
+        pairs = iou_pairs(pred, truth, [rle(d["segmentation"]) for d in dets])
+        results.append(TestImageResult(pred.image_id, dets, pairs,
                                        {"image_id": pred.image_id, "instances": len(truth), "detections": len(dets),
                                         "mask_AP50": per_image_ap50(truth, dets)}))
     gathered = dist.gather(results)
