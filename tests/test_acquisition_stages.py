@@ -194,7 +194,7 @@ def test_a_mask_floor_changes_no_score_no_selection_and_no_pseudo_label(scored, 
     not masks), the same masks for detections at or above the floor and none below it; so every
     sampler picks the same images and pseudo-labels come out the same bytes. mc_passes 0 runs the
     mask head on the kept detections only; MC dropout runs it on all (it compares masks)."""
-    from salis.pipeline.pseudo_label import stage_pseudo_label
+    from salis.loop.cycle import pseudo_labels
 
     layout, params = scored
     floor = float(np.median(pd.read_parquet(layout.instances(1))["score"]))  # about half kept
@@ -209,12 +209,13 @@ def test_a_mask_floor_changes_no_score_no_selection_and_no_pseudo_label(scored, 
         for sampler in ("random", "entropy", "tsp", "beta_iou", "coreset", "mc_dropout") if mc_passes else ("tsp",):
             stage_select(dataclasses.replace(run_params, sampler=sampler), project, 1)
             selected[sampler] = project.selected(1).read_bytes()
-        stage_pseudo_label(run_params, project, 1)
-        runs[name] = (project, selected, project.pseudo(2).read_bytes())
+        # what pseudo_label@2 reads: model 1's detections above the gate (here c > floor)
+        runs[name] = (project, selected, pseudo_labels(project.instances(1), frozenset(), floor))
     (all_masks, all_selected, all_pseudo), (floored, floor_selected, floor_pseudo) = runs["all"], runs["floor"]
     assert all_masks.images(1).read_bytes() == floored.images(1).read_bytes()
     assert floor_selected == all_selected
-    assert floor_pseudo == all_pseudo and len(pd.read_parquet(floored.pseudo(2))) > 0
+    pd.testing.assert_frame_equal(floor_pseudo, all_pseudo)
+    assert len(floor_pseudo) > 0
     full, part = pd.read_parquet(all_masks.instances(1)), pd.read_parquet(floored.instances(1))
     mask_columns = ["area", "rle"]
     pd.testing.assert_frame_equal(full.drop(columns=mask_columns), part.drop(columns=mask_columns))
@@ -226,7 +227,8 @@ def test_a_mask_floor_changes_no_score_no_selection_and_no_pseudo_label(scored, 
 
 def test_readers_of_masks_below_the_floor_are_refused():
     with pytest.raises(SalisError, match=r"pseudo.score_thresh \(0.2\) reads masks .* score.mask_min_score \(0.3\)"):
-        parse_params({"pseudo": {"score_thresh": 0.2}})
+        parse_params({"pseudo": {"gate": "fixed", "score_thresh": 0.2}})
+    parse_params({"pseudo": {"gate": "calibrated", "score_thresh": 0.2}})  # a calibrated gate starts at the floor
     with pytest.raises(SalisError, match=r"annotation.pre_annotation_score \(0.1\) reads masks"):
         parse_params({"annotation": {"pre_annotation_score": 0.1}})
     with pytest.raises(SalisError, match=r"select.min_score \(0.0\) reads masks"):

@@ -165,6 +165,6 @@ def test_a_corrupt_instance_table_names_its_stage_and_the_command_that_rebuilds_
         aggregate_instances(path, np.array([1]), "mean", ["score"])
     with pytest.raises(InputError, match=expected):
         INSTANCES.read_rows(path, filters=[("image_id", "in", [1])])
-    assert PSEUDO.rebuild_command("data/cycles/3/pseudo.parquet") == "dvc repro --force --single-item pseudo_label@c2"
-    assert PSEUDO.rebuild_command("data/cycles/1/pseudo.parquet") == "dvc repro --force --single-item init"
+    assert PSEUDO.rebuild_command("data/cycles/3/pseudo.parquet") == "dvc repro --force --single-item pseudo_label@c3"
+    assert INSTANCES.rebuild_command("data/cycles/0/instances.parquet") == "dvc repro --force --single-item init"
     assert SELECTED.rebuild_command("data/cycles/0/selected.parquet") == "dvc repro --force --single-item init"

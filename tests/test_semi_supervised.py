@@ -62,29 +62,6 @@ def test_beta_scales_the_pseudo_gradient_exactly():
     assert changed > 0
 
 
-def instance_rows(image_ids: list[int]) -> pd.DataFrame:
-    n = len(image_ids)
-    rows = {name: [0.0] * n for name in INSTANCES.schema.names}
-    rows.update(image_id=image_ids, det=[0] * n, category_id=[1] * n, score=[0.99] * n, box_iou=[0.95] * n,
-                mask_iou=[0.9] * n, area=[1] * n, height=[4] * n, width=[4] * n, rle=["04L4"] * n)
-    return INSTANCES.to_arrow(pd.DataFrame(rows)).to_pandas()
-
-
-def test_pseudo_stage_never_labels_labeled_or_just_selected_images(tmp_path: Path):
-    from salis.pipeline.pseudo_label import stage_pseudo_label
-
-    layout = Layout(tmp_path)
-    labeled = pd.DataFrame({"image_id": [1, 2], "cycle": 1, "source": "simulated_oracle",
-                            "sampler": "initial_random", "rank": [0, 1], "label_type": "mask", "seconds": 1.0})
-    write_table(layout.labeled(1), labeled, LABELED)
-    write_table(layout.selected(1), pd.DataFrame({"image_id": [3], "cycle": 1, "sampler": "tsp", "rank": [0], "label_type": "mask"}),
-                SELECTED)
-    write_table(layout.instances(1), instance_rows([1, 2, 3, 4, 5, 5]), INSTANCES)
-    stage_pseudo_label(parse_params({}), layout, 1)
-    pseudo = read_table(layout.pseudo(2), PSEUDO)
-    assert pseudo["image_id"].tolist() == [4, 5, 5]  # 1, 2 labeled; 3 selected for labeling
-
-
 TINY = {
     "sampler": "tsp",
     "runtime": {"device": "cpu", "threads": 1},
@@ -97,7 +74,7 @@ TINY = {
     "score": {"batch_size": 4, "mask_min_score": 0.05},
     "select": {"initial": 4, "budget": 2},
     # untrained: keep every detection (all score above model.box_score_thresh 0.05)
-    "pseudo": {"score_thresh": 0.05, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},
+    "pseudo": {"gate": "fixed", "score_thresh": 0.05, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},
     "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
 }
 
@@ -122,11 +99,11 @@ def run_two_cycles(root: Path) -> tuple[Layout, list[dict]]:
     summaries = []
     for k in (1, 2):
         stage_annotate(params, layout, k)
+        stage_pseudo_label(params, layout, k)
         stage_weak_label(params, layout, k)
         summaries.append(stage_train(params, layout, k))
         stage_infer_score(params, layout, k)
         stage_select(params, layout, k)
-        stage_pseudo_label(params, layout, k)
         stage_evaluate(params, layout, k)
     return layout, summaries
 
@@ -155,6 +132,6 @@ def test_pseudo_labels_are_made_and_trained_on(two_runs):
 def test_same_params_give_byte_identical_selections_and_metrics(two_runs):
     (a, _), (b, _) = two_runs
     for k in (1, 2):
-        for path in (a.selected(k), a.metrics(k), a.pseudo(k + 1), a.iou_pairs(k)):
+        for path in (a.selected(k), a.metrics(k), a.pseudo(k), a.pseudo_gate(k), a.iou_pairs(k)):
             twin = b.root / path.relative_to(a.root)
             assert path.read_bytes() == twin.read_bytes(), path.relative_to(a.root)

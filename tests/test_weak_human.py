@@ -65,7 +65,7 @@ def waiting(request, tmp_path_factory):
     request0 = json.loads((layout.requests(0) / "request.json").read_text())
     (root / "export0.json").write_text(json.dumps(coco_export(request0, oracle, "mask")))
     import_labels(root / "export0.json", layout.requests(0) / "request.json", layout.imported_labels(0))
-    for stage in ("annotate", "weak_label", "train", "infer_score", "select", "pseudo_label", "evaluate", "request"):
+    for stage in ("annotate", "pseudo_label", "weak_label", "train", "infer_score", "select", "evaluate", "request"):
         run_stage(stage, params, layout, 1)
     return label_type, params, layout, oracle
 

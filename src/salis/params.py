@@ -205,6 +205,9 @@ class WeakParams:
 
 @dataclasses.dataclass(frozen=True)
 class PseudoParams:
+    # calibrated: thresholds chosen each cycle for target_precision (salis.loop.gate); fixed: below
+    gate: Literal["fixed", "calibrated"] = "calibrated"
+    target_precision: float = 0.9
     score_thresh: float = 0.9
     box_iou_thresh: float = 0.9
     mask_iou_thresh: float = 0.8
@@ -405,6 +408,8 @@ def _check_limits(p: Params) -> None:
                         "model.iou_background_rois": p.model.iou_background_rois}.items():
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
+    if not 0.0 < p.pseudo.target_precision <= 1.0:
+        raise ParamsError(f"pseudo.target_precision must lie in (0, 1], got {p.pseudo.target_precision}")
     if not 0.0 <= p.model.iou_jitter_min_iou < 1.0:
         raise ParamsError(f"model.iou_jitter_min_iou must lie in [0, 1), got {p.model.iou_jitter_min_iou}")
     if not 0.0 <= p.train.momentum < 1.0:
@@ -585,8 +590,9 @@ def _check_mask_floor(p: Params) -> None:
     floor = p.score.mask_min_score
     if not 0.0 <= floor <= 1.0:
         raise ParamsError(f"score.mask_min_score must lie in [0, 1], got {floor}")
-    readers = {"pseudo.score_thresh": p.pseudo.score_thresh,
-               "annotation.pre_annotation_score": p.annotation.pre_annotation_score}
+    readers = {"annotation.pre_annotation_score": p.annotation.pre_annotation_score}
+    if p.pseudo.gate == "fixed":  # a calibrated gate starts at the floor by construction
+        readers["pseudo.score_thresh"] = p.pseudo.score_thresh
     if p.sampler == "oracle_iou":
         readers["select.min_score"] = p.select.min_score
     for name, value in readers.items():

@@ -43,6 +43,10 @@ class Layout:
     def pseudo(self, k: int) -> Path:
         return self.cycle_dir(k) / "pseudo.parquet"
 
+    def pseudo_gate(self, k: int) -> Path:
+        """Which gate pseudo_label@k used and why (salis.loop.gate.GateReport)."""
+        return self.root / "metrics" / "pseudo_gate" / f"{k}.json"
+
     def weak(self, k: int) -> Path:
         """Cycle k's training targets made from weak labels (weak_label@k)."""
         return self.cycle_dir(k) / "weak.parquet"

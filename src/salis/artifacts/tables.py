@@ -29,18 +29,14 @@ class Table:
     schema: pa.Schema
     producer: str  # the stage that writes it (named in errors)
     format: Literal["parquet", "csv"] = "parquet"
-    # cycle k's file (data/cycles/<k>/, metrics/<x>/<k>.csv) comes from stage@c<k + cycle_offset>;
-    # the cycle that offset makes 0 is written by init
-    cycle_offset: int = 0
 
     def rebuild_command(self, path: str | Path) -> str:
         """The `dvc repro` that writes the file at `path` again."""
         path = Path(path)
         stage = self.producer.split()[0]
         cycle = next((int(n) for n in (path.parent.name, path.stem) if n.isdigit()), None)
-        if cycle is not None:
-            k = cycle + self.cycle_offset
-            stage = "init" if k == 0 else f"{stage}@c{k}"
+        if cycle is not None:  # cycle k's file comes from stage@c<k>; cycle 0's from init
+            stage = "init" if cycle == 0 else f"{stage}@c{cycle}"
         return f"dvc repro --force --single-item {stage}"
 
     def unreadable(self, path: str | Path, err: BaseException) -> InputError:
@@ -155,8 +151,8 @@ LABELED = Table(
     "annotate (init for cycle 0)",
 )
 
-# Detections kept as pseudo-labels for the next cycle's training: instance rows.
-PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label (init for cycle 1)", cycle_offset=-1)
+# Detections kept as pseudo-labels for cycle k's training (model k-1's, gated): instance rows.
+PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label")
 
 # Weak labels turned into training targets for cycle k (weak_label@k): point-guided pseudo-labels
 # of point-labeled images and image-label-filtered detections of image-labeled images.

@@ -377,14 +377,19 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         mask_pooled = mask.pooled.split(mask_counts, 0)
 
         box_rois, box_targets, mask_inputs, mask_targets = [], [], [], []
-        extra_mask_rois: list[Tensor] = []  # per image: the extra RoIs the mask-IoU head learns from
+        extra_rois: list[Tensor] = []  # per image: the RoIs of _iou_extra_rois (both heads)
+        extra_box_targets: list[Tensor] = []
+        extra_mask_rois: list[Tensor] = []  # per image: those the mask-IoU head learns from
         extra_mask_matched: list[Tensor | None] = []  # ... and each one's best-overlapping ground truth
+        extra_mask_ious: list[Tensor] = []  # ... and its box IoU with it
         for i, target in enumerate(targets):
             empty = decoded[i].new_zeros((0, 4))
             if flags[i]:
                 box_rois.append(empty)
+                extra_rois.append(empty)
                 extra_mask_rois.append(empty)
                 extra_mask_matched.append(None)
+                extra_mask_ious.append(empty[:, 0])
                 continue
             pos, matched = samples.positives[i], samples.mask_matched[i]
             gt_boxes = target["boxes"]
@@ -393,13 +398,16 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
                 real = ~(samples.proposals[i][pos] == gt_boxes[matched]).all(dim=1)
             cls = samples.labels[i][pos]
             boxes = box_ops.clip_boxes_to_image(decoded[i][pos, cls], image_shapes[i])[real]
+            box_rois.append(boxes)
+            box_targets.append(box_iou_targets(boxes, gt_boxes[matched[real]]))
             extra = self._iou_extra_rois(samples, i, gt_boxes, image_shapes[i])
             extra_iou, extra_matched = best_box_ious(extra, gt_boxes)
-            box_rois.append(torch.cat([boxes, extra]))
-            box_targets.append(torch.cat([box_iou_targets(boxes, gt_boxes[matched[real]]), extra_iou]))
+            extra_rois.append(extra)
+            extra_box_targets.append(extra_iou)
             if from_box[i]:  # no mask to measure the predicted mask's IoU against
                 extra_mask_rois.append(empty)
                 extra_mask_matched.append(None)
+                extra_mask_ious.append(empty[:, 0])
                 continue
             if len(pos):
                 probs = mask_logits[i][torch.arange(len(pos), device=cls.device), cls].detach().sigmoid()
@@ -408,17 +416,24 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
                 mask_inputs.append(mask_pooled[i][real])
             extra_mask_rois.append(extra)
             extra_mask_matched.append(extra_matched)
+            extra_mask_ious.append(extra_iou)
 
         # the box-IoU head looks at the predicted box, the same input it sees at inference
         box_pred = self.box_iou_head(self.box_roi_pool(features, box_rois, image_shapes))
+        if any(len(r) for r in extra_rois):
+            # the extra RoIs teach the heads, not the backbone: pooled from detached features
+            # (RoIAlign's backward is most of a CPU step's cost; the positives still backpropagate)
+            detached = {level: f.detach() for level, f in features.items()}
+            box_pred = torch.cat([box_pred, self.box_iou_head(self.box_roi_pool(detached, extra_rois, image_shapes))])
+            box_targets = box_targets + extra_box_targets
+            if any(len(r) for r in extra_mask_rois):
+                inputs, ious = self._extra_mask_iou_samples(detached, image_shapes, targets, extra_mask_rois,
+                                                            extra_mask_matched, extra_mask_ious)
+                mask_inputs.append(inputs)
+                mask_targets.append(ious)
         if not sum(len(t) for t in box_targets):
             zero = box_pred.sum() * 0.0 + self.mask_iou_head(mask.pooled[:0]).sum() * 0.0
             return {"loss_box_iou": zero, "loss_mask_iou": zero}
-        if any(len(r) for r in extra_mask_rois):
-            inputs, ious = self._extra_mask_iou_samples(features, image_shapes, targets, extra_mask_rois,
-                                                        extra_mask_matched)
-            mask_inputs.append(inputs)
-            mask_targets.append(ious)
         weight = settings.loss_weight
         if sum(len(t) for t in mask_targets):
             mask_loss = weight * F.mse_loss(self.mask_iou_head(torch.cat(mask_inputs)), torch.cat(mask_targets))
@@ -439,24 +454,30 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         return torch.cat([jittered.to(negatives.dtype), negatives])
 
     def _extra_mask_iou_samples(self, features, image_shapes, targets, rois: list[Tensor],
-                                matched: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+                                matched: list[Tensor | None], box_ious: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The mask-IoU head's input at the extra RoIs, and the IoU of the mask the mask head
-        predicts there (for the best-overlapping instance's class) with that instance's mask."""
+        predicts there (for the best-overlapping instance's class) with that instance's mask: 0
+        without running the mask head where the RoI overlaps no ground-truth box (its mask, inside
+        the RoI, cannot meet one)."""
         pooled = self.mask_roi_pool(features, rois, image_shapes)
-        with torch.no_grad():  # the mask head is not trained on these RoIs: it only shows its mask
-            logits = self.mask_predictor(self.mask_head(pooled)).split([len(r) for r in rois], 0)
-        ious = []
-        for target, image_rois, image_logits, image_matched in zip(targets, rois, logits, matched):
-            if len(image_rois) == 0:
-                continue
-            if image_matched is None or len(target["boxes"]) == 0:
-                ious.append(image_rois.new_zeros(len(image_rois)))
-                continue
-            labels = target["labels"][image_matched]
-            probs = image_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
-            ious.append(mask_iou_targets(probs, image_rois, target["masks"], image_matched,
-                                         self.iou_training.mask_threshold))
-        return pooled, torch.cat(ious)
+        touching = torch.cat([iou > 0 for iou in box_ious])
+        ious = pooled.new_zeros(len(pooled))
+        if touching.any():
+            with torch.no_grad():  # the mask head is not trained on these RoIs: it only shows its mask
+                logits = self.mask_predictor(self.mask_head(pooled[touching]))
+            image_of = torch.cat([torch.full((len(r),), i, device=pooled.device) for i, r in enumerate(rois)])
+            at = torch.where(touching)[0]
+            all_rois, all_matched = torch.cat(rois), torch.cat([m for m in matched if m is not None])
+            for i, target in enumerate(targets):
+                mine = image_of[at] == i
+                if not mine.any():
+                    continue
+                index = at[mine]
+                labels = target["labels"][all_matched[index]]
+                probs = logits[mine][torch.arange(len(labels), device=labels.device), labels].sigmoid()
+                ious[index] = mask_iou_targets(probs, all_rois[index], target["masks"], all_matched[index],
+                                               self.iou_training.mask_threshold)
+        return pooled, ious
 
     def _predict_iou(self, features, image_shapes, detections: Detections, mask: MaskBranch) -> list[dict[str, Tensor]]:
         if not self.has_iou_heads:

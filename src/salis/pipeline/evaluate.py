@@ -28,6 +28,7 @@ from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
 from salis.geometry import rle
+from salis.loop.gate import GateReport
 from salis.loop.labels import instance_counts, read_store
 from salis.model.checkpoint import load_model
 from salis.params import LABEL_TYPES, Params
@@ -93,6 +94,8 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
             metrics.update(pseudo_label_quality(table, SimulatedOracle(prepared).annotations, prefix))
         else:
             metrics.update(dict.fromkeys((f"{prefix}_precision", f"{prefix}_recall", f"{prefix}_mask_iou")))
+    gate = json.loads(layout.pseudo_gate(cycle).read_text())
+    metrics.update(GateReport.from_json(gate).metrics())
     weak_summary = json.loads(layout.weak_summary(cycle).read_text())
     weak_summary["weak_empty_images"] = len(weak_summary.pop("weak_empty_image_ids", []))
     metrics.update(weak_summary)

@@ -7,7 +7,7 @@ import pandas as pd
 from salis.annotation.export import write_request_batch
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, write_table
+from salis.artifacts.tables import INSTANCES, LABELED, SELECTED, write_table
 from salis.data.prepared import PreparedData
 from salis.loop.cycle import check_budget, initial_selection
 from salis.loop.labels import empty_store
@@ -23,6 +23,6 @@ def stage_init(params: Params, layout: Layout) -> pd.DataFrame:
     write_table(layout.selected(0), selected, SELECTED)
     write_table(layout.labeled(0), LABELED.empty(), LABELED)
     write_json(layout.annotations(0), empty_store(prepared.categories))
-    write_table(layout.pseudo(1), PSEUDO.empty(), PSEUDO)
+    write_table(layout.instances(0), INSTANCES.empty(), INSTANCES)  # no model has scored anything yet
     write_request_batch(layout.requests(0), prepared, selected["image_id"].tolist(), INSTANCES.empty(), cycle=0)
     return selected

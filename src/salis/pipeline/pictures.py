@@ -71,7 +71,7 @@ def selection_gallery(params: Params, layout: Layout, prepared: PreparedData, cy
 
 
 def pseudo_gallery(layout: Layout, prepared: PreparedData, oracle, cycle: int, n: int, path):
-    pseudo = read_table(layout.pseudo(cycle + 1), PSEUDO)
+    pseudo = read_table(layout.pseudo(cycle), PSEUDO)  # what cycle k trained on besides full labels
     weak = read_table(layout.weak(cycle), WEAK)
     rows, labels = [], []
     store_points = _points(layout, cycle)
@@ -92,7 +92,7 @@ def pseudo_gallery(layout: Layout, prepared: PreparedData, oracle, cycle: int, n
         if truth:
             rows.append(truth)
             labels.append("truth")
-    title = (f"cycle {cycle}: pseudo-labels for cycle {cycle + 1} and targets from weak labels (points: red x)"
+    title = (f"cycle {cycle}: the pseudo-labels and targets from weak labels it trained on (points: red x)"
              if rows else f"cycle {cycle}: no pseudo-labels and no weak labels this cycle")
     return draw_grid(rows, path, title, labels)
 

@@ -1,24 +1,58 @@
-"""Stage `pseudo_label@k`: confident detections of still-unlabeled images, for cycle k+1."""
+"""Stage `pseudo_label@k`: the pseudo-labels cycle k trains on: model k-1's confident detections
+(instances@k-1) of images still unlabeled, through the gate (salis.loop.gate).
+
+It runs after annotate@k: a calibrated gate learns its thresholds from model k-1's detections on
+batch k-1 (the images it selected) against the masks that batch was just labeled with, which
+model k-1 never trained on. Cycle 1 has no scores yet (init writes an empty instances@0).
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, check_parquet_schema, read_table, write_table
 from salis.loop.cycle import pseudo_labels
+from salis.loop.gate import GateReport, calibrated_gate, fixed_gate
+from salis.loop.labels import read_store
 from salis.params import Params
 
 
 def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
-    # images labeled or about to be labeled never get pseudo-labels
-    labeled = read_table(layout.labeled(cycle), LABELED)["image_id"].tolist()
-    next_labeled = frozenset(labeled + read_table(layout.selected(cycle), SELECTED)["image_id"].tolist())
-    check_parquet_schema(layout.instances(cycle), INSTANCES)
-    p = params.pseudo
-    table = pseudo_labels(layout.instances(cycle), next_labeled, p.score_thresh, p.box_iou_thresh, p.mask_iou_thresh)
+    scored = layout.instances(cycle - 1)
+    check_parquet_schema(scored, INSTANCES)
+    labeled = read_table(layout.labeled(cycle), LABELED)
+    batch = read_table(layout.selected(cycle - 1), SELECTED)["image_id"].tolist()
+    # images labeled or requested (an annotator may not have returned them yet) never get pseudo-labels
+    excluded = frozenset(labeled["image_id"].tolist() + batch)
+    report = _gate(params, layout, cycle, scored, labeled, batch)
+    if report.gate is None:
+        table = PSEUDO.empty()
+    else:
+        g = report.gate
+        table = pseudo_labels(scored, excluded, g.score, g.box_iou, g.mask_iou)
     if len(table) and table["mask_iou"].isna().all():
-        print("pseudo_label: the scoring model has no IoU heads; only pseudo.score_thresh was applied")
-    print(f"cycle {cycle}: {len(table)} pseudo-labels on {table['image_id'].nunique()} images for cycle {cycle + 1}")
-    write_table(layout.pseudo(cycle + 1), table, PSEUDO)
+        print("pseudo_label: the scoring model has no IoU heads; only the class score was gated")
+    print(f"cycle {cycle}: gate {report.reason}")
+    print(f"cycle {cycle}: {len(table)} pseudo-labels on {table['image_id'].nunique()} images")
+    write_table(layout.pseudo(cycle), table, PSEUDO)
+    write_json(layout.pseudo_gate(cycle), report.as_json() | {"pseudo_labels": len(table),
+                                                               "pseudo_images": int(table["image_id"].nunique())})
     return table
+
+
+def _gate(params: Params, layout: Layout, cycle: int, scored, labeled: pd.DataFrame, batch: list[int]) -> GateReport:
+    p = params.pseudo
+    if p.gate == "fixed":
+        return fixed_gate(p.score_thresh, p.box_iou_thresh, p.mask_iou_thresh)
+    # calibration images: batch k-1's images that came back with full masks
+    masks = labeled[(labeled["label_type"] == "mask") & labeled["image_id"].isin(batch)]["image_id"]
+    ids = set(masks.tolist())
+    truth: dict[int, list[dict]] = {i: [] for i in ids}
+    if ids:
+        for ann in read_store(layout.annotations(cycle))["annotations"]:
+            if int(ann["image_id"]) in ids:
+                truth[int(ann["image_id"])].append(ann)
+    detections = INSTANCES.read_rows(scored, filters=[("image_id", "in", sorted(ids))]) if ids else INSTANCES.empty()
+    return calibrated_gate(detections, truth.__getitem__, p.target_precision, params.score.mask_min_score, len(ids))
