@@ -145,3 +145,17 @@ def test_the_gate_stays_closed_when_the_model_was_wrong_on_its_batch(tmp_path):
 def test_a_target_precision_outside_0_1_is_refused(value):
     with pytest.raises(ParamsError, match="pseudo.target_precision"):
         parse_params({"pseudo": {"target_precision": value}})
+
+
+def test_cycle_one_has_no_pseudo_labels_and_says_why(tmp_path):
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+
+    layout = _project(tmp_path, _square(2, 2, 10, 10))
+    # cycle 1 as init leaves it: instances@0 empty, batch 0 labeled into labeled@1
+    write_table(layout.instances(0), INSTANCES.empty(), INSTANCES)
+    write_table(layout.selected(0), read_table(layout.selected(1), SELECTED), SELECTED)
+    write_table(layout.labeled(1), read_table(layout.labeled(2), LABELED), LABELED)
+    layout.annotations(1).write_text(layout.annotations(2).read_text())
+    stage_pseudo_label(parse_params({}), layout, 1)
+    assert read_table(layout.pseudo(1), PSEUDO).empty
+    assert json.loads(layout.pseudo_gate(1).read_text())["reason"] == "closed: cycle 1, no model has scored the pool yet"

@@ -46,6 +46,8 @@ def _gate(params: Params, layout: Layout, cycle: int, scored, labeled: pd.DataFr
     p = params.pseudo
     if p.gate == "fixed":
         return fixed_gate(p.score_thresh, p.box_iou_thresh, p.mask_iou_thresh)
+    if cycle == 1:  # instances@0 is init's empty table
+        return GateReport(mode="calibrated", gate=None, reason="closed: cycle 1, no model has scored the pool yet")
     # calibration images: batch k-1's images that came back with full masks
     masks = labeled[(labeled["label_type"] == "mask") & labeled["image_id"].isin(batch)]["image_id"]
     ids = set(masks.tolist())
