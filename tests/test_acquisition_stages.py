@@ -30,19 +30,20 @@ from salis.pipeline.prepare import stage_prepare
 from salis.pipeline.select import stage_select
 from salis.data.prepared import PreparedData
 from salis.acquisition.scoring import mc_columns
+from support import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "data": {"synthetic": {"pool_images": 8, "test_images": 2, "image_size": 48, "max_instances": 3}},
-    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 8, "mask_head_convs": 1,
-              "iou_head_channels": 8, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
-              "rpn_post_nms_top_n_test": 30, "detections_per_image": 8, "learning_loss": True,
-              "learning_loss_channels": 8},
-    "runtime": {"device": "cpu"},
-    "score": {"batch_size": 4, "mc_passes": 2},
-    "select": {"initial": 3, "budget": 2},
-    "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}},
-}
+# the tiny project with the loss-prediction module and MC dropout, one cycle, scored untrained
+TINY = tiny(
+    sampler="random",
+    runtime={"threads": 2},
+    data={"synthetic": {"pool_images": 8, "test_images": 2, "image_size": 48}},
+    model={"detections_per_image": 8, "learning_loss": True, "learning_loss_channels": 8},
+    score={"mc_passes": 2, "mask_min_score": 0.3},
+    pseudo={"gate": "calibrated"},
+    select={"initial": 3},
+    cycles={"c1": {"k": 1, "prev": 0, "next": 2}},
+)
 
 
 @pytest.fixture(scope="module")

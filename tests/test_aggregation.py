@@ -10,9 +10,10 @@ import pytest
 
 from salis.errors import SalisError
 from salis.params import SelectParams, parse_params
-from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers import get_sampler
 from salis.acquisition.samplers.aggregate import InstanceAggregator, aggregate_instances, resolve
 from salis.artifacts.tables import INSTANCE_SCHEMA
+from support import selection_context
 
 
 def test_aggregate_hand_values():
@@ -72,11 +73,6 @@ def test_aggregator_merges_partial_tables_exactly():
     assert agg.result(wanted, "tsp") == pytest.approx(expected_tsp)
 
 
-def ctx(path, images) -> SelectionContext:
-    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
-                            rng=np.random.default_rng(0), num_classes=2)
-
-
 def sampler(name: str, aggregation: str):
     return get_sampler(name, SelectParams(aggregation=aggregation))
 
@@ -86,10 +82,10 @@ def test_entropy_sampler_follows_the_aggregation(tmp_path):
     write_table(path, ROWS)
     images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_entropy": [0.3, 0.5, float("nan"), 0.6]})
     # 3 (no detection: log 3) first; mean: .6 (4) > .5 (2) > .3 (1)
-    assert sampler("entropy", "default").rank(ctx(path, images)) == [3, 4, 2, 1]
-    assert sampler("entropy", "mean").rank(ctx(path, images)) == [3, 4, 2, 1]
-    assert sampler("entropy", "max").rank(ctx(path, images)) == [3, 2, 4, 1]  # .8 > .6 > .5
-    assert sampler("entropy", "min").rank(ctx(path, images)) == [3, 4, 2, 1]  # .6 > .2 > .1
+    assert sampler("entropy", "default").rank(selection_context(images, path, num_classes=2)) == [3, 4, 2, 1]
+    assert sampler("entropy", "mean").rank(selection_context(images, path, num_classes=2)) == [3, 4, 2, 1]
+    assert sampler("entropy", "max").rank(selection_context(images, path, num_classes=2)) == [3, 2, 4, 1]  # .8 > .6 > .5
+    assert sampler("entropy", "min").rank(selection_context(images, path, num_classes=2)) == [3, 4, 2, 1]  # .6 > .2 > .1
 
 
 def test_tsp_sampler_accepts_another_aggregation(tmp_path):
@@ -98,17 +94,17 @@ def test_tsp_sampler_accepts_another_aggregation(tmp_path):
     images = pd.DataFrame({"image_id": [1, 2, 3, 4]})
     # instance scores s = exp(-std(c, .5, .5)) * mean(c, .5, .5); class scores: 1: .9 .6 .9, 2: .5 .7, 4: .8
     s = lambda c: math.exp(-np.std([c, 0.5, 0.5])) * np.mean([c, 0.5, 0.5])  # noqa: E731
-    scores = sampler("tsp", "min").score(ctx(path, images))
+    scores = sampler("tsp", "min").score(selection_context(images, path, num_classes=2))
     assert scores == pytest.approx([s(0.6), s(0.5), 0.0, s(0.8)])  # no detection: S = 0
-    assert sampler("tsp", "min").rank(ctx(path, images)) == [3, 2, 1, 4]
+    assert sampler("tsp", "min").rank(selection_context(images, path, num_classes=2)) == [3, 2, 1, 4]
 
 
 def test_beta_iou_reads_the_image_mean_by_default_and_streams_otherwise(tmp_path):
     path = tmp_path / "i.parquet"
     write_table(path, ROWS)
     images = pd.DataFrame({"image_id": [1, 2], "mean_mask_iou": [0.9, 0.1]})  # disagrees with the table on purpose
-    assert sampler("beta_iou", "default").score(ctx(path, images)) == pytest.approx([0.4, 0.4])  # |.9 - .5|, |.1 - .5|
-    assert sampler("beta_iou", "max").score(ctx(path, images)) == pytest.approx([0.0, 0.0])  # every mask IoU is .5
+    assert sampler("beta_iou", "default").score(selection_context(images, path, num_classes=2)) == pytest.approx([0.4, 0.4])  # |.9 - .5|, |.1 - .5|
+    assert sampler("beta_iou", "max").score(selection_context(images, path, num_classes=2)) == pytest.approx([0.0, 0.0])  # every mask IoU is .5
 
 
 def test_unknown_aggregation_is_refused():
@@ -125,9 +121,9 @@ def test_min_score_leaves_low_confidence_detections_out_of_the_image_score(tmp_p
     # class scores >= .75 keep image 1's entropies .1 and .3 (mean .2), none of image 2's
     # (.5, .7), and image 4's .6: image 2 now counts as having no detection (log 3)
     strict = get_sampler("entropy", SelectParams(min_score=0.75))
-    assert strict.score(ctx(path, images)) == pytest.approx([0.2, math.log(3), math.log(3), 0.6])
+    assert strict.score(selection_context(images, path, num_classes=2)) == pytest.approx([0.2, math.log(3), math.log(3), 0.6])
     # the image table's precomputed mean holds every detection: it is not used then
-    assert sampler("entropy", "mean").score(ctx(path, images)) == pytest.approx([0.3, 0.5, math.log(3), 0.6])
-    tsp = get_sampler("tsp", SelectParams(min_score=0.75)).score(ctx(path, images))
+    assert sampler("entropy", "mean").score(selection_context(images, path, num_classes=2)) == pytest.approx([0.3, 0.5, math.log(3), 0.6])
+    tsp = get_sampler("tsp", SelectParams(min_score=0.75)).score(selection_context(images, path, num_classes=2))
     s = lambda c: math.exp(-np.std([c, 0.5, 0.5])) * np.mean([c, 0.5, 0.5])  # noqa: E731
     assert tsp[1] == 0.0 and tsp[3] == pytest.approx(s(0.8))  # image 2: no detection left, S = 0

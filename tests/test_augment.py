@@ -124,8 +124,8 @@ def test_training_with_augmentation_repeats_and_differs_from_training_without():
     from salis.engine.training import train_model
     from salis.model.build import seeded_model
     from salis.params import TrainParams
-    from test_semi_supervised import SMALL
-    from test_semi_supervised import sample as labeled_sample
+    from support import SMALL
+    from support import sample as labeled_sample
 
     source = [labeled_sample(i, False) for i in range(4)]
     params = TrainParams(min_iterations=2, max_iterations=2, warmup_iterations=1, batch_size=2)

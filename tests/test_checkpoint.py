@@ -9,7 +9,7 @@ import torch
 
 from salis.model.build import seeded_model
 from salis.model.checkpoint import load_checkpoint, save_checkpoint
-from test_iou_heads import SMALL
+from support import SMALL
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 

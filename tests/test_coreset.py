@@ -8,8 +8,9 @@ import pytest
 
 from salis.acquisition.embeddings import open_embeddings, write_embeddings
 from salis.errors import SalisError
-from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers import get_sampler
 from salis.acquisition.samplers.coreset import k_center_greedy
+from support import selection_context
 
 
 def write(folder, ids, points) -> None:
@@ -19,11 +20,6 @@ def write(folder, ids, points) -> None:
             writer.add(image_id, vector)
 
 
-def ctx(folder, unlabeled, labeled) -> SelectionContext:
-    return SelectionContext(images=pd.DataFrame({"image_id": unlabeled}), instances_path=None,
-                            labeled_ids=frozenset(labeled), rng=np.random.default_rng(0), embeddings_path=folder)
-
-
 # points on a line: labeled image 10 at x = 0; unlabeled 11..16 at x = 1, 2, 4, 10, 11, 6
 LINE_IDS = [13, 10, 16, 11, 15, 12, 14]  # rows deliberately not in id order
 LINE_X = {10: 0, 11: 1, 12: 2, 13: 4, 14: 10, 15: 11, 16: 6}
@@ -31,7 +27,7 @@ LINE_X = {10: 0, 11: 1, 12: 2, 13: 4, 14: 10, 15: 11, 16: 6}
 
 def test_greedy_picks_on_a_line(tmp_path):
     write(tmp_path / "emb", LINE_IDS, [LINE_X[i] for i in LINE_IDS])
-    c = ctx(tmp_path / "emb", [11, 12, 13, 14, 15, 16], [10])
+    c = selection_context(pd.DataFrame({"image_id": [11, 12, 13, 14, 15, 16]}), labeled=[10], embeddings_path=tmp_path / "emb")
     # nearest-center distances^2: 11:1 12:4 13:16 14:100 15:121 16:36 -> 15 (x = 11)
     # then 14: 1, 16: 25 -> 16 (x = 6); then 12 and 13 tie at 4 -> lowest id 12 (x = 2);
     # then 13 (4); then 11 and 14 tie at 1 -> 11, then 14
@@ -42,7 +38,7 @@ def test_greedy_picks_on_a_line(tmp_path):
 def test_labeled_images_are_centers_not_candidates(tmp_path):
     write(tmp_path / "emb", LINE_IDS, [LINE_X[i] for i in LINE_IDS])
     # with 15 (x = 11) labeled too, 14 (x = 10) is close to a center: 16 (x = 6) is farthest
-    assert get_sampler("coreset").select(ctx(tmp_path / "emb", [11, 12, 13, 14, 16], [10, 15]), 1) == [16]
+    assert get_sampler("coreset").select(selection_context(pd.DataFrame({"image_id": [11, 12, 13, 14, 16]}), labeled=[10, 15], embeddings_path=tmp_path / "emb"), 1) == [16]
 
 
 def test_without_labeled_images_the_first_pick_is_the_lowest_id():
@@ -96,9 +92,9 @@ def test_memory_stays_o_n_not_o_n_times_d(tmp_path):
 def test_missing_embeddings_are_refused(tmp_path):
     write(tmp_path / "emb", [1, 2], [0.0, 1.0])
     with pytest.raises(SalisError, match="1 unlabeled images are missing"):
-        get_sampler("coreset").select(ctx(tmp_path / "emb", [2, 3], [1]), 1)
+        get_sampler("coreset").select(selection_context(pd.DataFrame({"image_id": [2, 3]}), labeled=[1], embeddings_path=tmp_path / "emb"), 1)
     with pytest.raises(SalisError, match="written by the infer_score stage"):
-        get_sampler("coreset").select(ctx(tmp_path / "nothing", [2], [1]), 1)
+        get_sampler("coreset").select(selection_context(pd.DataFrame({"image_id": [2]}), labeled=[1], embeddings_path=tmp_path / "nothing"), 1)
 
 
 def test_embedding_writer_is_all_or_nothing(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from test_pipeline import new_project, run
+from support import new_project, run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ DDP_STEP = textwrap.dedent('''
     from salis.engine.training import Trainer
     from salis.model.build import seeded_model
     from salis.params import RuntimeParams, TrainParams
-    from test_semi_supervised import SMALL, sample
+    from support import SMALL, sample
     import dataclasses
     torch.set_num_threads(1)
     world = int(sys.argv[2])

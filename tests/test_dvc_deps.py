@@ -17,51 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE_ROOTS = {"salis": ROOT / "src", "stages": ROOT}  # top-level package -> the folder that holds it
+from support import ROOT, SOURCE_ROOTS, imported_modules, module_file
+
 PARAMS_ANNOTATION = "Params"  # stage functions take the whole params as `params: Params`
-
-
-def module_file(name: str) -> Path | None:
-    """The file of a first-party module (package __init__ or .py), None for anything else."""
-    top = name.split(".")[0]
-    if top not in SOURCE_ROOTS:
-        return None
-    base = SOURCE_ROOTS[top].joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _package_of(path: Path) -> str:
-    for top, root in SOURCE_ROOTS.items():
-        try:
-            rel = path.relative_to(root)
-        except ValueError:
-            continue
-        if rel.parts[0] == top:
-            parts = list(rel.with_suffix("").parts)
-            return ".".join(parts[:-1] if path.name == "__init__.py" else parts[:-1])
-    raise ValueError(path)
-
-
-@cache
-def imported_modules(path: Path) -> frozenset[str]:
-    """Every module an import statement of `path` names, at any depth of the file."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = _package_of(path).split(".")
-                package = package[: len(package) - node.level + 1]
-                base = ".".join([*package, base] if base else package)
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return frozenset(names)
 
 
 def closure(module: str) -> set[Path]:

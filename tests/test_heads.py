@@ -12,10 +12,9 @@ from salis.model.build import seeded_model
 from salis.model.detector import SalisMaskRCNN
 from salis.model.heads import RoIHeadsParts, SalisRoIHeads
 from salis.model.rpn import SalisRPN
-from salis.params import ModelParams
+from support import SMALL
 
-SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
-                    rpn_batch_size_per_image=64, box_batch_size_per_image=32)
+
 
 
 def test_model_rpn_and_heads_are_built_by_their_constructors(monkeypatch):

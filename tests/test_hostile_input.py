@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 from salis.artifacts.layout import Layout
 from salis.cli import app
 from salis.params import parse_params
-from test_semi_supervised import TINY
-from test_weak_human import run_stage
+from support import run_stage, tiny
 
 LABEL_TYPES = ("mask", "box", "point", "image")
 
@@ -28,7 +27,7 @@ LABEL_TYPES = ("mask", "box", "point", "image")
 def project(tmp_path_factory) -> Path:
     """A human-mode project whose batch 0 waits for its labels, with a request of every label type."""
     root = tmp_path_factory.mktemp("hostile")
-    params = parse_params(copy.deepcopy(TINY) | {"oracle": "human"})
+    params = parse_params(tiny(oracle="human"))
     layout = Layout(root)
     run_stage("prepare", params, layout)
     run_stage("init", params, layout)

@@ -9,7 +9,6 @@ Needs Label Studio: `make label-studio` (or SALIS_LABEL_STUDIO_BIN=/path/to/labe
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -29,8 +28,7 @@ from salis.artifacts.layout import Layout
 from salis.cli import app
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.params import parse_params
-from test_semi_supervised import TINY
-from test_weak_human import coco_export, run_stage
+from support import coco_export, run_stage, tiny
 
 pytestmark = pytest.mark.label_studio
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +55,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("ls") / "lab"
     root.mkdir()
     # pre-annotate every detection (all score above model.box_score_thresh 0.05, where masks are kept)
-    raw = copy.deepcopy(TINY) | {"oracle": "human", "annotation": {"pre_annotation_score": 0.05}}
+    raw = tiny(oracle="human", annotation={"pre_annotation_score": 0.05})
     raw["select"] = dict(raw["select"], budget=3)
     params = parse_params(raw)
     layout = Layout(root)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_dvc_deps import imported_modules
+from support import imported_modules
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "salis"
 
@@ -46,3 +46,10 @@ def test_no_import_runs_upward(path):
         return
     upward = sorted(m for m in imported_modules(path) if (layer_of(m) or 0) > own)
     assert not upward, f"{rel} (layer {own}) imports from higher layers: {upward}"
+
+
+def test_test_files_share_helpers_through_support_not_each_other():
+    tests = Path(__file__).parent
+    crossed = {f.name: sorted(m for m in imported_modules(f) if m.split(".")[0].startswith("test_"))
+               for f in sorted(tests.glob("*.py"))}
+    assert {name: mods for name, mods in crossed.items() if mods} == {}

@@ -4,11 +4,9 @@ unchanged, gradient stopping, inference output, training loop and the sampler.""
 import dataclasses
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
 
 from salis.errors import SalisError
@@ -22,15 +20,13 @@ from salis.model.learning_loss import (
     rpn_loss_terms,
     stop_loss_prediction_gradient,
 )
-from salis.params import ModelParams, TrainParams
-from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.params import TrainParams
+from salis.acquisition.samplers import get_sampler
 from salis.engine.datasets import Sample
 from salis.engine.training import train_model
+from support import SMALL, selection_context
 
-SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
-                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
-                    min_size=64, max_size=64, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-                    detections_per_image=10, learning_loss=True, learning_loss_channels=8)
+SMALL = dataclasses.replace(SMALL, learning_loss=True, learning_loss_channels=8)  # with the loss-prediction module
 
 
 def test_ranking_loss_hand_values():
@@ -162,19 +158,15 @@ def test_training_logs_the_ranking_loss_and_releases_the_gradient_stop():
     assert model.roi_heads.loss_prediction.detach_input is False  # the stop is for training only
 
 
-def ctx(images: pd.DataFrame) -> SelectionContext:
-    return SelectionContext(images=images, instances_path=None, labeled_ids=frozenset(), rng=np.random.default_rng(0))
-
-
 def test_learning_loss_sampler_picks_the_highest_predicted_loss():
     images = pd.DataFrame({"image_id": [5, 6, 7, 8], "predicted_loss": [0.3, 1.2, -0.4, 0.9]})
-    assert get_sampler("learning_loss").select(ctx(images), 2) == [6, 8]
-    assert get_sampler("learning_loss").rank(ctx(images)) == [6, 8, 5, 7]
+    assert get_sampler("learning_loss").select(selection_context(images), 2) == [6, 8]
+    assert get_sampler("learning_loss").rank(selection_context(images)) == [6, 8, 5, 7]
 
 
 def test_learning_loss_sampler_refuses_scores_without_a_predicted_loss():
     images = pd.DataFrame({"image_id": [5, 6], "predicted_loss": [float("nan")] * 2})
     with pytest.raises(SalisError, match=r"no loss-prediction module.*-S model.learning_loss=true"):
-        get_sampler("learning_loss").rank(ctx(images))
+        get_sampler("learning_loss").rank(selection_context(images))
     with pytest.raises(SalisError, match="no loss-prediction module"):
-        get_sampler("learning_loss").rank(ctx(images.drop(columns="predicted_loss")))
+        get_sampler("learning_loss").rank(selection_context(images.drop(columns="predicted_loss")))

@@ -4,7 +4,6 @@ the instance/image columns, and the sampler on a hand-built table."""
 import dataclasses
 import math
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,13 +15,11 @@ from salis.errors import SalisError
 from salis.model.build import seeded_model
 from salis.model.mc_dropout import MCDropout, MCSources, mc_disagreement, paired_box_iou, paired_mask_iou
 from salis.params import ModelParams, SelectParams
-from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers import get_sampler
 from salis.artifacts.tables import INSTANCE_SCHEMA
+from support import SMALL, selection_context
 
-SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
-                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
-                    min_size=64, max_size=64, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-                    detections_per_image=10)
+
 
 
 def test_paired_ious_hand_values():
@@ -182,10 +179,6 @@ def pool(tmp_path):
     return path, images
 
 
-def ctx(path, images) -> SelectionContext:
-    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(), rng=np.random.default_rng(0))
-
-
 def sampler(aggregation="default"):
     return get_sampler("mc_dropout", SelectParams(aggregation=aggregation))
 
@@ -193,18 +186,18 @@ def sampler(aggregation="default"):
 def test_mc_dropout_sampler_ranks_by_aggregated_disagreement(pool):
     path, images = pool
     # no detection counts as maximal disagreement (1), then mean .4 > .35 > .3
-    assert sampler().rank(ctx(path, images)) == [3, 2, 4, 1]
+    assert sampler().rank(selection_context(images, path)) == [3, 2, 4, 1]
     # max: .7 (2) > .4 (1) > .35 (4)
-    assert sampler("max").rank(ctx(path, images)) == [3, 2, 1, 4]
+    assert sampler("max").rank(selection_context(images, path)) == [3, 2, 1, 4]
     # min: .35 (4) > .2 (1) > .1 (2)
-    assert sampler("min").rank(ctx(path, images)) == [3, 4, 1, 2]
+    assert sampler("min").rank(selection_context(images, path)) == [3, 4, 1, 2]
     # tsp: exp(-std) * mean: image 1: exp(-.1) * .3 = .2715; image 2: exp(-.3) * .4 = .2963; 4: .35
-    assert sampler("tsp").score(ctx(path, images))[:2] == pytest.approx([math.exp(-0.1) * 0.3, math.exp(-0.3) * 0.4])
-    assert sampler("tsp").rank(ctx(path, images)) == [3, 4, 2, 1]
+    assert sampler("tsp").score(selection_context(images, path))[:2] == pytest.approx([math.exp(-0.1) * 0.3, math.exp(-0.3) * 0.4])
+    assert sampler("tsp").rank(selection_context(images, path)) == [3, 4, 2, 1]
 
 
 def test_mc_dropout_sampler_refuses_a_pool_scored_without_passes(pool):
     path, images = pool
     images = images.assign(mc_passes=0)
     with pytest.raises(SalisError, match=r"score.mc_passes = 0.*dvc exp run -S sampler=mc_dropout -S score.mc_passes=10"):
-        sampler().rank(ctx(path, images))
+        sampler().rank(selection_context(images, path))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,56 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import new_project, run
+
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "data": {"synthetic": {"pool_images": 24, "test_images": 6, "image_size": 64, "max_instances": 4}},
-    "model": {"min_size": 64, "max_size": 64, "rpn_post_nms_top_n_test": 50, "detections_per_image": 20},
-    "train": {"min_iterations": 4, "max_iterations": 4, "batch_size": 2, "pseudo_batch_size": 1, "warmup_iterations": 2},
-    "select": {"initial": 4, "budget": 3},
-    # an untrained model is never confident: keep every detection (all score above model.box_score_thresh
-    # 0.05), their masks kept from that floor
-    "pseudo": {"score_thresh": 0.05},
-    "score": {"mask_min_score": 0.05},
-    "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
-}
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) and key != "cycles" else value
-    return out
-
-
-def run(args: list[str], cwd: Path, expect_ok: bool = True) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PYTHONPATH", None)  # stages must import the installed salis
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if expect_ok:
-        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    else:
-        assert proc.returncode != 0, f"{' '.join(args)} should have failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def new_project(work: Path, extra: dict) -> Path:
-    for name in ("dvc.yaml", "stages", "src", "labels", ".gitignore"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    params = merge(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY), extra)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], work)
-    run(["git", "config", "user.email", "ci@salis.local"], work)
-    run(["git", "config", "user.name", "salis ci"], work)
-    run(["dvc", "init", "-q"], work)
-    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # salis's plot templates
-    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")  # the offline HTML template
-    run(["git", "add", "-A"], work)
-    run(["git", "commit", "-qm", "tiny project"], work)
-    return work
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:

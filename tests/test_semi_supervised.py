@@ -7,33 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, read_table, write_table
-from salis.engine.datasets import Sample
+from salis.artifacts.tables import LABELED, PSEUDO, read_table
 from salis.engine.training import Trainer
 from salis.model.build import seeded_model
-from salis.params import ModelParams, TrainParams, parse_params
-
-SMALL = ModelParams(fpn_channels=16, box_head_dim=32, mask_head_channels=8, mask_head_convs=1,
-                    rpn_batch_size_per_image=64, box_batch_size_per_image=32, iou_head_channels=8,
-                    min_size=64, max_size=64, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-                    detections_per_image=10)
-
-
-def sample(i: int, positive_only: bool) -> Sample:
-    rng = np.random.default_rng(i)
-    image = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
-    masks = np.zeros((2, 64, 64), dtype=np.uint8)
-    masks[0, 8:24, 8:24] = 1
-    masks[1, 30:50, 34:60] = 1
-    boxes = np.array([[8, 8, 24, 24], [34, 30, 60, 50]], dtype=np.float32)
-    return Sample(i, image, boxes, np.array([1, 2], dtype=np.int64), masks, positive_only=positive_only)
-
+from salis.params import TrainParams, parse_params
+from support import SMALL, TINY, sample
 
 def gradients(beta: float) -> tuple[list[torch.Tensor], dict[str, float]]:
     torch.manual_seed(0)  # the RPN's and RoI heads' target sampling draws from torch's generator
@@ -60,23 +42,6 @@ def test_beta_scales_the_pseudo_gradient_exactly():
         torch.testing.assert_close(aq - a0, 0.25 * (a1 - a0), rtol=1e-4, atol=1e-6)
         changed += int(not torch.equal(a1, a0))
     assert changed > 0
-
-
-TINY = {
-    "sampler": "tsp",
-    "runtime": {"device": "cpu", "threads": 1},
-    "data": {"synthetic": {"pool_images": 14, "test_images": 3, "image_size": 64, "max_instances": 3}},
-    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 8, "mask_head_convs": 1,
-              "iou_head_channels": 8, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
-              "rpn_post_nms_top_n_test": 30, "detections_per_image": 10},
-    "train": {"min_iterations": 3, "max_iterations": 3, "warmup_iterations": 1, "batch_size": 2,
-              "pseudo_batch_size": 2, "semi_loss_weight": 0.5},
-    "score": {"batch_size": 4, "mask_min_score": 0.05},
-    "select": {"initial": 4, "budget": 2},
-    # untrained: keep every detection (all score above model.box_score_thresh 0.05)
-    "pseudo": {"gate": "fixed", "score_thresh": 0.05, "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0},
-    "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}, "c2": {"k": 2, "prev": 1, "next": 3}},
-}
 
 
 def run_two_cycles(root: Path) -> tuple[Layout, list[dict]]:

@@ -6,7 +6,7 @@ import pytest
 from salis.params import TrainParams
 from salis.engine.training import (aspect_ratio_groups, grouped_index_batches, index_batches, lr_factor, rank_plan,
                                    schedule_iterations)
-from test_semi_supervised import sample
+from support import sample
 
 
 def test_lr_schedule_warmup_then_steps():

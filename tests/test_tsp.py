@@ -10,10 +10,11 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from salis.errors import SalisError
-from salis.acquisition.samplers import SelectionContext, get_sampler
+from salis.acquisition.samplers import get_sampler
 from salis.acquisition.measures import image_score, instance_scores
 from salis.artifacts.tables import INSTANCE_SCHEMA
 from salis.params import SelectParams
+from support import selection_context
 
 
 def test_instance_score_hand_values():
@@ -50,11 +51,6 @@ def write_instances(path, rows: list[tuple]) -> None:
     pq.write_table(pa.table(table, schema=INSTANCE_SCHEMA), path, row_group_size=1)  # images span row groups
 
 
-def ctx(path, images, oracle=None) -> SelectionContext:
-    return SelectionContext(images=images, instances_path=path, labeled_ids=frozenset(),
-                            rng=np.random.default_rng(0), oracle=oracle)
-
-
 def sampler(name: str, **knobs):
     """A sampler built from the select params, as the select stage builds it."""
     return get_sampler(name, SelectParams(**knobs))
@@ -75,18 +71,18 @@ def pool(tmp_path):
 def test_tsp_ranks_least_confident_first(pool):
     path, images = pool
     # S(3) = 0 (no detection) < S(2) = exp(-std(.95,.5,.4)) * .6167 < S(1) = 0.9
-    assert get_sampler("tsp").rank(ctx(path, images)) == [3, 2, 1]
+    assert get_sampler("tsp").rank(selection_context(images, path)) == [3, 2, 1]
 
 
 def test_tsp_ablation_class_only_changes_the_order(pool):
     path, images = pool
-    assert sampler("tsp", tsp_components=("class",)).rank(ctx(path, images)) == [3, 1, 2]
+    assert sampler("tsp", tsp_components=("class",)).rank(selection_context(images, path)) == [3, 1, 2]
 
 
 def test_beta_iou_picks_mean_mask_iou_closest_to_beta(tmp_path):
     images = pd.DataFrame({"image_id": [1, 2, 3, 4], "mean_mask_iou": [0.2, 0.45, 0.9, float("nan")]})
     # |m - 0.4| = 0.2, 0.05, 0.5 and 0.4 (no detection counts as IoU 0)
-    assert sampler("beta_iou", beta=0.4).rank(ctx(None, images)) == [2, 1, 4, 3]
+    assert sampler("beta_iou", beta=0.4).rank(selection_context(images, None)) == [2, 1, 4, 3]
 
 
 class FakeOracle:
@@ -101,7 +97,7 @@ def test_oracle_iou_uses_true_mask_iou(pool):
     path, images = pool
     gt = {1: [square_rle(0, 4)], 2: [square_rle(0, 4)], 3: [square_rle(0, 4)]}
     # true IoU: image 1 -> 1.0, image 2 -> 8/16 = 0.5 (both detections), image 3 -> 0 (none)
-    ranked = sampler("oracle_iou", beta=0.5).rank(ctx(path, images, oracle=FakeOracle(gt)))
+    ranked = sampler("oracle_iou", beta=0.5).rank(selection_context(images, path, oracle=FakeOracle(gt)))
     assert ranked == [2, 1, 3] or ranked == [2, 3, 1]  # 1 and 3 are both 0.5 away from beta
     assert ranked[0] == 2
 
@@ -109,7 +105,7 @@ def test_oracle_iou_uses_true_mask_iou(pool):
 def test_oracle_iou_is_refused_without_ground_truth(pool):
     path, images = pool
     with pytest.raises(SalisError, match="oracle: human"):
-        get_sampler("oracle_iou").rank(ctx(path, images, oracle=None))
+        get_sampler("oracle_iou").rank(selection_context(images, path, oracle=None))
 
 
 def test_tsp_refuses_a_table_without_iou_scores(tmp_path):
@@ -117,4 +113,4 @@ def test_tsp_refuses_a_table_without_iou_scores(tmp_path):
     nan = float("nan")
     write_instances(path, [(1, 0.9, nan, nan, square_rle(0, 4))])
     with pytest.raises(SalisError, match="lacks IoU heads"):
-        get_sampler("tsp").rank(ctx(path, pd.DataFrame({"image_id": [1]})))
+        get_sampler("tsp").rank(selection_context(pd.DataFrame({"image_id": [1]}), path))

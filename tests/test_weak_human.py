@@ -4,49 +4,17 @@ go on; exports of another type, or with bad items, are refused with nothing writ
 
 from __future__ import annotations
 
-import copy
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from salis.annotation.importer import import_labels
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import LABELED, SELECTED, read_table
+from salis.artifacts.tables import SELECTED, read_table
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
 from salis.params import parse_params
-from test_semi_supervised import TINY
-
-
-def coco_export(request: dict, oracle: SimulatedOracle, label_type: str) -> dict:
-    """What an annotation tool exports for a request, drawn from the ground truth."""
-    names = {c["id"]: c["name"] for c in request["categories"]}
-    images, annotations = [], []
-    for k, image in enumerate(request["images"], start=1):
-        gt = oracle.annotations(image["id"])
-        entry = {"id": k, "file_name": image["file_name"], "width": image["width"], "height": image["height"]}
-        if label_type == "image":
-            entry["counts"] = {names[c]: sum(a["category_id"] == c for a in gt) for c in names}
-        for a in gt if label_type != "image" else []:
-            ann = {"id": len(annotations) + 1, "image_id": k, "category_id": a["category_id"]}
-            if label_type == "mask":
-                ann["segmentation"] = a["segmentation"]
-            elif label_type == "box":
-                ann.update(bbox=a["bbox"], segmentation=[])
-            else:
-                x, y, w, h = a["bbox"]
-                ann["keypoints"] = [x + w / 2, y + h / 2, 2]  # inside for the generator's convex-ish shapes
-            annotations.append(ann)
-        images.append(entry)
-    return {"images": images, "annotations": annotations, "categories": request["categories"]}
-
-
-def run_stage(name: str, params, layout, *args):
-    import importlib
-
-    return getattr(importlib.import_module(f"salis.pipeline.{name}"), f"stage_{name}")(params, layout, *args)
+from support import coco_export, run_stage, tiny
 
 
 @pytest.fixture(scope="module", params=["point", "box", "image"])
@@ -54,7 +22,7 @@ def waiting(request, tmp_path_factory):
     """A human-mode project whose cycle-1 batch asks for one weak label type and waits for it."""
     label_type = request.param
     root = tmp_path_factory.mktemp(label_type)
-    raw = copy.deepcopy(TINY) | {"oracle": "human", "annotation": {"policy": label_type}}
+    raw = tiny(oracle="human", annotation={"policy": label_type})
     params = parse_params(raw)
     layout = Layout(root)
     run_stage("prepare", params, layout)
@@ -128,5 +96,6 @@ def test_a_wrong_type_or_bad_item_is_refused_and_a_right_export_goes_on(waiting,
     per_instance = {"point": 2.4, "box": 7.0, "image": 0.8}[label_type]
     expected = per_instance * truth + (1.0 if label_type != "image" else 1.0) * 3 * len(new)
     assert new["seconds"].sum() == pytest.approx(expected)
+    run_stage("pseudo_label", params, layout, 2)
     run_stage("weak_label", params, layout, 2)
     run_stage("train", params, layout, 2)

@@ -280,7 +280,7 @@ def test_a_box_labeled_image_trains_the_mask_head_through_boxinst_only():
 
     from salis.engine.datasets import box_target_arrays
     from salis.model.build import seeded_model
-    from test_semi_supervised import SMALL, sample
+    from support import SMALL, sample
 
     full = sample(0, False)
     anns = [{"category_id": 1, "bbox": [8.0, 8.0, 16.0, 16.0]}, {"category_id": 2, "bbox": [34.0, 30.0, 26.0, 20.0]}]
