@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, read_table, write_table
 from salis.errors import ParamsError
-from salis.loop.gate import Gate, GateReport, calibrate, correct_detections, wilson_lower
+from salis.loop.gate import Gate, GateReport, calibrate, correct_detections, search, wilson_lower
 from salis.params import parse_params
 
 Z2 = 1.6448536269514722 ** 2
@@ -55,6 +55,9 @@ def test_calibration_closes_the_gate_when_no_region_is_precise_enough():
     c, b, m, correct = _detections()
     assert calibrate(c, b, m, np.zeros_like(correct), 0.5, 0.3) == (None, 0, None, None)
     assert calibrate(c, b, m, correct, 1.0, 0.3)[0] is None  # a lower bound never reaches 1
+    # how close it came: the 30 right ones are the most precise region (lower bound 30 / (30 + z²))
+    nearest = search(c, b, m, correct, 1.0, 0.3)[4]
+    assert nearest[1:3] == (30, 1.0) and nearest[3] == pytest.approx(30 / (30 + Z2))
 
 
 def test_calibration_without_iou_heads_gates_the_class_score_only():
@@ -136,6 +139,7 @@ def test_the_gate_stays_closed_when_the_model_was_wrong_on_its_batch(tmp_path):
     assert read_table(layout.pseudo(2), PSEUDO).empty
     report = json.loads(layout.pseudo_gate(2).read_text())
     assert report["gate"] is None and report["reason"].startswith("closed: no (c, b, m) region")
+    assert "0% of them correct); the most precise region" in report["reason"]
     # the fixed gate ignores the batch: TSP's thresholds pass c .98, b .95, m .9
     stage_pseudo_label(parse_params({"pseudo": {"gate": "fixed"}}), layout, 2)
     assert read_table(layout.pseudo(2), PSEUDO)["image_id"].tolist() == [4, 5, 5]

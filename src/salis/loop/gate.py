@@ -113,6 +113,14 @@ def calibrate(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, 
     Wilson lower bound of their precision >= target_precision; (None, 0, None, None) if none does.
     Score thresholds start at score_floor (below it detections have no mask to pseudo-label);
     ties go to the higher lower bound, then the higher thresholds."""
+    gate, passing, precision, lower, _ = search(c, b, m, correct, target_precision, score_floor)
+    return gate, passing, precision, lower
+
+
+def search(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, target_precision: float,
+           score_floor: float) -> tuple[Gate | None, int, float | None, float | None, tuple | None]:
+    """calibrate's answer, and the region with the highest lower bound whatever the target
+    ((gate, passing, precision, lower bound), None without detections): how far a closed gate is."""
     c, b, m = (np.asarray(x, dtype=np.float64) for x in (c, b, m))
     correct = np.asarray(correct, dtype=bool)
     score_grid = np.unique(np.round(np.concatenate([[score_floor], IOU_GRID[IOU_GRID > score_floor], [0.99]]), 4))
@@ -123,20 +131,30 @@ def calibrate(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, 
     # detections with c > t are a prefix of the descending order: its length per score threshold
     prefix = np.searchsorted(-c_sorted, -score_grid, side="left")
     best: tuple | None = None
+    closest: tuple | None = None
     for tb in iou_grid:
         for tm in iou_grid:
             keep = Gate(0.0, tb, tm).passes(np.ones_like(c), b, m)[order]
             passing = np.concatenate([[0], np.cumsum(keep)])[prefix]
             right = np.concatenate([[0], np.cumsum(keep & correct_sorted)])[prefix]
             lower = wilson_lower(right, passing)
-            for i in np.where((lower >= target_precision) & (passing > 0))[0]:
-                key = (int(passing[i]), float(lower[i]), float(score_grid[i]) + tb + tm)
-                if best is None or key > best[0]:
-                    best = (key, Gate(float(score_grid[i]), float(tb), float(tm)), int(right[i]))
+            for i in np.where(passing > 0)[0]:
+                gate = Gate(float(score_grid[i]), float(tb), float(tm))
+                key = (float(lower[i]), int(passing[i]))
+                if closest is None or key > closest[0]:
+                    closest = (key, gate, int(right[i]))
+                if lower[i] >= target_precision:
+                    key = (int(passing[i]), float(lower[i]), float(score_grid[i]) + tb + tm)
+                    if best is None or key > best[0]:
+                        best = (key, gate, int(right[i]))
+    nearest = None
+    if closest is not None:
+        (lower_bound, passing), gate, right = closest
+        nearest = (gate, passing, right / passing, lower_bound)
     if best is None:
-        return None, 0, None, None
-    (passing, lower, _), gate, right = best
-    return gate, passing, right / passing, lower
+        return None, 0, None, None, nearest
+    (passing, lower_bound, _), gate, right = best
+    return gate, passing, right / passing, lower_bound, nearest
 
 
 def calibrated_gate(detections: pd.DataFrame, truth_of, target_precision: float, score_floor: float,
@@ -150,14 +168,18 @@ def calibrated_gate(detections: pd.DataFrame, truth_of, target_precision: float,
             "the model made no detection (with a mask) on the images it selected"
         return GateReport(gate=None, reason=f"closed: {why}, nothing to calibrate on", **base)
     correct = correct_detections(with_masks, truth_of)
-    gate, passing, precision, lower = calibrate(
+    gate, passing, precision, lower, nearest = search(
         with_masks["score"].to_numpy(), with_masks["box_iou"].to_numpy(), with_masks["mask_iou"].to_numpy(),
         correct, target_precision, score_floor)
     if gate is None:
-        share = correct.mean()
+        best = ""
+        if nearest is not None:
+            g, n, p, low = nearest
+            best = (f"; the most precise region, c > {g.score:g}, b > {g.box_iou:g}, m > {g.mask_iou:g}, "
+                    f"let {n} through at precision {p:.3f} (lower bound {low:.3f})")
         return GateReport(gate=None, reason=(
             f"closed: no (c, b, m) region reached precision {target_precision:g} (95% lower bound) on "
-            f"{len(with_masks)} calibration detections ({share:.0%} of them correct)"), **base)
+            f"{len(with_masks)} calibration detections ({correct.mean():.0%} of them correct){best}"), **base)
     reason = (f"open: c > {gate.score:g}, b > {gate.box_iou:g}, m > {gate.mask_iou:g} let {passing} of "
               f"{len(with_masks)} calibration detections through, precision {precision:.3f} "
               f"(95% lower bound {lower:.3f} >= {target_precision:g})")
