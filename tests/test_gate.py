@@ -17,6 +17,7 @@ from salis.loop.gate import Gate, GateReport, calibrate, correct_detections, sea
 from salis.params import parse_params
 
 Z2 = 1.6448536269514722 ** 2
+CALIBRATED = parse_params({"pseudo": {"gate": "calibrated"}})
 
 
 def test_wilson_lower_bound_hand_values():
@@ -122,7 +123,7 @@ def test_the_stage_gates_with_the_new_batch_and_never_labels_labeled_images(tmp_
     from salis.pipeline.pseudo_label import stage_pseudo_label
 
     layout = _project(tmp_path, _square(2, 2, 10, 10))  # model 1 got image 3 right 30 times
-    stage_pseudo_label(parse_params({}), layout, 2)
+    stage_pseudo_label(CALIBRATED, layout, 2)
     pseudo = read_table(layout.pseudo(2), PSEUDO)
     assert pseudo["image_id"].tolist() == [4, 5, 5]  # 1, 2, 3 labeled
     report = GateReport.from_json(json.loads(layout.pseudo_gate(2).read_text()))
@@ -135,7 +136,7 @@ def test_the_gate_stays_closed_when_the_model_was_wrong_on_its_batch(tmp_path):
     from salis.pipeline.pseudo_label import stage_pseudo_label
 
     layout = _project(tmp_path, _square(11, 11, 16, 16))  # every calibration mask misses
-    stage_pseudo_label(parse_params({}), layout, 2)
+    stage_pseudo_label(CALIBRATED, layout, 2)
     assert read_table(layout.pseudo(2), PSEUDO).empty
     report = json.loads(layout.pseudo_gate(2).read_text())
     assert report["gate"] is None and report["reason"].startswith("closed: no (c, b, m) region")
@@ -143,6 +144,11 @@ def test_the_gate_stays_closed_when_the_model_was_wrong_on_its_batch(tmp_path):
     # the fixed gate ignores the batch: TSP's thresholds pass c .98, b .95, m .9
     stage_pseudo_label(parse_params({"pseudo": {"gate": "fixed"}}), layout, 2)
     assert read_table(layout.pseudo(2), PSEUDO)["image_id"].tolist() == [4, 5, 5]
+
+
+def test_a_params_file_without_the_gate_keeps_the_fixed_thresholds():
+    # what it always did; the repo's params.yaml chooses calibrated
+    assert parse_params({}).pseudo.gate == "fixed"
 
 
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan")])
@@ -160,6 +166,6 @@ def test_cycle_one_has_no_pseudo_labels_and_says_why(tmp_path):
     write_table(layout.selected(0), read_table(layout.selected(1), SELECTED), SELECTED)
     write_table(layout.labeled(1), read_table(layout.labeled(2), LABELED), LABELED)
     layout.annotations(1).write_text(layout.annotations(2).read_text())
-    stage_pseudo_label(parse_params({}), layout, 1)
+    stage_pseudo_label(CALIBRATED, layout, 1)
     assert read_table(layout.pseudo(1), PSEUDO).empty
     assert json.loads(layout.pseudo_gate(1).read_text())["reason"] == "closed: cycle 1, no model has scored the pool yet"

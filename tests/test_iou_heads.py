@@ -104,6 +104,12 @@ def test_plain_checkpoint_loads_into_a_model_with_iou_heads(tmp_path, capsys):
 # --- what the IoU heads train on (IoUTraining) -------------------------------------------------
 
 OLD_RECIPE = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=0, iou_gt_proposals=True)
+NEW_RECIPE = dataclasses.replace(SMALL, iou_jitter_rois=16, iou_background_rois=16, iou_gt_proposals=False)  # params.yaml's
+
+
+def test_a_params_file_without_the_iou_keys_means_the_old_recipe():
+    defaults = ModelParams()  # what a params file (or a recorded run) without the keys gets
+    assert (defaults.iou_jitter_rois, defaults.iou_background_rois, defaults.iou_gt_proposals) == (0, 0, True)
 
 
 def _two_instances() -> dict:
@@ -167,7 +173,7 @@ FAR = torch.tensor([[0.0, 48.0, 12.0, 60.0]])  # overlaps neither instance: IoU 
 
 
 def test_the_appended_ground_truth_boxes_train_no_iou_head():
-    no_extras = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=0)
+    no_extras = dataclasses.replace(NEW_RECIPE, iou_jitter_rois=0, iou_background_rois=0)
     losses, seen = _iou_head_inputs(no_extras, torch.zeros(0, 4))  # the only positives: the ground truth
     assert seen == {"box": 0, "mask": 0} and losses["loss_box_iou"].item() == 0.0
     losses, seen = _iou_head_inputs(OLD_RECIPE, torch.zeros(0, 4))
@@ -175,7 +181,7 @@ def test_the_appended_ground_truth_boxes_train_no_iou_head():
 
 
 def test_background_rois_teach_an_iou_of_zero():
-    only_background = dataclasses.replace(SMALL, iou_jitter_rois=0, iou_background_rois=4)
+    only_background = dataclasses.replace(NEW_RECIPE, iou_jitter_rois=0, iou_background_rois=4)
     losses, seen = _iou_head_inputs(only_background, FAR)
     # the negatives: FAR, and nothing else (the ground-truth boxes are positives)
     assert seen == {"box": 1, "mask": 1}
@@ -184,7 +190,7 @@ def test_background_rois_teach_an_iou_of_zero():
 
 
 def test_jittered_rois_teach_their_iou():
-    only_jitter = dataclasses.replace(SMALL, iou_jitter_rois=6, iou_background_rois=0, iou_jitter_min_iou=0.9)
+    only_jitter = dataclasses.replace(NEW_RECIPE, iou_jitter_rois=6, iou_background_rois=0, iou_jitter_min_iou=0.9)
     losses, seen = _iou_head_inputs(only_jitter, torch.zeros(0, 4))
     assert seen["box"] == 6 and seen["mask"] == 6
     # targets in [0.9, 1] (nearest of 32 candidates: a little below 0.9 at worst): (0.5 - t)^2

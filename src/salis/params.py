@@ -65,11 +65,13 @@ class ModelParams:
     iou_head_channels: int = 64
     iou_mask_threshold: float = 0.3
     iou_loss_weight: float = 1.0
-    # what the IoU heads train on besides the sampled positives (iou_heads.IoUTraining)
-    iou_jitter_rois: int = 16
+    # what the IoU heads train on besides the sampled positives (iou_heads.IoUTraining); the
+    # defaults are the recipe before these keys existed (a params file or a recorded run without
+    # them means that recipe); params.yaml sets today's: 16, 0.5, 16, false
+    iou_jitter_rois: int = 0
     iou_jitter_min_iou: float = 0.5
-    iou_background_rois: int = 16
-    iou_gt_proposals: bool = False
+    iou_background_rois: int = 0
+    iou_gt_proposals: bool = True
     train_dropout_p: float = 0.0
     learning_loss: bool = False
     learning_loss_channels: int = 128
@@ -205,8 +207,10 @@ class WeakParams:
 
 @dataclasses.dataclass(frozen=True)
 class PseudoParams:
-    # calibrated: thresholds chosen each cycle for target_precision (salis.loop.gate); fixed: below
-    gate: Literal["fixed", "calibrated"] = "calibrated"
+    # calibrated: thresholds chosen each cycle for target_precision (salis.loop.gate); fixed: the
+    # three below. The default is what a params file without the key always did (fixed);
+    # params.yaml sets calibrated
+    gate: Literal["fixed", "calibrated"] = "fixed"
     target_precision: float = 0.9
     score_thresh: float = 0.9
     box_iou_thresh: float = 0.9
