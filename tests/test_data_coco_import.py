@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from salis.data.coco_import import _rle_totals, check_same_categories, load_coco, split_test
+from salis.data.coco_checks import rle_totals
+from salis.data.coco_import import check_same_categories, load_coco, split_test
 from salis.errors import InputError
 
 # 10x12 mask, rows 1..3 and columns 4..6 set, as column-major runs: 4 empty columns + 1 px,
@@ -357,7 +358,7 @@ def test_rle_parser_matches_pycocotools():
         mask[:] = 0 if k % 7 == 0 else mask  # all-empty and random masks
         strings.append(mask_utils.encode(np.asfortranarray(mask))[0]["counts"])
         expected.append(h * w)
-    totals, valid = _rle_totals(strings)
+    totals, valid = rle_totals(strings)
     assert valid.all() and totals.tolist() == expected
 
 

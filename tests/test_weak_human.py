@@ -9,6 +9,7 @@ import json
 import pytest
 
 from salis.annotation.importer import import_labels
+from salis.annotation.kinds import label_kind
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import SELECTED, read_table
 from salis.data.prepared import PreparedData, SimulatedOracle
@@ -52,7 +53,7 @@ def test_a_wrong_type_or_bad_item_is_refused_and_a_right_export_goes_on(waiting,
     label_type, params, layout, oracle = waiting
     request_path = layout.requests(1) / f"request.{label_type}.json"
     request = json.loads(request_path.read_text())
-    labels = layout.imported_labels(1, label_type)
+    labels = layout.imported_labels(1, suffix=label_kind(label_type).suffix)
     masks = tmp_path / "masks.json"
     masks.write_text(json.dumps(coco_export(request, oracle, "mask")))
     with pytest.raises(InputError, match=f"masks.json: annotations\\[0\\].*holds masks.*asked for"):

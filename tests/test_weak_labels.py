@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from salis.annotation.cost import CostModel
-from salis.annotation.label_types import click_point, derive_labels, image_counts, label_suffix
+from salis.annotation.kinds import label_kind
+from salis.annotation.kinds.image import image_counts
+from salis.annotation.kinds.point import click_point
 from salis.engine.inference import Prediction
 from salis.geometry import encode_mask
 from salis.loop.budget import CycleBudget, assign_label_types, planned_types, ranking_depth
@@ -70,24 +72,24 @@ def test_derived_labels_carry_exactly_what_each_type_reveals():
     a, b = square(12, 12, 1, 4, 1, 5), square(12, 12, 6, 11, 6, 9)
     anns = [ann(a, 3), ann(b, 7)]
     rng = np.random.default_rng(0)
-    boxes, fields = derive_labels(anns, "box", 12, 12, [3, 7, 9], "center", rng)
+    boxes = label_kind("box").derive(anns, 12, 12, "center", rng)
     assert boxes == [{"category_id": 3, "bbox": [1.0, 1.0, 4.0, 3.0]}, {"category_id": 7, "bbox": [6.0, 6.0, 3.0, 5.0]}]
-    assert fields == {"label_type": "box"}
-    points, _ = derive_labels(anns, "point", 12, 12, [3, 7, 9], "center", rng)
+    assert label_kind("box").image_fields(anns, [3, 7, 9]) == {}
+    points = label_kind("point").derive(anns, 12, 12, "center", rng)
     assert [p["category_id"] for p in points] == [3, 7]
     assert all(m[int(p["point"][1]), int(p["point"][0])] for m, p in zip((a, b), points))
     assert all(set(p) == {"category_id", "point"} for p in points)  # no mask, no box
-    none, fields = derive_labels(anns, "image", 12, 12, [3, 7, 9], "center", rng)
+    none, fields = label_kind("image").derive(anns, 12, 12, "center", rng), label_kind("image").image_fields(anns, [3, 7, 9])
     assert none == [] and fields["counts"] == [{"category_id": 3, "count": 1}, {"category_id": 7, "count": 1},
                                                {"category_id": 9, "count": 0}]
-    full, fields = derive_labels(anns, "mask", 12, 12, [3, 7, 9], "center", rng)
-    assert full == anns and fields == {"label_type": "mask"}
+    full = label_kind("mask").derive(anns, 12, 12, "center", rng)
+    assert full == anns and full[0] is not anns[0]  # copies: the oracle's truth is never handed out
 
 
 def test_image_counts_and_suffixes():
     assert image_counts([{"category_id": 2}, {"category_id": 2}], [1, 2]) == [
         {"category_id": 1, "count": 0}, {"category_id": 2, "count": 2}]
-    assert [label_suffix(t) for t in ("mask", "box", "point", "image")] == ["", ".box", ".point", ".image"]
+    assert [label_kind(t).suffix for t in ("mask", "box", "point", "image")] == ["", ".box", ".point", ".image"]
 
 
 # --- budgets ---------------------------------------------------------------------------------

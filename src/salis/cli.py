@@ -12,7 +12,7 @@ import typer
 
 from salis.errors import SalisError
 from salis.artifacts.layout import Layout
-from salis.params import Params, load_params
+from salis.params import LABEL_TYPES, Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 labels_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Human labels for request batches.")
@@ -81,8 +81,9 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
                       for k in sorted(c.k for c in params.cycles.values()) if layout.labeled(k).is_file()}
     used = {t for table in labeled_tables.values() for t in table["label_type"]}
     policy = params.annotation.policy
-    wanted = {"mask"} | used | ({"mask", params.annotation.cheap} if policy == "mixed" else {policy})
-    types = [t for t in ("mask", "box", "point", "image") if t in wanted]
+    # the initial batch is always full masks (the default kind)
+    wanted = {LABEL_TYPES[0]} | used | ({LABEL_TYPES[0], params.annotation.cheap} if policy == "mixed" else {policy})
+    types = [t for t in LABEL_TYPES if t in wanted]
     many = len(types) > 1
     header = f"{'cycle':>5} {'labeled':>7}"
     if many:
@@ -123,6 +124,8 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
 
 def _awaiting(params: Params, layout: Layout) -> list[str]:
     """What the loop waits for: labels of a request batch, or a cycle to use the last batch."""
+    from salis.annotation.kinds import label_kind
+
     lines = []
     for batch in range(0, params.num_cycles + 1):
         selected = layout.selected(batch)
@@ -141,12 +144,12 @@ def _awaiting(params: Params, layout: Layout) -> list[str]:
             )
         elif params.oracle == "human":
             for label_type, n in table["label_type"].value_counts().sort_index().items():
-                if layout.imported_labels(batch, label_type).is_file():
+                kind = label_kind(label_type)
+                if layout.imported_labels(batch, suffix=kind.suffix).is_file():
                     continue
-                flag = "" if label_type == "mask" else f" --type {label_type}"
-                kind = "" if label_type == "mask" else f"{label_type} "
-                lines.append(f"awaiting {kind}labels: request batch {batch}, {n} images ({layout.requests(batch)}); "
-                             f"then: salis labels import --cycle {batch}{flag} <export.json> && dvc repro")
+                lines.append(f"awaiting {kind.adjective}labels: request batch {batch}, {n} images "
+                             f"({layout.requests(batch)}); then: salis labels import --cycle {batch}{kind.type_flag} "
+                             "<export.json> && dvc repro")
     return lines
 
 
@@ -167,22 +170,24 @@ def labels_import(
 def _import_export(export: Path, cycle: int, label_type: str, replace: bool, partial: bool, allow_empty: bool) -> str:
     """Import one export of batch `cycle`; the labels path (exits with the error line on a refusal)."""
     from salis.annotation.importer import import_labels
-    from salis.annotation.label_types import LABEL_TYPES, label_suffix
+    from salis.annotation.kinds import label_kind, label_kinds
 
     layout = Layout()
-    if label_type not in LABEL_TYPES:
-        _fail(SalisError(f"--type must be one of {', '.join(LABEL_TYPES)}, got {label_type!r}"))
-    request = layout.requests(cycle) / f"request{label_suffix(label_type)}.json"
+    try:
+        kind = label_kind(label_type)
+    except ValueError:
+        _fail(SalisError(f"--type must be one of {', '.join(k.name for k in label_kinds())}, got {label_type!r}"))
+    request = layout.requests(cycle) / f"request{kind.suffix}.json"
     if not request.is_file():
         asked = sorted(p.name for p in layout.requests(cycle).glob("request*.json")) if layout.requests(cycle).is_dir() else []
         hint = f" (this batch has {', '.join(asked)})" if asked else "; `dvc repro` writes it at the request stage"
         _fail(SalisError(f"{request}: no {label_type} request for cycle {cycle}{hint}"))
     try:
-        summary = import_labels(export, request, layout.imported_labels(cycle, label_type), replace, partial, allow_empty)
+        summary = import_labels(export, request, layout.imported_labels(cycle, suffix=kind.suffix), replace, partial, allow_empty)
     except SalisError as err:
         _fail(err)
     returned = summary["partial_unlabeled"]
-    what = "instances" if label_type != "image" else "counted instances"
+    what = "counted instances" if kind.image_level else "instances"
     typer.echo(
         f"cycle {cycle}: {summary['images_labeled']} images with {label_type} labels, {summary['instances']} {what} "
         f"-> {summary['labels_path']}"
@@ -264,12 +269,12 @@ def labels_pull(
 def _image_folder(request_dir: Path) -> Path:
     """The image folder of a request batch (info.salis.image_root of its request file)."""
     from salis.annotation.label_studio import batch_types
-    from salis.annotation.label_types import label_suffix
+    from salis.annotation.kinds import label_kind
 
     types = batch_types(request_dir)
     if not types:
         raise SalisError(f"{request_dir}: no request batch here; `dvc repro` writes it at the request stage")
-    info = json.loads((request_dir / f"request{label_suffix(types[0])}.json").read_text())["info"]["salis"]
+    info = json.loads((request_dir / f"request{label_kind(types[0]).suffix}.json").read_text())["info"]["salis"]
     root = info["image_root"]
     if isinstance(root, list):
         raise SalisError(f"batch images live under {len(root)} folders ({', '.join(root)}); Label Studio push needs one")

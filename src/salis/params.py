@@ -166,18 +166,21 @@ class SelectParams:
     budget_hours: float = 0.0  # > 0: each cycle buys this many annotator hours instead of `budget` images
 
 
-LabelType = Literal["mask", "box", "point", "image"]
+# The label kinds (salis.annotation.kinds registers one object per name: a new kind adds its name
+# here, to CHEAP_LABEL_TYPES when `mixed` may buy it as the cheap share, and its cost terms below)
 LABEL_TYPES: tuple[str, ...] = ("mask", "box", "point", "image")
+CHEAP_LABEL_TYPES: tuple[str, ...] = ("box", "point", "image")
+LABEL_POLICIES: tuple[str, ...] = (*LABEL_TYPES, "mixed")
 
 
 @dataclasses.dataclass(frozen=True)
 class AnnotationParams:
     """What the annotators are asked for (salis.loop.budget assigns each selected image its label type)."""
 
-    policy: Literal["mask", "box", "point", "image", "mixed"] = "mask"
+    policy: Literal[LABEL_POLICIES] = "mask"
     # mixed: the share of each cycle's hours spent on full masks; the rest buys `cheap` labels
     mask_share: float = 0.5
-    cheap: Literal["box", "point", "image"] = "point"
+    cheap: Literal[CHEAP_LABEL_TYPES] = "point"
     # mixed: rank = masks for the sampler's top-ranked images, cheap labels for the next ones;
     # mask_iou = walking the sampler's ranking, an image whose mean predicted mask IoU is at least
     # cheap_above gets a cheap label, the others full masks (mask-guided, Bellver et al.)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salis.params import LABEL_TYPES, CostParams
+from salis.annotation.kinds import label_kind
+from salis.params import CostParams
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -47,17 +48,10 @@ class CostModel:
 
     def seconds_per_instance(self, label_type: str = "mask") -> float:
         """The per-instance time of a label type (counting, for image-level labels)."""
-        return {
-            "mask": self.params.mask_seconds_per_instance,
-            "box": self.params.box_seconds,
-            "point": self.params.point_seconds,
-            "image": self.params.count_seconds_per_instance,
-        }[_checked(label_type)]
+        return label_kind(label_type).seconds_per_instance(self.params)
 
     def seconds_per_category(self, label_type: str = "mask") -> float:
-        if _checked(label_type) == "image":
-            return self.params.image_label_seconds_per_category
-        return self.params.seconds_per_category_checked
+        return label_kind(label_type).seconds_per_category(self.params)
 
     def image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
         """Seconds to label one image holding num_instances objects, num_categories categories checked."""
@@ -118,12 +112,6 @@ class CostModel:
                 "cumulative_money": np.cumsum(hours) * self.params.hourly_rate,
             }
         )
-
-
-def _checked(label_type: str) -> str:
-    if label_type not in LABEL_TYPES:
-        raise ValueError(f"unknown label type {label_type!r}; label types are {', '.join(LABEL_TYPES)}")
-    return label_type
 
 
 def instances_per_image(annotations: Iterable[Mapping[str, Any]], image_ids: Iterable[int]) -> dict[int, int]:

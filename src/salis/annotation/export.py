@@ -34,7 +34,6 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import pandas as pd
@@ -42,7 +41,9 @@ from pycocotools import mask as mask_utils
 
 from scipy import ndimage
 
-from salis.annotation.label_types import LABEL_TYPES, click_point, label_suffix
+from salis.annotation.kinds import DEFAULT_KIND, label_kind, label_kinds
+from salis.annotation.kinds.base import TO_NAME
+from salis.annotation.kinds.point import click_point
 from salis.artifacts.atomic import atomic_dir, write_text
 from salis.data.prepared import PreparedData
 from salis.errors import SalisError
@@ -51,12 +52,7 @@ from salis.errors import SalisError
 # is set; `d` is relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: the image folder's parent.
 DEFAULT_IMAGE_URL = "/data/local-files/?d={relative}"
 IMAGE_URL_FIELDS = {"file_name", "path", "image_id", "relative"}
-FROM_NAME = "label"
-TO_NAME = "image"
-COUNT_PREFIX = "count_"  # Label Studio Number tags of image-level labels: count_<category id>
-PRESENT_NAME = "present"  # the Choices tag of image-level labels
 INSTANCE_COLUMNS = ("image_id", "category_id", "score", "height", "width", "rle")
-REGION_TYPES = {"mask": "polygonlabels", "box": "rectanglelabels", "point": "keypointlabels"}
 
 
 def write_request_batch(
@@ -82,33 +78,34 @@ def write_request_batch(
     Returns {cycle, images, pre_annotations, below_min_score, empty_masks, out_dir, by_type}.
     """
     ids = _checked_ids(prepared, image_ids)
-    types = list(label_types) if label_types is not None else ["mask"] * len(ids)
-    if len(types) != len(ids) or set(types) - set(LABEL_TYPES):
-        raise ValueError(f"label_types must give one of {LABEL_TYPES} per image, got {types}")
+    types = list(label_types) if label_types is not None else [DEFAULT_KIND] * len(ids)
+    known = [k.name for k in label_kinds()]
+    if len(types) != len(ids) or set(types) - set(known):
+        raise ValueError(f"label_types must give one of {known} per image, got {types}")
     _check_template(image_url)
     if cycle < 0:  # batch 0 is the random initial set, requested before any model exists
         raise ValueError(f"cycle must be >= 0, got {cycle}")
     images = {i: _image_entry(prepared, i) for i in ids}
     categories = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": ""} for c in prepared.categories]
     by_image, counts = _predictions(instances, images, min_score)
-    present = [t for t in LABEL_TYPES if t in types]
+    present = [k for k in label_kinds() if k.name in types]
     out_dir = Path(out_dir)
     summary: dict[str, Any] = {"cycle": cycle, "images": len(ids), "pre_annotations": 0,
                                "below_min_score": counts["below_min_score"], "empty_masks": counts["empty_masks"],
                                "out_dir": str(out_dir), "by_type": {}}
     with atomic_dir(out_dir) as tmp:
-        for label_type in present:
-            group = [images[i] for i, t in zip(ids, types) if t == label_type]
-            suffix = label_suffix(label_type)
-            request = _request_coco(group, categories, by_image, cycle, prepared, min_score, label_type)
-            tasks = [_task(prepared, img, by_image[img["id"]], categories, cycle, image_url, label_type) for img in group]
+        for kind in present:
+            group = [images[i] for i, t in zip(ids, types) if t == kind.name]
+            suffix = kind.suffix
+            request = _request_coco(group, categories, by_image, cycle, prepared, min_score, kind.name)
+            tasks = [_task(prepared, img, by_image[img["id"]], categories, cycle, image_url, kind.name) for img in group]
             write_text(tmp / f"request{suffix}.json", _dumps(request))
             write_text(tmp / f"label_studio_tasks{suffix}.json", _dumps(tasks))
-            write_text(tmp / f"label_config{suffix}.xml", label_config(categories, label_type))
+            write_text(tmp / f"label_config{suffix}.xml", label_config(categories, kind.name))
             write_text(tmp / f"images{suffix}.txt", "".join(f"{prepared.image_path(img['id'])}\n" for img in group))
-            kept = sum(len(by_image[img["id"]]) for img in group) if label_type != "image" else 0
+            kept = 0 if kind.image_level else sum(len(by_image[img["id"]]) for img in group)
             summary["pre_annotations"] += kept
-            summary["by_type"][label_type] = {"images": len(group), "pre_annotations": kept}
+            summary["by_type"][kind.name] = {"images": len(group), "pre_annotations": kept}
         note = _pre_annotation_note(cycle, summary["pre_annotations"], counts, min_score, model_note)
         root = prepared.image_root(ids[0]) if ids else None
         write_text(tmp / "README.txt", _readme(cycle, out_dir, root, note, summary["by_type"]))
@@ -310,12 +307,11 @@ def _request_coco(
     cycle: int,
     prepared: PreparedData,
     min_score: float,
-    label_type: str = "mask",
+    label_type: str = DEFAULT_KIND,
 ) -> dict:
+    kind = label_kind(label_type)
     annotations = []
-    for image in images:
-        if label_type == "image":
-            break
+    for image in images if not kind.image_level else []:
         for p in by_image[image["id"]]:
             ann: dict[str, Any] = {
                 "id": len(annotations) + 1,
@@ -326,17 +322,10 @@ def _request_coco(
                 "iscrowd": 0,
                 "attributes": {"score": p["score"], "occluded": False},
             }
-            if label_type == "mask":
-                ann["segmentation"] = p["polygons"]
-            elif label_type == "point":
-                x, y = p["point"]
-                ann.update(keypoints=[x, y, 2], num_keypoints=1, segmentation=[], area=0.0,
-                           bbox=[x, y, 0.0, 0.0])
-            else:  # box: no segmentation
-                ann["segmentation"] = []
+            ann.update(kind.request_annotation(p))
             annotations.append(ann)
     roots = sorted({str(prepared.image_root(img["id"])) for img in images})
-    cats = [dict(c, keypoints=["point"], skeleton=[]) for c in categories] if label_type == "point" else categories
+    cats = kind.request_categories(categories)
     # CVAT's COCO reader (datumaro) refuses unknown top-level keys and needs "licenses" and
     # "info", so salis's own fields live inside "info". No date: the same selection must give
     # the same bytes.
@@ -347,12 +336,12 @@ def _request_coco(
         "image_ids": [img["id"] for img in images],
         "min_score": min_score,
     }
-    if label_type == "image":
+    if kind.image_level:
         salis["counts_field"] = "each image's `counts`: {category name: number of instances}, 0 when absent"
     return {
         "info": {
             "description": f"salis request batch, cycle {cycle}: {label_type} labels"
-            + (", model predictions as pre-annotations" if label_type != "image" else ""),
+            + ("" if kind.image_level else ", model predictions as pre-annotations"),
             "contributor": "salis",
             "version": "1.0",
             "salis": salis,
@@ -378,14 +367,11 @@ def image_reference(prepared: PreparedData, image: dict, template: str) -> str:
 
 def _task(
     prepared: PreparedData, image: dict, predictions: list[dict], categories: list[dict], cycle: int, image_url: str,
-    label_type: str = "mask",
+    label_type: str = DEFAULT_KIND,
 ) -> dict:
     names = {c["id"]: c["name"] for c in categories}
     url = image_reference(prepared, image, image_url)
-    if label_type == "image":
-        results = _ls_image_results(predictions, categories)
-    else:
-        results = [_ls_result(p, image, names, k, label_type) for k, p in enumerate(predictions)]
+    results = label_kind(label_type).label_studio_results(predictions, image, names, categories)
     task: dict[str, Any] = {"data": {"image": url, "salis_image_id": image["id"], "file_name": image["file_name"]}}
     if results:
         mean_score = float(np.mean([p["score"] for p in predictions]))
@@ -395,75 +381,12 @@ def _task(
     return task
 
 
-def _ls_result(prediction: dict, image: dict, names: dict[int, str], k: int, label_type: str = "mask") -> dict:
-    """One Label Studio region per predicted instance, coordinates in percent of the image."""
-    w, h = image["width"], image["height"]
-    name = [names[prediction["category_id"]]]
-    if label_type == "mask":
-        poly = prediction["outline"]
-        points = [[round(x / w * 100.0, 6), round(y / h * 100.0, 6)] for x, y in zip(poly[0::2], poly[1::2])]
-        value: dict[str, Any] = {"points": points, "closed": True, "polygonlabels": name}
-    elif label_type == "box":
-        x, y, bw, bh = prediction["bbox"]
-        value = {"x": round(x / w * 100, 6), "y": round(y / h * 100, 6), "width": round(bw / w * 100, 6),
-                 "height": round(bh / h * 100, 6), "rotation": 0, "rectanglelabels": name}
-    else:
-        x, y = prediction["point"]
-        value = {"x": round(x / w * 100, 6), "y": round(y / h * 100, 6), "width": 0.5, "keypointlabels": name}
-    return {
-        "id": f"p{k}",
-        "from_name": FROM_NAME,
-        "to_name": TO_NAME,
-        "type": REGION_TYPES[label_type],
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": value,
-        "score": prediction["score"],
-    }
-
-
-def _ls_image_results(predictions: list[dict], categories: list[dict]) -> list[dict]:
-    """Image-level pre-annotations: the predicted classes as choices and their counts as numbers."""
-    counts = {c["id"]: 0 for c in categories}
-    for p in predictions:
-        counts[p["category_id"]] += 1
-    present = [c["name"] for c in categories if counts[c["id"]]]
-    if not present:
-        return []
-    out = [{"id": "present", "from_name": PRESENT_NAME, "to_name": TO_NAME, "type": "choices",
-            "value": {"choices": present}}]
-    out += [{"id": f"n{c['id']}", "from_name": f"{COUNT_PREFIX}{c['id']}", "to_name": TO_NAME, "type": "number",
-             "value": {"number": counts[c["id"]]}} for c in categories if counts[c["id"]]]
-    return out
-
-
-def label_config(categories: list[dict], label_type: str = "mask") -> str:
-    """Label Studio labeling config of a label type, on the image "image": polygons, rectangles or
-    keypoints named "label" with one Label per category; image-level labels: a multiple Choices
-    "present" and one Number "count_<id>" per category.
-
-    category="<id>" makes Label Studio's COCO export use the project's ids (the import matches
-    by name anyway, since older exports ignore it and count from 0).
-    """
+def label_config(categories: list[dict], label_type: str = DEFAULT_KIND) -> str:
+    """Label Studio labeling config of a label type, on the image "image": the kind's controls
+    (salis.annotation.kinds: polygons, rectangles or keypoints named "label" with one Label per
+    category; image-level labels a multiple Choices "present" and one Number per category)."""
     image = f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true"/>\n'
-    if label_type == "image":
-        choices = "\n".join(f"    <Choice value={quoteattr(c['name'])}/>" for c in categories)
-        numbers = "\n".join(
-            f'  <Header value={quoteattr("How many " + c["name"] + "?")}/>\n'
-            f'  <Number name="{COUNT_PREFIX}{c["id"]}" toName="{TO_NAME}" min="0" defaultValue="0"/>'
-            for c in categories
-        )
-        return (f"<View>\n{image}"
-                f'  <Choices name="{PRESENT_NAME}" toName="{TO_NAME}" choice="multiple" showInline="true">\n{choices}\n'
-                f"  </Choices>\n{numbers}\n</View>\n")
-    tag = {"mask": "PolygonLabels", "box": "RectangleLabels", "point": "KeyPointLabels"}[label_type]
-    extra = {"mask": ' strokeWidth="2" pointSize="small" opacity="0.5"', "box": ' strokeWidth="2"',
-             "point": ' smart="false"'}[label_type]
-    labels = "\n".join(
-        f"    <Label value={quoteattr(c['name'])} category={quoteattr(str(c['id']))}/>" for c in categories
-    )
-    return f'<View>\n{image}  <{tag} name="{FROM_NAME}" toName="{TO_NAME}"{extra}>\n{labels}\n  </{tag}>\n</View>\n'
+    return f"<View>\n{image}{label_kind(label_type).label_studio_control(categories)}</View>\n"
 
 
 def _pre_annotation_note(cycle: int, kept: int, counts: dict[str, Any], min_score: float, model_note: str) -> str:
@@ -484,27 +407,18 @@ def _pre_annotation_note(cycle: int, kept: int, counts: dict[str, Any], min_scor
     return "\n".join(filter(None, [model_note, text]))
 
 
-_TYPE_TASK = {
-    "mask": "instance masks (polygons or brush masks), one per object",
-    "box": "a tight box around each object",
-    "point": "one click (keypoint) on each object, anywhere inside it",
-    "image": "for each category: is it present, and how many instances (fill each image's `counts` in "
-             "COCO as {category name: number}; in Label Studio the Choices and Number fields)",
-}
-
-
 def _readme(cycle: int, out_dir: Path, image_root: Path | None, note: str, by_type: dict[str, dict]) -> str:
     root = image_root if image_root is not None else Path("<image folder>")
     parent = root.parent if image_root is not None else "<its parent folder>"
     lines = [f"salis request batch for cycle {cycle}", "=" * 32, ""]
     for label_type, info in by_type.items():
-        suffix = label_suffix(label_type)
-        flag = "" if label_type == "mask" else f" --type {label_type}"
+        kind = label_kind(label_type)
+        suffix = kind.suffix
         lines += [
-            f"{info['images']} image(s) need {label_type} labels: {_TYPE_TASK[label_type]}.",
+            f"{info['images']} image(s) need {label_type} labels: {kind.task}.",
             f"  files: request{suffix}.json, images{suffix}.txt (CVAT); label_studio_tasks{suffix}.json,",
             f"         label_config{suffix}.xml (Label Studio); import with",
-            f"         salis labels import --cycle {cycle}{flag} <export>",
+            f"         salis labels import --cycle {cycle}{kind.type_flag} <export>",
         ]
     lines += ["", f"File names are relative to {root}. Keep the category names unchanged.", note, ""]
     lines += [f"""CVAT

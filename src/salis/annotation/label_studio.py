@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from salis.annotation.label_types import LABEL_TYPES, label_suffix
+from salis.annotation.kinds import label_kind, label_kinds
 from salis.artifacts.atomic import write_json, write_text
 from salis.errors import SalisError
 
@@ -221,7 +221,7 @@ def project_title(root: Path, cycle: int, label_type: str) -> str:
 
 def batch_types(request_dir: Path) -> list[str]:
     """The label types a request batch asks for (one request file each)."""
-    return [t for t in LABEL_TYPES if (request_dir / f"request{label_suffix(t)}.json").is_file()]
+    return [k.name for k in label_kinds() if (request_dir / f"request{k.suffix}.json").is_file()]
 
 
 def _state_path(state_dir: Path, cycle: int) -> Path:
@@ -251,7 +251,7 @@ def push_batch(client: LabelStudio, root: Path, request_dir: Path, cycle: int, s
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     lines = []
     for label_type in types:
-        suffix = label_suffix(label_type)
+        suffix = label_kind(label_type).suffix
         tasks = json.loads((request_dir / f"label_studio_tasks{suffix}.json").read_text())
         config = (request_dir / f"label_config{suffix}.xml").read_text()
         title = project_title(root, cycle, label_type)
@@ -291,7 +291,7 @@ def pull_batch(client: LabelStudio, root: Path, request_dir: Path, cycle: int, s
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     out = {}
     for label_type in batch_types(request_dir):
-        suffix = label_suffix(label_type)
+        suffix = label_kind(label_type).suffix
         title = project_title(root, cycle, label_type)
         project_id = state.get(label_type)
         if project_id is None:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from salis.annotation.kinds import DEFAULT_KIND, label_kinds
+from salis.annotation.kinds.base import COUNT_PREFIX
 from salis.annotation.label_studio_schema import (
     BrushValue,
     ChoicesValue,
@@ -29,7 +31,6 @@ from salis.annotation.label_studio_schema import (
 from salis.errors import InputError
 
 MASK_TYPES = {"polygonlabels", "brushlabels"}
-COUNT_PREFIX = "count_"
 
 
 class BrushSizeError(ValueError):
@@ -108,6 +109,9 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
     """The COCO file (images, annotations, categories by the request's names) of a task list."""
     by_name = {str(c["name"]): int(c["id"]) for c in request["categories"]}
     requested = {int(img["id"]): img for img in request["images"]}
+    info = request.get("info") if isinstance(request.get("info"), dict) else {}
+    asked = info.get("salis", {}).get("label_type", DEFAULT_KIND) if isinstance(info.get("salis"), dict) else DEFAULT_KIND
+    image_level = any(k.image_level and k.name == asked for k in label_kinds())
     images, annotations = [], []
     for t, task in enumerate(tasks):
         if not isinstance(task, dict):
@@ -171,7 +175,7 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
         if uncounted:
             raise InputError(path, f"{where} marks {', '.join(map(repr, uncounted))} present but gives no count")
         if counts or present or any(r.type in ("choices", "number") for r, _ in parsed) or \
-                (not results and request.get("info", {}).get("salis", {}).get("label_type") == "image"):
+                (not results and image_level):
             image["counts"] = counts  # an image-level label submitted with nothing present: all counts 0
         images.append(image)
     names = sorted(by_name, key=by_name.get)

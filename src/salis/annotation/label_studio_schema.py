@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from salis.annotation.kinds.base import MAX_COUNT
 from salis.errors import InputError
 
-MAX_COUNT = 100_000  # instances of one category on one image: more is a typo or an attack
 MAX_SIDE = 100_000  # pixels of an image side
 MAX_POINTS = 100_000  # vertices of one polygon
 MAX_BRUSH_BYTES = 64 * 2**20  # a brush RLE's bytes (a 4096 x 4096 mask compresses far below this)

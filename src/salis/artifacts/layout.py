@@ -78,9 +78,9 @@ class Layout:
         """Human labels, one file per request batch, written by `salis labels import`."""
         return self.root / "labels"
 
-    def imported_labels(self, k: int, label_type: str = "mask") -> Path:
-        """Batch k's imported labels of one label type: cycle_K.json (masks), cycle_K.point.json, ..."""
-        suffix = "" if label_type == "mask" else f".{label_type}"
+    def imported_labels(self, k: int, *, suffix: str = "") -> Path:
+        """Batch k's imported labels of one label kind: cycle_K.json (masks), cycle_K.point.json, ...
+        (`suffix`: the kind's, salis.annotation.kinds)."""
         return self.labels_dir / f"cycle_{k}{suffix}.json"
 
     def embeddings(self, k: int) -> Path:

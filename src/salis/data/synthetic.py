@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from salis.data.coco_import import rle_areas
+from salis.data.coco_checks import rle_areas
 
 CATEGORIES = [
     {"id": 1, "name": "nucleus"},  # round, smooth, small to medium

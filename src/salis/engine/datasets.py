@@ -64,14 +64,14 @@ def sample_sizes(source) -> list[tuple[int, int]]:
 
 class LabeledSamples:
     """Expert-labeled pool images with their labels from the cycle's label store: full masks, or
-    boxes (label_types says which; masks by default), whose targets are the filled boxes.
+    boxes (the ids in box_supervised), whose targets are the filled boxes.
 
     Samples are decoded once and kept: the labeled set is the small, expensive one.
     """
 
     def __init__(
         self, prepared: PreparedData, image_ids: list[int], labels: dict[int, list[dict]],
-        label_types: dict[int, str] | None = None,
+        box_supervised: set[int] | None = None,
     ) -> None:
         missing = [i for i in image_ids if int(i) not in labels]
         if missing:
@@ -79,7 +79,7 @@ class LabeledSamples:
         self.prepared = prepared
         self.image_ids = list(image_ids)
         self.labels = labels
-        self.label_types = label_types or {}
+        self.box_supervised = {int(i) for i in box_supervised or ()}
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -93,7 +93,7 @@ class LabeledSamples:
         if image_id not in self._cache:
             image = self.prepared.load_image(image_id)
             anns = self.labels[int(image_id)]
-            if self.label_types.get(int(image_id), "mask") == "box":
+            if int(image_id) in self.box_supervised:
                 arrays = box_target_arrays(anns, image.shape[0], image.shape[1], self.prepared.label_of)
                 self._cache[image_id] = Sample(image_id, image, **arrays, mask_from_box=True)
             else:

@@ -6,7 +6,7 @@ oracle (pool ground truth, revealed only for the selected images, and reduced to
 each image was requested with) or humans (labels/cycle_<j>[.<type>].json, written by `salis
 labels import`). Each image entry carries its `label_type`; its annotations are masks
 (segmentation), boxes (bbox only) or points (point), and an image-level label keeps its
-per-category `counts` on the image entry (see salis.annotation.label_types).
+per-category `counts` on the image entry (see salis.annotation.kinds).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from salis.annotation.label_types import derive_labels, label_suffix
+from salis.annotation.kinds import DEFAULT_KIND, label_kind
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
 from salis.seeds import derive_rng
@@ -36,7 +36,7 @@ class LabeledBatch:
         return sum(int(c["count"]) for c in counts) if counts is not None else len(self.annotations[image_id])
 
     def label_type(self, image_id: int) -> str:
-        return str(self.fields.get(image_id, {}).get("label_type", "mask"))
+        return str(self.fields.get(image_id, {}).get("label_type", DEFAULT_KIND))
 
 
 def empty_store(categories: list[dict]) -> dict:
@@ -82,7 +82,7 @@ def annotations_by_image(store: dict) -> dict[int, list[dict]]:
 
 def label_types_of(store: dict) -> dict[int, str]:
     """Each labeled image's label type (masks where the store says nothing: stores before types)."""
-    return {int(im["id"]): str(im.get("label_type", "mask")) for im in store["images"]}
+    return {int(im["id"]): str(im.get("label_type", DEFAULT_KIND)) for im in store["images"]}
 
 
 def instance_counts(store: dict) -> dict[int, int]:
@@ -104,27 +104,26 @@ def simulated_batch(
     the label type it was requested with (full masks when none is given); point clicks are
     seeded per image from `seed` and the cycle."""
     oracle = SimulatedOracle(prepared)
-    types = label_types or ["mask"] * len(image_ids)
+    types = label_types or [DEFAULT_KIND] * len(image_ids)
     annotations, fields = {}, {}
     for image_id, label_type in zip(image_ids, types):
+        kind = label_kind(label_type)
         info = prepared.image_info(int(image_id))
         rng = derive_rng(seed, cycle, "points", index=int(image_id))
-        anns, extra = derive_labels(oracle.annotations(int(image_id)), label_type, info["height"], info["width"],
-                                    prepared.category_ids, placement, rng)
-        annotations[int(image_id)] = anns
-        if label_type != "mask":
-            fields[int(image_id)] = extra
+        truth = oracle.annotations(int(image_id))
+        annotations[int(image_id)] = kind.derive(truth, info["height"], info["width"], placement, rng)
+        if kind.name != DEFAULT_KIND:  # stores before label kinds name none: the default
+            fields[int(image_id)] = {"label_type": kind.name, **kind.image_fields(truth, prepared.category_ids)}
     return LabeledBatch(annotations, fields)
 
 
-def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, label_type: str = "mask") -> str:
-    suffix = label_suffix(label_type)
-    kind = "" if label_type == "mask" else f" --type {label_type}"
+def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, label_type: str = DEFAULT_KIND) -> str:
+    kind = label_kind(label_type)
     return (
-        f"waiting for the {'' if label_type == 'mask' else label_type + ' '}labels of request batch {batch_cycle} "
+        f"waiting for the {kind.adjective}labels of request batch {batch_cycle} "
         f"({labels_path} does not exist). "
-        f"Label {request_dir / f'request{suffix}.json'} in CVAT or Label Studio (see {request_dir / 'README.txt'}), "
-        f"export it, then run:  salis labels import --cycle {batch_cycle}{kind} <export.json>  and `dvc repro` again"
+        f"Label {request_dir / f'request{kind.suffix}.json'} in CVAT or Label Studio (see {request_dir / 'README.txt'}), "
+        f"export it, then run:  salis labels import --cycle {batch_cycle}{kind.type_flag} <export.json>  and `dvc repro` again"
     )
 
 
@@ -148,7 +147,7 @@ def _human_labels(
     labels_path: Path, image_ids: list[int], category_ids: set[int], label_type: str
 ) -> tuple[dict[int, list[dict]], dict[int, dict], list[int]]:
     store = read_store(labels_path)
-    stored_type = store.get("label_type", "mask")
+    stored_type = store.get("label_type", DEFAULT_KIND)
     if stored_type != label_type:
         raise InputError(labels_path, f"holds {stored_type} labels but the batch asked for {label_type} labels")
     requested = {int(i) for i in image_ids}
@@ -163,7 +162,7 @@ def _human_labels(
     if missing:
         raise SalisError(f"{labels_path}: requested images neither labeled nor returned: {sorted(missing)[:5]}")
     by_image = annotations_by_image(store)
-    fields = {} if label_type == "mask" else {
+    fields = {} if label_type == DEFAULT_KIND else {
         int(im["id"]): {"label_type": label_type, **({"counts": im["counts"]} if "counts" in im else {})}
         for im in store["images"]
     }

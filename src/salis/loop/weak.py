@@ -273,28 +273,53 @@ def weak_rows(
     })
 
 
+@dataclasses.dataclass
+class WeakContext:
+    """What every weak route may read: the store's clicks, params, class box sides, the refiner."""
+
+    points: dict[int, list[tuple[float, float, int]]]
+    weak: WeakParams
+    sides: dict[int, float]
+    refine: RefineFn
+    summary: WeakSummary
+
+
+def _point_route(pred: Prediction, image: dict, ctx: WeakContext) -> pd.DataFrame:
+    return point_targets(pred, ctx.points.get(pred.image_id, []), ctx.weak, ctx.sides, ctx.refine, ctx.summary)
+
+
+def _image_route(pred: Prediction, image: dict, ctx: WeakContext) -> pd.DataFrame:
+    return image_label_targets(pred, image.get("counts", []), ctx.weak, ctx.summary)
+
+
+# The training route of each weak label kind (salis.annotation.kinds, training == "weak"): how its
+# labels and the model's detections become WEAK rows. tests/test_label_kinds.py checks every weak
+# kind has one.
+WEAK_ROUTES: dict[str, Callable[[Prediction, dict, WeakContext], pd.DataFrame]] = {
+    "point": _point_route,
+    "image": _image_route,
+}
+
+
 def weak_targets(
     predictions: Iterable[Prediction], store: dict, weak: WeakParams, refine: RefineFn, fallback_side: float,
 ) -> tuple[pd.DataFrame, WeakSummary]:
-    """Targets of every point- or image-labeled image predicted, from the label store's points
-    and counts; the WEAK table (images in prediction order) and what was made of them."""
+    """Targets of every weak-labeled image predicted, from the label store's points and counts;
+    the WEAK table (images in prediction order) and what was made of them."""
     images = {int(im["id"]): im for im in store["images"]}
     points: dict[int, list[tuple[float, float, int]]] = {}
     for ann in store["annotations"]:
         if "point" in ann:
             x, y = ann["point"]
             points.setdefault(int(ann["image_id"]), []).append((float(x), float(y), int(ann["category_id"])))
-    sides = median_sides(store, fallback_side)
-    summary = WeakSummary()
+    ctx = WeakContext(points, weak, median_sides(store, fallback_side), refine, WeakSummary())
     parts = []
     for pred in predictions:
         image = images[pred.image_id]
-        if image.get("label_type") == "point":
-            parts.append(point_targets(pred, points.get(pred.image_id, []), weak, sides, refine, summary))
-        elif image.get("label_type") == "image":
-            parts.append(image_label_targets(pred, image.get("counts", []), weak, summary))
-        else:
+        route = WEAK_ROUTES.get(str(image.get("label_type")))
+        if route is None:
             raise ValueError(f"image {pred.image_id} is labeled with {image.get('label_type', 'mask')}, not a weak label")
+        parts.append(route(pred, image, ctx))
     parts = [p for p in parts if len(p)]
     table = pd.concat(parts, ignore_index=True) if parts else WEAK.empty()
-    return table, summary
+    return table, ctx.summary

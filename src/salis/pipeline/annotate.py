@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from salis.annotation.cost import CostModel
+from salis.annotation.kinds import label_kind
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, SELECTED, read_table, write_table
@@ -32,7 +33,7 @@ def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
         batch = simulated_batch(prepared, ids, types, params.annotation.point_placement, params.seed, batch_cycle)
         source = "simulated_oracle"
     else:
-        paths = {t: layout.imported_labels(batch_cycle, t) for t in set(types)}
+        paths = {t: layout.imported_labels(batch_cycle, suffix=label_kind(t).suffix) for t in set(types)}
         waiting = [awaiting_message(batch_cycle, layout.requests(batch_cycle), paths[t], t)
                    for t in sorted(paths) if not paths[t].is_file()]
         if waiting:

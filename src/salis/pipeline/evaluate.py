@@ -11,6 +11,7 @@ import pandas as pd
 from salis.analysis.calibration import iou_head_metrics, iou_pairs, pseudo_label_quality
 from salis.analysis.evaluation import coco_metrics, detections_from_prediction, per_image_ap50
 from salis.annotation.cost import CostModel
+from salis.annotation.kinds import kinds_training, label_kinds
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import (
@@ -31,7 +32,7 @@ from salis.geometry import rle
 from salis.loop.gate import GateReport
 from salis.loop.labels import instance_counts, read_store
 from salis.model.checkpoint import load_model
-from salis.params import LABEL_TYPES, Params
+from salis.params import Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,8 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     store = read_store(layout.annotations(cycle))
     pseudo = read_table(layout.pseudo(cycle), PSEUDO)
     weak = read_table(layout.weak(cycle), WEAK)
-    qualities = [(pseudo, "pseudo"), (weak[weak["label_type"] == "point"], "weak_point"),
-                 (weak[weak["label_type"] == "image"], "weak_image")]
+    qualities = [(pseudo, "pseudo")] + [(weak[weak["label_type"] == k.name], f"weak_{k.name}")
+                                         for k in kinds_training("weak")]
     for table, prefix in qualities:
         if params.oracle == "simulated":  # the hidden pool ground truth exists only then
             metrics.update(pseudo_label_quality(table, SimulatedOracle(prepared).annotations, prefix))
@@ -118,7 +119,7 @@ def labels_by_type(labeled: pd.DataFrame, store: dict) -> dict[str, float]:
     """Per label type: labeled images, the instances their labels reveal, cumulative hours."""
     counts = instance_counts(store)
     out: dict[str, float] = {}
-    for label_type in LABEL_TYPES:
+    for label_type in (k.name for k in label_kinds()):
         rows = labeled[labeled["label_type"] == label_type]
         out[f"labeled_images_{label_type}"] = len(rows)
         out[f"labeled_instances_{label_type}"] = sum(counts.get(int(i), 0) for i in rows["image_id"])

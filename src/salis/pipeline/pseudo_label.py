@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from salis.annotation.kinds import kinds_training
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, check_parquet_schema, read_table, write_table
@@ -49,7 +50,8 @@ def _gate(params: Params, layout: Layout, cycle: int, scored, labeled: pd.DataFr
     if cycle == 1:  # instances@0 is init's empty table
         return GateReport(mode="calibrated", gate=None, reason="closed: cycle 1, no model has scored the pool yet")
     # calibration images: batch k-1's images that came back with full masks
-    masks = labeled[(labeled["label_type"] == "mask") & labeled["image_id"].isin(batch)]["image_id"]
+    full = [k.name for k in kinds_training("full")]
+    masks = labeled[labeled["label_type"].isin(full) & labeled["image_id"].isin(batch)]["image_id"]
     ids = set(masks.tolist())
     truth: dict[int, list[dict]] = {i: [] for i in ids}
     if ids:

@@ -8,6 +8,7 @@ import time
 import pandas as pd
 from dvclive import Live
 
+from salis.annotation.kinds import label_kind
 from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import LABELED, PSEUDO, WEAK, read_table
@@ -33,11 +34,12 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     model = build_model(params.model, len(prepared.categories), box_supervision=boxinst)
     restore(model, start)
     store = read_store(layout.annotations(cycle))
-    types = label_types_of(store)
+    route = {i: label_kind(t).training for i, t in label_types_of(store).items()}
     labeled_ids = read_table(layout.labeled(cycle), LABELED)["image_id"].tolist()
-    # masks and boxes come from the annotators; points and image labels through weak_label@k's targets
-    expert_ids = [i for i in labeled_ids if types.get(int(i), "mask") in ("mask", "box")]
-    expert = LabeledSamples(prepared, expert_ids, annotations_by_image(store), types)
+    # masks and boxes come from the annotators; weak kinds (points, image labels) through weak_label@k's targets
+    expert_ids = [i for i in labeled_ids if route[int(i)] in ("full", "boxes")]
+    boxes = {int(i) for i in expert_ids if route[int(i)] == "boxes"}
+    expert = LabeledSamples(prepared, expert_ids, annotations_by_image(store), boxes)
     weak = read_table(layout.weak(cycle), WEAK)
     weak_full = PseudoSamples(prepared, weak[weak["supervision"] == "full"], positive_only=False)
     empty = EmptySamples(prepared, json.loads(layout.weak_summary(cycle).read_text()).get("weak_empty_image_ids", []))
@@ -49,8 +51,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
         pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
     device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
     iterations = schedule_iterations(params.train, len(labeled))
-    boxes = sum(types.get(int(i)) == "box" for i in expert_ids)
-    weak_note = f" ({boxes} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
+    weak_note = f" ({len(boxes)} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
     if dist.is_main():
         print(f"cycle {cycle}: training on {len(labeled)} labeled{weak_note} + {len(pseudo)} pseudo-labeled images, "
               f"{iterations} iterations ({iterations * params.train.batch_size / max(len(labeled), 1):.1f} epochs), "

@@ -11,6 +11,7 @@ import pandas as pd
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import WEAK, write_table
+from salis.annotation.kinds import label_kind
 from salis.data.prepared import PreparedData
 from salis.loop.labels import label_types_of, read_store
 from salis.params import Params
@@ -19,7 +20,7 @@ from salis.params import Params
 def stage_weak_label(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     prepared = PreparedData(layout.prepared)
     store = read_store(layout.annotations(cycle))
-    weak_ids = sorted(i for i, t in label_types_of(store).items() if t in ("point", "image"))
+    weak_ids = sorted(i for i, t in label_types_of(store).items() if label_kind(t).training == "weak")
     # torch and the model load only when there are weak labels: with full masks this stage is a no-op
     from salis.loop.weak import WeakSummary, weak_targets
 
