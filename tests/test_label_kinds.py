@@ -18,7 +18,7 @@ import salis.params
 from salis.annotation.cost import CostModel
 from salis.annotation.export import label_config, write_request_batch
 from salis.annotation.importer import import_labels
-from salis.annotation.kinds import DEFAULT_KIND, LabelKind, Parser, label_kind, label_kinds, registered
+from salis.annotation.kinds import DEFAULT_KIND, AnnotatorView, LabelKind, Parser, label_kind, label_kinds, registered
 from salis.annotation.kinds.base import finite_number, percent, region_labels
 from salis.data.prepare import prepare_dataset
 from salis.data.prepared import PreparedData, SimulatedOracle
@@ -64,8 +64,9 @@ def test_every_kind_implements_every_part(kind: LabelKind):
     assert math.isfinite(kind.seconds_per_instance(cost)) and kind.seconds_per_instance(cost) > 0
     assert kind.seconds_per_category(cost) >= 0
     # the simulated annotator: annotations (none for image-level kinds) and image fields
-    derived = kind.derive(_truth(), 12, 12, "center", np.random.default_rng(0))
-    fields = kind.image_fields(_truth(), [1, 2])
+    view = AnnotatorView(_truth(), 12, 12, [1, 2], "center", np.random.default_rng(0))
+    derived = kind.derive(view)
+    fields = kind.image_fields(view)
     assert (derived == []) == kind.image_level and isinstance(fields, dict)
     # request files: a valid Label Studio config, regions or choices, COCO fields
     config = ET.fromstring(label_config(CATEGORIES, kind.name))
@@ -105,9 +106,9 @@ class CircleKind(LabelKind):
     def seconds_per_instance(self, cost: CostParams) -> float:
         return cost.box_seconds / 2  # one drag instead of two corners
 
-    def derive(self, annotations, height, width, placement, rng):
+    def derive(self, view):
         out = []
-        for a in annotations:
+        for a in view.truth:
             x, y, w, h = a["bbox"]
             out.append({"category_id": int(a["category_id"]), "circle": [x + w / 2, y + h / 2, math.hypot(w, h) / 2]})
         return out

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from salis.annotation.cost import CostModel
-from salis.annotation.kinds import label_kind
+from salis.annotation.kinds import AnnotatorView, label_kind
 from salis.annotation.kinds.image import image_counts
 from salis.annotation.kinds.point import click_point
 from salis.engine.inference import Prediction
@@ -71,18 +71,18 @@ def ann(mask: np.ndarray, category: int) -> dict:
 def test_derived_labels_carry_exactly_what_each_type_reveals():
     a, b = square(12, 12, 1, 4, 1, 5), square(12, 12, 6, 11, 6, 9)
     anns = [ann(a, 3), ann(b, 7)]
-    rng = np.random.default_rng(0)
-    boxes = label_kind("box").derive(anns, 12, 12, "center", rng)
+    view = AnnotatorView(anns, 12, 12, [3, 7, 9], "center", np.random.default_rng(0))
+    boxes = label_kind("box").derive(view)
     assert boxes == [{"category_id": 3, "bbox": [1.0, 1.0, 4.0, 3.0]}, {"category_id": 7, "bbox": [6.0, 6.0, 3.0, 5.0]}]
-    assert label_kind("box").image_fields(anns, [3, 7, 9]) == {}
-    points = label_kind("point").derive(anns, 12, 12, "center", rng)
+    assert label_kind("box").image_fields(view) == {}
+    points = label_kind("point").derive(view)
     assert [p["category_id"] for p in points] == [3, 7]
     assert all(m[int(p["point"][1]), int(p["point"][0])] for m, p in zip((a, b), points))
     assert all(set(p) == {"category_id", "point"} for p in points)  # no mask, no box
-    none, fields = label_kind("image").derive(anns, 12, 12, "center", rng), label_kind("image").image_fields(anns, [3, 7, 9])
+    none, fields = label_kind("image").derive(view), label_kind("image").image_fields(view)
     assert none == [] and fields["counts"] == [{"category_id": 3, "count": 1}, {"category_id": 7, "count": 1},
                                                {"category_id": 9, "count": 0}]
-    full = label_kind("mask").derive(anns, 12, 12, "center", rng)
+    full = label_kind("mask").derive(view)
     assert full == anns and full[0] is not anns[0]  # copies: the oracle's truth is never handed out
 
 

@@ -82,7 +82,8 @@ def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", hel
     used = {t for table in labeled_tables.values() for t in table["label_type"]}
     policy = params.annotation.policy
     # the initial batch is always full masks (the default kind)
-    wanted = {LABEL_TYPES[0]} | used | ({LABEL_TYPES[0], params.annotation.cheap} if policy == "mixed" else {policy})
+    mixed = {params.annotation.mixed_masks, params.annotation.cheap}
+    wanted = {LABEL_TYPES[0]} | used | (mixed if policy == "mixed" else {policy})
     types = [t for t in LABEL_TYPES if t in wanted]
     many = len(types) > 1
     header = f"{'cycle':>5} {'labeled':>7}"

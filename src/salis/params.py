@@ -168,9 +168,10 @@ class SelectParams:
 
 # The label kinds (salis.annotation.kinds registers one object per name: a new kind adds its name
 # here, to CHEAP_LABEL_TYPES when `mixed` may buy it as the cheap share, and its cost terms below)
-LABEL_TYPES: tuple[str, ...] = ("mask", "box", "point", "image")
+LABEL_TYPES: tuple[str, ...] = ("mask", "box", "point", "image", "correct")
 CHEAP_LABEL_TYPES: tuple[str, ...] = ("box", "point", "image")
 LABEL_POLICIES: tuple[str, ...] = (*LABEL_TYPES, "mixed")
+MASK_LABEL_TYPES: tuple[str, ...] = ("mask", "correct")  # what `mixed` may buy as its full-mask share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +193,12 @@ class AnnotationParams:
     point_placement: Literal["center", "uniform", "annotator"] = "annotator"
     # request batches carry the model's detections scoring at least this as pre-annotations
     pre_annotation_score: float = 0.5
+    # mixed: how its full-mask share is labeled (mask: drawn; correct: corrected from the model's)
+    mixed_masks: Literal[MASK_LABEL_TYPES] = "mask"
+    # correct: the simulated annotator accepts a pre-annotated mask matching an instance at this
+    # mask IoU or more (and of its class), fixes one at correct_fix_iou or more, else draws
+    correct_accept_iou: float = 0.85
+    correct_fix_iou: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +237,12 @@ class CostParams:
     point_seconds: float = 2.4
     image_label_seconds_per_category: float = 1.0
     count_seconds_per_instance: float = 0.8
+    # correct: a pre-annotated mask accepted as it is (a verification: 1.6 s, Papadopoulos et al.,
+    # CVPR 2016, "We don't need no bounding-boxes"), fixed (14 s: SAM's model-assisted masks,
+    # Kirillov et al., ICCV 2023), deleted (a verification); drawn ones cost mask_seconds_per_instance
+    accept_seconds: float = 1.6
+    fix_seconds: float = 14.0
+    delete_seconds: float = 1.6
     hourly_rate: float = 50.0
 
 
@@ -344,7 +357,7 @@ MOVED_KEYS = {
     "train.amp": "runtime.amp",
     "model.mc_dropout_p": "score.mc_dropout_p (an inference knob: changing it no longer retrains)",
     "model.mc_dropout_train": "model.train_dropout_p (a probability; 0 = no dropout while training)",
-    "cost.kind": "annotation.policy (mask | box | point | image | mixed; each labeled image's cost follows its own label type)",
+    "cost.kind": "annotation.policy (mask | box | point | image | correct | mixed; each labeled image's cost follows its own label type)",
     "train.iterations": "train.epochs with train.min_iterations / train.max_iterations "
     "(set both to N for a fixed N per cycle)",
 }
@@ -564,6 +577,11 @@ def _check_ranges(p: Params) -> None:
     }.items():
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")
+    a = p.annotation
+    if not 0.0 < a.correct_fix_iou <= a.correct_accept_iou <= 1.0:
+        raise ParamsError(f"annotation.correct_fix_iou and correct_accept_iou must satisfy 0 < fix <= accept <= 1 "
+                          f"(a mask good enough to accept is good enough to fix), got fix {a.correct_fix_iou}, "
+                          f"accept {a.correct_accept_iou}")
     _check_mask_floor(p)
     _check_augment(p.augment)
     if not p.select.tsp_components or len(set(p.select.tsp_components)) != len(p.select.tsp_components):

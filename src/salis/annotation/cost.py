@@ -10,6 +10,11 @@ semi-supervised semantic and instance segmentation"):
 - image-level label: 1 s per category checked (Bearman et al.), plus 0.8 s per instance counted
   (Bellver et al. measured 20.0 s per PASCAL image for labels, 22.2 s for labels and counts:
   2.2 s more for about 2.7 instances).
+- corrected mask (`correct`, the annotator starts from the model's masks): per instance 1.6 s when
+  the pre-annotated mask is accepted (a verification, Papadopoulos et al., CVPR 2016, "We don't
+  need no bounding-boxes"), 14 s when it is fixed (SAM's model-assisted masks, Kirillov et al.,
+  ICCV 2023: 34 s per mask from scratch in their tool, 14 s with the model's), 79 s when drawn, and
+  1.6 s per wrong pre-annotation deleted; so a better model makes masks cheaper.
 
 Every label type pays the per-category check: the annotator looks at each category once per
 image to decide whether it is present, whatever the count. Each labeled image is priced by its
@@ -53,11 +58,19 @@ class CostModel:
     def seconds_per_category(self, label_type: str = "mask") -> float:
         return label_kind(label_type).seconds_per_category(self.params)
 
-    def image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
-        """Seconds to label one image holding num_instances objects, num_categories categories checked."""
+    def image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask",
+                      fields: Mapping[str, Any] | None = None) -> float:
+        """Seconds to label one image holding num_instances objects, num_categories categories checked;
+        `fields`: the image's stored label fields (a corrected image is priced by its outcomes)."""
         if num_instances < 0 or num_categories < 0:
             raise ValueError(f"counts must be non-negative, got {num_instances} instances, {num_categories} categories")
-        return self.seconds_per_instance(label_type) * num_instances + self.seconds_per_category(label_type) * num_categories
+        return label_kind(label_type).image_seconds(self.params, num_instances, num_categories, fields)
+
+    def estimated_image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
+        """The planning estimate of an image not labeled yet (hour budgets): the kind's per-instance
+        and per-category terms (for corrected masks a fix per instance)."""
+        kind = label_kind(label_type)
+        return kind.seconds_per_instance(self.params) * num_instances + kind.seconds_per_category(self.params) * num_categories
 
     def cost_table(
         self, instances_per_image: Mapping[int, int], num_categories: int, label_types: Mapping[int, str] | None = None

@@ -40,7 +40,7 @@ class CycleBudget:
 
     def seconds(self, label_type: str) -> float:
         """The estimated cost of one image with this label type."""
-        return self.cost.image_seconds(self.mean_instances, self.num_categories, label_type)
+        return self.cost.estimated_image_seconds(self.mean_instances, self.num_categories, label_type)
 
     def affordable(self, label_type: str, hours: float) -> int:
         """How many images of this label type `hours` buy (by the estimate)."""
@@ -58,7 +58,7 @@ def planned_types(policy: AnnotationParams, budget: CycleBudget) -> dict[str, in
         return {policy.policy: budget.affordable(policy.policy, budget.hours)}
     mask_hours = budget.hours * policy.mask_share
     return {
-        "mask": budget.affordable("mask", mask_hours),
+        policy.mixed_masks: budget.affordable(policy.mixed_masks, mask_hours),
         policy.cheap: budget.affordable(policy.cheap, budget.hours - mask_hours),
     }
 
@@ -83,16 +83,17 @@ def assign_label_types(
     if policy.policy != "mixed":
         (label_type, count), = plan.items()
         return [(int(i), label_type) for i in ranked[:count]]
+    full = policy.mixed_masks
     if policy.mixed_order == "rank":
-        masks, cheap = plan["mask"], plan[policy.cheap]
-        return [(int(i), "mask") for i in ranked[:masks]] + [(int(i), policy.cheap) for i in ranked[masks : masks + cheap]]
+        masks, cheap = plan[full], plan[policy.cheap]
+        return [(int(i), full) for i in ranked[:masks]] + [(int(i), policy.cheap) for i in ranked[masks : masks + cheap]]
     left = dict(plan)
     out = []
     for image_id in ranked:
         if not any(left.values()):
             break
         iou = mean_mask_iou.get(int(image_id), float("nan"))
-        wants = policy.cheap if np.isfinite(iou) and iou >= policy.cheap_above else "mask"
+        wants = policy.cheap if np.isfinite(iou) and iou >= policy.cheap_above else full
         if left[wants]:
             left[wants] -= 1
             out.append((int(image_id), wants))

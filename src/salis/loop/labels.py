@@ -16,7 +16,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from salis.annotation.kinds import DEFAULT_KIND, label_kind
+from salis.annotation.kinds import DEFAULT_KIND, AnnotatorView, label_kind
+from salis.data.coco_checks import as_int, entries, read_json, to_rle
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
 from salis.seeds import derive_rng
@@ -99,22 +100,51 @@ def instance_counts(store: dict) -> dict[int, int]:
 def simulated_batch(
     prepared: PreparedData, image_ids: list[int], label_types: list[str] | None = None,
     placement: str = "annotator", seed: int = 0, cycle: int = 0,
+    pre_annotations: dict[int, list[dict]] | None = None, accept_iou: float = 0.85, fix_iou: float = 0.5,
 ) -> LabeledBatch:
     """The simulated oracle labels every requested pool image from its ground truth, reduced to
     the label type it was requested with (full masks when none is given); point clicks are
-    seeded per image from `seed` and the cycle."""
+    seeded per image from `seed` and the cycle. pre_annotations: per image, the request's
+    pre-annotations (read_pre_annotations), which a corrected image is labeled from."""
     oracle = SimulatedOracle(prepared)
     types = label_types or [DEFAULT_KIND] * len(image_ids)
     annotations, fields = {}, {}
     for image_id, label_type in zip(image_ids, types):
         kind = label_kind(label_type)
         info = prepared.image_info(int(image_id))
-        rng = derive_rng(seed, cycle, "points", index=int(image_id))
-        truth = oracle.annotations(int(image_id))
-        annotations[int(image_id)] = kind.derive(truth, info["height"], info["width"], placement, rng)
+        view = AnnotatorView(
+            truth=oracle.annotations(int(image_id)), height=info["height"], width=info["width"],
+            category_ids=prepared.category_ids, placement=placement,
+            rng=derive_rng(seed, cycle, "points", index=int(image_id)),
+            pre_annotations=(pre_annotations or {}).get(int(image_id), []), accept_iou=accept_iou, fix_iou=fix_iou,
+        )
+        annotations[int(image_id)] = kind.derive(view)
         if kind.name != DEFAULT_KIND:  # stores before label kinds name none: the default
-            fields[int(image_id)] = {"label_type": kind.name, **kind.image_fields(truth, prepared.category_ids)}
+            fields[int(image_id)] = {"label_type": kind.name, **kind.image_fields(view)}
     return LabeledBatch(annotations, fields)
+
+
+def read_pre_annotations(request_path: Path) -> dict[int, list[dict]]:
+    """The pre-annotations of a request file (the model's detections its annotators start from),
+    per image id, each with `category_id`, `score` and `segmentation` as compressed RLE."""
+    request = read_json(request_path)
+    if not isinstance(request, dict) or not isinstance(request.get("images"), list):
+        raise InputError(request_path, "not a salis request batch (expected a COCO file with images)")
+    sizes = {}
+    for where, image in entries(request["images"], "images", ("id", "width", "height"), request_path):
+        sizes[as_int(image["id"], f"{where} id", request_path)] = (image["height"], image["width"])
+    out: dict[int, list[dict]] = {i: [] for i in sizes}
+    for where, ann in entries(request.get("annotations", []), "annotations", ("image_id", "category_id", "segmentation"),
+                              request_path):
+        image_id = as_int(ann["image_id"], f"{where} image_id", request_path)
+        if image_id not in sizes:
+            raise InputError(request_path, f"{where} points at image {image_id}, which the request does not list")
+        height, width = sizes[image_id]
+        segmentation = to_rle(ann["segmentation"], height, width, where, request_path)
+        score = ann.get("attributes", {}).get("score") if isinstance(ann.get("attributes"), dict) else None
+        out[image_id].append({"category_id": as_int(ann["category_id"], f"{where} category_id", request_path),
+                              "score": score, "segmentation": segmentation})
+    return out
 
 
 def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, label_type: str = DEFAULT_KIND) -> str:

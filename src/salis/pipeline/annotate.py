@@ -12,7 +12,9 @@ from salis.artifacts.tables import LABELED, SELECTED, read_table, write_table
 from salis.data.prepared import PreparedData
 from salis.errors import SalisError
 from salis.loop.cycle import add_labeled
-from salis.loop.labels import awaiting_message, extend_store, human_batch, read_store, simulated_batch
+from salis.loop.labels import (
+    awaiting_message, extend_store, human_batch, read_pre_annotations, read_store, simulated_batch,
+)
 from salis.params import Params
 
 
@@ -30,7 +32,14 @@ def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     ids = selected["image_id"].tolist()
     types = selected["label_type"].tolist()
     if params.oracle == "simulated":
-        batch = simulated_batch(prepared, ids, types, params.annotation.point_placement, params.seed, batch_cycle)
+        # a kind corrected from the model's masks starts from what its request file offered
+        pre = {}
+        for kind in {label_kind(t) for t in types}:
+            if kind.reads_pre_annotations:
+                pre |= read_pre_annotations(layout.requests(batch_cycle) / f"request{kind.suffix}.json")
+        batch = simulated_batch(prepared, ids, types, params.annotation.point_placement, params.seed, batch_cycle,
+                                pre_annotations=pre, accept_iou=params.annotation.correct_accept_iou,
+                                fix_iou=params.annotation.correct_fix_iou)
         source = "simulated_oracle"
     else:
         paths = {t: layout.imported_labels(batch_cycle, suffix=label_kind(t).suffix) for t in set(types)}
@@ -42,7 +51,8 @@ def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
         source = "human"
     cost = CostModel.from_params(params.cost)
     categories = len(prepared.categories)
-    seconds = {i: cost.image_seconds(batch.instances(i), categories, batch.label_type(i)) for i in batch.annotations}
+    seconds = {i: cost.image_seconds(batch.instances(i), categories, batch.label_type(i), batch.fields.get(i))
+               for i in batch.annotations}
     merged = add_labeled(labeled, selected, set(batch.annotations), seconds, cycle, source)
     infos = [prepared.image_info(i) | batch.fields.get(i, {}) for i in batch.annotations]
     write_json(layout.annotations(cycle), extend_store(store, infos, batch.annotations))

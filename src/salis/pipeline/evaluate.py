@@ -12,6 +12,7 @@ from salis.analysis.calibration import iou_head_metrics, iou_pairs, pseudo_label
 from salis.analysis.evaluation import coco_metrics, detections_from_prediction, per_image_ap50
 from salis.annotation.cost import CostModel
 from salis.annotation.kinds import kinds_training, label_kinds
+from salis.annotation.kinds.correct import outcome_metrics
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import (
@@ -101,6 +102,7 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     weak_summary["weak_empty_images"] = len(weak_summary.pop("weak_empty_image_ids", []))
     metrics.update(weak_summary)
     metrics.update(labels_by_type(labeled, store))
+    metrics.update(outcome_metrics(store, set(labeled.loc[labeled["cycle"] == cycle, "image_id"].tolist())))
     seconds = float(labeled["seconds"].sum())
     metrics.update(
         cycle=cycle,

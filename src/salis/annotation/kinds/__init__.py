@@ -14,14 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from salis.annotation.kinds.base import DEFAULT_KIND, LabelKind, Parser
+from salis.annotation.kinds.base import DEFAULT_KIND, AnnotatorView, LabelKind, Parser
 from salis.annotation.kinds.box import BoxKind
+from salis.annotation.kinds.correct import CorrectKind
 from salis.annotation.kinds.image import ImageKind
 from salis.annotation.kinds.mask import MaskKind
 from salis.annotation.kinds.point import PointKind
 from salis.params import LABEL_TYPES
 
-__all__ = ["DEFAULT_KIND", "LabelKind", "Parser", "label_kind", "label_kinds", "recognised_kind", "register",
+__all__ = ["DEFAULT_KIND", "AnnotatorView", "LabelKind", "Parser", "label_kind", "label_kinds", "recognised_kind", "register",
            "registered", "kinds_training"]
 
 _REGISTRY: dict[str, LabelKind] = {}
@@ -34,7 +35,7 @@ def register(kind: LabelKind) -> LabelKind:
     return kind
 
 
-for _kind in (MaskKind(), BoxKind(), PointKind(), ImageKind()):
+for _kind in (MaskKind(), BoxKind(), PointKind(), ImageKind(), CorrectKind()):
     register(_kind)
 
 

@@ -9,10 +9,11 @@ module here plus its name (and cost terms) in salis.params.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +34,24 @@ PRESENT_NAME = "present"  # the Choices tag of image-level labels
 MAX_COUNT = 100_000  # instances of one category on one image: more is a typo or an attack
 
 Training = Literal["full", "boxes", "weak"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotatorView:
+    """What the simulated annotator has of one requested image: its hidden ground truth (COCO
+    annotations with RLE masks), its size, the project's categories, where clicks land, a seeded
+    generator, and the request's pre-annotations (the model's detections, with `segmentation` as
+    compressed RLE) with the correct kind's IoU thresholds."""
+
+    truth: list[dict]
+    height: int
+    width: int
+    category_ids: Sequence[int] = ()
+    placement: str = "annotator"
+    rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0))
+    pre_annotations: list[dict] = dataclasses.field(default_factory=list)
+    accept_iou: float = 0.85
+    fix_iou: float = 0.5
 
 
 class Parser(ABC):
@@ -77,6 +96,7 @@ class LabelKind(ABC):
     # weak = the weak_label stage turns it into targets from the model's detections
     training: ClassVar[Training]
     image_level: ClassVar[bool] = False  # labels live on the image (counts), no annotations
+    reads_pre_annotations: ClassVar[bool] = False  # the simulated annotator needs the request's predictions
     region_type: ClassVar[str] = ""  # its Label Studio region type (polygonlabels, ...)
     # the import asks kinds whether they recognise an annotation in this order (lower first), so
     # the most specific geometry wins: a COCO keypoint annotation also carries a bbox
@@ -107,15 +127,20 @@ class LabelKind(ABC):
         """Seconds per category checked on an image (every kind looks at each category once)."""
         return cost.seconds_per_category_checked
 
+    def image_seconds(self, cost: CostParams, instances: float, categories: int, fields: Mapping | None = None) -> float:
+        """Seconds to label one image holding `instances` objects, `categories` categories checked;
+        `fields` are the image's stored fields (a kind may price by what happened on the image)."""
+        return self.seconds_per_instance(cost) * instances + self.seconds_per_category(cost) * categories
+
     # --- the simulated annotator ------------------------------------------------------------
 
     @abstractmethod
-    def derive(self, annotations: list[dict], height: int, width: int, placement: str,
-               rng: np.random.Generator) -> list[dict]:
+    def derive(self, view: AnnotatorView) -> list[dict]:
         """This kind's annotations of an image, from its ground-truth mask annotations."""
 
-    def image_fields(self, annotations: list[dict], category_ids: Iterable[int]) -> dict:
-        """Fields this kind stores on the image entry besides label_type (image-level counts)."""
+    def image_fields(self, view: AnnotatorView) -> dict:
+        """Fields this kind stores on the image entry besides label_type (image-level counts, the
+        outcome of a correction)."""
         return {}
 
     # --- request batches ----------------------------------------------------------------------

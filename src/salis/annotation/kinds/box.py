@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from salis.annotation.kinds.base import SLACK_PX, LabelKind, Parser, finite_number, percent, region_labels
+from salis.annotation.kinds.base import AnnotatorView, SLACK_PX, LabelKind, Parser, finite_number, percent, region_labels
 from salis.errors import InputError
 from salis.params import CostParams
 
@@ -20,9 +18,8 @@ class BoxKind(LabelKind):
     def seconds_per_instance(self, cost: CostParams) -> float:
         return cost.box_seconds
 
-    def derive(self, annotations: list[dict], height: int, width: int, placement: str,
-               rng: np.random.Generator) -> list[dict]:
-        return [{"category_id": int(a["category_id"]), "bbox": [float(v) for v in a["bbox"]]} for a in annotations]
+    def derive(self, view: AnnotatorView) -> list[dict]:
+        return [{"category_id": int(a["category_id"]), "bbox": [float(v) for v in a["bbox"]]} for a in view.truth]
 
     def request_annotation(self, prediction: dict) -> dict:
         return {"segmentation": []}

@@ -8,9 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import numpy as np
-
-from salis.annotation.kinds.base import COUNT_PREFIX, MAX_COUNT, PRESENT_NAME, TO_NAME, LabelKind
+from salis.annotation.kinds.base import AnnotatorView, COUNT_PREFIX, MAX_COUNT, PRESENT_NAME, TO_NAME, LabelKind
 from salis.errors import InputError
 from salis.params import CostParams
 
@@ -29,12 +27,11 @@ class ImageKind(LabelKind):
     def seconds_per_category(self, cost: CostParams) -> float:
         return cost.image_label_seconds_per_category
 
-    def derive(self, annotations: list[dict], height: int, width: int, placement: str,
-               rng: np.random.Generator) -> list[dict]:
+    def derive(self, view: AnnotatorView) -> list[dict]:
         return []
 
-    def image_fields(self, annotations: list[dict], category_ids: Iterable[int]) -> dict:
-        return {"counts": image_counts(annotations, category_ids)}
+    def image_fields(self, view: AnnotatorView) -> dict:
+        return {"counts": image_counts(view.truth, view.category_ids)}
 
     def request_annotation(self, prediction: dict) -> dict:
         raise ValueError("image-level requests carry no annotations")

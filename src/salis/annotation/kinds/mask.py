@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 from pycocotools import mask as mask_utils
 
-from salis.annotation.kinds.base import SLACK_PX, LabelKind, Parser, percent, region_labels
+from salis.annotation.kinds.base import AnnotatorView, SLACK_PX, LabelKind, Parser, percent, region_labels
 from salis.data.coco_checks import check_compressed, counts_str, rle_areas, to_rle
 from salis.errors import InputError
 from salis.params import CostParams
@@ -24,9 +23,8 @@ class MaskKind(LabelKind):
     def seconds_per_instance(self, cost: CostParams) -> float:
         return cost.mask_seconds_per_instance
 
-    def derive(self, annotations: list[dict], height: int, width: int, placement: str,
-               rng: np.random.Generator) -> list[dict]:
-        return [dict(a) for a in annotations]
+    def derive(self, view: AnnotatorView) -> list[dict]:
+        return [dict(a) for a in view.truth]
 
     def request_annotation(self, prediction: dict) -> dict:
         return {"segmentation": prediction["polygons"]}

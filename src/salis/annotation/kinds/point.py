@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from salis.annotation.kinds.base import LabelKind, Parser, finite_number, percent, region_labels
+from salis.annotation.kinds.base import AnnotatorView, LabelKind, Parser, finite_number, percent, region_labels
 from salis.errors import InputError
 from salis.geometry import decode_rles, rle
 from salis.params import CostParams
@@ -24,11 +24,11 @@ class PointKind(LabelKind):
     def seconds_per_instance(self, cost: CostParams) -> float:
         return cost.point_seconds
 
-    def derive(self, annotations: list[dict], height: int, width: int, placement: str,
-               rng: np.random.Generator) -> list[dict]:
-        masks = decode_rles([rle(a["segmentation"]) for a in annotations], height, width) if annotations else []
-        points = [click_point(m, placement, rng) for m in masks]
-        return [{"category_id": int(a["category_id"]), "point": [x, y]} for a, (x, y) in zip(annotations, points)]
+    def derive(self, view: AnnotatorView) -> list[dict]:
+        truth = view.truth
+        masks = decode_rles([rle(a["segmentation"]) for a in truth], view.height, view.width) if truth else []
+        points = [click_point(m, view.placement, view.rng) for m in masks]
+        return [{"category_id": int(a["category_id"]), "point": [x, y]} for a, (x, y) in zip(truth, points)]
 
     def request_categories(self, categories: list[dict]) -> list[dict]:
         return [dict(c, keypoints=["point"], skeleton=[]) for c in categories]
