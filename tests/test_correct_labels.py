@@ -135,3 +135,90 @@ def test_mixed_buys_its_mask_share_as_corrected_masks():
     # half an hour: 1800 / (5 x 14 + 1) = 25 corrected images planned; 1800 / (5 x 2.4 + 1) = 138 points
     kinds = [t for _, t in assign_label_types(list(range(200)), policy, budget, {})]
     assert kinds.count("correct") == 25 and kinds.count("point") == 138 and kinds[:25] == ["correct"] * 25
+
+
+# --- human mode: a Label Studio export of a corrected batch ---------------------------------------
+
+
+def _ls_export(tasks: list[dict], results: dict[int, list[dict]], lead_times: dict[int, object]) -> list[dict]:
+    """Label Studio's JSON export of the pushed tasks: each task's submitted result and lead_time."""
+    out = []
+    for n, task in enumerate(tasks, start=1):
+        image_id = task["data"]["salis_image_id"]
+        annotation = {"id": n, "result": results[image_id], "was_cancelled": False}
+        if image_id in lead_times:
+            annotation["lead_time"] = lead_times[image_id]
+        out.append({"id": n, "data": task["data"], "annotations": [annotation], "predictions": task.get("predictions", [])})
+    return out
+
+
+def _shifted(region: dict, dx_percent: float) -> dict:
+    value = dict(region["value"], points=[[x + dx_percent, y] for x, y in region["value"]["points"]])
+    return dict(region, id=region["id"] + "e", value=value)
+
+
+@pytest.fixture
+def corrected_batch(prepared: PreparedData, tmp_path):
+    """A correct batch of two images whose pre-annotations are their ground truth (>= 2 instances each)."""
+    import json
+
+    oracle = SimulatedOracle(prepared)
+    ids = [i for i in prepared.pool_ids() if len(oracle.annotations(i)) >= 2][:2]
+    assert len(ids) == 2, "the synthetic pool needs two images with two instances"
+    write_request_batch(tmp_path / "req", prepared, ids, _detections(oracle, ids), cycle=1, label_types=["correct"] * 2)
+    tasks = json.loads((tmp_path / "req" / "label_studio_tasks.correct.json").read_text())
+    return ids, tasks, tmp_path / "req" / "request.correct.json"
+
+
+def test_a_human_correction_records_what_happened_and_how_long_it_took(corrected_batch, tmp_path):
+    import json
+
+    from salis.annotation.importer import import_labels
+
+    (a, b), tasks, request = corrected_batch
+    regions = {t["data"]["salis_image_id"]: t["predictions"][0]["result"] for t in tasks}
+    # image a: first region accepted as it was, second edited (moved by a quarter of the image: IoU < 0.5, so
+    # it counts as drawn, and the untouched pre-annotation it replaced as deleted); the rest deleted
+    # image b: every region accepted, and one moved a little (edited: fixed)
+    small = 100.0 / 48  # one pixel of the 48 px image, in percent
+    results = {a: [regions[a][0], _shifted(regions[a][1], 25.0)],
+               b: [regions[b][0], _shifted(regions[b][1], small)] + regions[b][2:]}
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_ls_export(tasks, results, {a: 42.5, b: 30})))
+    done = import_labels(export, request, tmp_path / "labels.json")
+    images = {im["id"]: im for im in json.loads((tmp_path / "labels.json").read_text())["images"]}
+    n_a, n_b = len(regions[a]), len(regions[b])
+    assert {k: images[a][k] for k in ("accepted", "fixed", "drawn", "deleted", "annotation_seconds")} == {
+        "accepted": 1, "fixed": 0, "drawn": 1, "deleted": n_a - 1, "annotation_seconds": 42.5}
+    assert {k: images[b][k] for k in ("accepted", "fixed", "drawn", "deleted", "annotation_seconds")} == {
+        "accepted": n_b - 1, "fixed": 1, "drawn": 0, "deleted": 0, "annotation_seconds": 30.0}
+    assert done["annotation_seconds"] == 72.5 and done["outcomes"]["accepted"] == n_b
+    # the next cycle prices each image by what happened on it
+    from salis.loop.labels import human_batch
+
+    batch = human_batch({"correct": tmp_path / "labels.json"}, [a, b], ["correct", "correct"], {1, 2, 3})
+    cost = CostModel()
+    assert cost.image_seconds(2, 3, "correct", batch.fields[a]) == pytest.approx(1.6 + 79 + (n_a - 1) * 1.6 + 3)
+    assert batch.fields[b]["annotation_seconds"] == 30.0
+
+
+@pytest.mark.parametrize("lead_times, message", [
+    ({"a": -3, "b": 30}, "lead_time -3 s is not positive"),
+    ({"a": 90000, "b": 30}, "lead_time 90000 s is more than a day"),
+    ({"a": "soon", "b": 30}, "lead_time must be a number of seconds"),
+    ({"b": 30}, "lead_time missing on 1 of the 2 labeled images"),
+])
+def test_a_bad_annotation_time_is_refused_and_writes_nothing(corrected_batch, tmp_path, lead_times, message):
+    import json
+
+    from salis.annotation.importer import import_labels
+    from salis.errors import InputError
+
+    (a, b), tasks, request = corrected_batch
+    results = {t["data"]["salis_image_id"]: t["predictions"][0]["result"] for t in tasks}
+    times = {{"a": a, "b": b}[k]: v for k, v in lead_times.items()}
+    export = tmp_path / "bad.json"
+    export.write_text(json.dumps(_ls_export(tasks, results, times)))
+    with pytest.raises(InputError, match=message):
+        import_labels(export, request, tmp_path / "labels.json")
+    assert not (tmp_path / "labels.json").exists()

@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import typer
 
 from salis.errors import SalisError
 from salis.artifacts.layout import Layout
-from salis.params import LABEL_TYPES, Params, load_params
+from salis.params import Params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 labels_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Human labels for request batches.")
@@ -42,116 +41,30 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _count(path: Path, column: str = "image_id") -> tuple[int, int] | None:
-    """(distinct images, rows) of a parquet table, or None when it does not exist yet."""
-    if not path.is_file():
-        return None
-    table = pd.read_parquet(path, columns=[column])
-    return int(table[column].nunique()), len(table)
-
-
 @app.command()
 def status(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file")) -> None:
     """Per cycle: labeled, pseudo-labeled and unlabeled counts, hours, AP; the current model; what awaits labels."""
+    from salis.analysis.status import loop_status, render_table
+
     try:
         params = load_params(params_file)
     except SalisError as err:
         _fail(err)
     layout = Layout()
-    meta_path = layout.prepared / "meta.json"
-    if not meta_path.is_file():
+    state = loop_status(params, layout)
+    if state is None:
         typer.echo("no prepared dataset yet: `dvc repro` starts with the prepare stage")
         return
-    meta = json.loads(meta_path.read_text())
-    pool = meta["num_pool_images"]
-    total_budget = params.select.initial + params.select.budget * params.num_cycles
-    _say(f"dataset: {meta['source']}, pool {pool} images, test {meta['num_test_images']} images "
-         f"(never trained on, scored or selected)")
-    policy_note = f"; labels: {params.annotation.policy}" + (
-        f" ({params.annotation.mask_share:.0%} of the hours on masks, the rest on {params.annotation.cheap}s, "
-        f"order {params.annotation.mixed_order})" if params.annotation.policy == "mixed" else "")
-    if params.select.budget_hours:
-        planned = (f"{params.select.initial} initial images (masks) + {params.num_cycles} cycles x "
-                   f"{params.select.budget_hours:g} annotator hours")
-    else:
-        planned = (f"{params.select.initial} initial + {params.num_cycles} cycles x {params.select.budget} = "
-                   f"{total_budget} of {pool} pool images")
-    _say(f"sampler: {params.sampler}; oracle: {params.oracle}{policy_note}; budget: {planned}")
-    labeled_tables = {k: pd.read_parquet(layout.labeled(k), columns=["image_id", "label_type", "seconds"])
-                      for k in sorted(c.k for c in params.cycles.values()) if layout.labeled(k).is_file()}
-    used = {t for table in labeled_tables.values() for t in table["label_type"]}
-    policy = params.annotation.policy
-    # the initial batch is always full masks (the default kind)
-    mixed = {params.annotation.mixed_masks, params.annotation.cheap}
-    wanted = {LABEL_TYPES[0]} | used | (mixed if policy == "mixed" else {policy})
-    types = [t for t in LABEL_TYPES if t in wanted]
-    many = len(types) > 1
-    header = f"{'cycle':>5} {'labeled':>7}"
-    if many:
-        header += "".join(f" {t:>5}" for t in types)
-    header += f" {'pseudo img':>10} {'pseudo inst':>11} {'unlabeled':>9} {'hours':>6}"
-    if many:
-        header += "".join(f" {'h ' + t:>7}" for t in types)
-    header += f" {'mask AP50':>9}"
-    typer.echo(header)
-    labeled_now, hours_now, current = 0, 0.0, None
-    for k in sorted(c.k for c in params.cycles.values()):
-        if k not in labeled_tables:
-            typer.echo(f"{k:>5} {'-':>7}")
-            continue
-        labeled = labeled_tables[k]
-        labeled_now, hours_now = len(labeled), float(labeled["seconds"].sum()) / 3600
-        pseudo = _count(layout.pseudo(k))
-        metrics_path = layout.metrics(k)
-        ap50 = json.loads(metrics_path.read_text())["mask_AP50"] if metrics_path.is_file() else None
-        if ap50 is not None:
-            current = (k, ap50)
-        by_type = labeled.groupby("label_type")["seconds"].agg(["count", "sum"])
-        row = f"{k:>5} {len(labeled):>7}"
-        if many:
-            row += "".join(f" {int(by_type['count'].get(t, 0)):>5}" for t in types)
-        row += (f" {pseudo[0] if pseudo else '-':>10} {pseudo[1] if pseudo else '-':>11} "
-                f"{pool - len(labeled):>9} {hours_now:>6.2f}")
-        if many:
-            row += "".join(f" {float(by_type['sum'].get(t, 0.0)) / 3600:>7.2f}" for t in types)
-        typer.echo(row + f" {'-' if ap50 is None else f'{ap50:.3f}':>9}")
-    if current is not None:
-        _say(f"current model: cycle {current[0]}, mask AP50 {current[1]:.3f} on the test split "
-             f"({layout.metrics(current[0])})")
-    for line in _awaiting(params, layout):
+    _say(state.dataset)
+    _say(state.plan)
+    typer.echo("\n".join(render_table(state)))
+    if state.current is not None:
+        k, ap50 = state.current
+        _say(f"current model: cycle {k}, mask AP50 {ap50:.3f} on the test split ({layout.metrics(k)})")
+    for line in state.awaiting:
         _say(line)
-    _say(f"labeled so far: {labeled_now} images, {hours_now:.2f} annotator hours; planned: {planned}")
-
-
-def _awaiting(params: Params, layout: Layout) -> list[str]:
-    """What the loop waits for: labels of a request batch, or a cycle to use the last batch."""
-    from salis.annotation.kinds import label_kind
-
-    lines = []
-    for batch in range(0, params.num_cycles + 1):
-        selected = layout.selected(batch)
-        answered = batch + 1 <= params.num_cycles and layout.labeled(batch + 1).is_file()
-        if not selected.is_file() or answered:
-            continue
-        table = pd.read_parquet(selected, columns=["image_id", "label_type"])
-        ids = table["image_id"].tolist()
-        if not ids:  # the pool ran out before this batch
-            continue
-        if batch == params.num_cycles:
-            lines.append(
-                f"batch {batch} ({len(ids)} images, {layout.requests(batch)}) is selected but no cycle uses it: "
-                f"add c{batch + 1}: {{k: {batch + 1}, prev: {batch}, next: {batch + 2}}} under `cycles:` in "
-                "params.yaml to go on"
-            )
-        elif params.oracle == "human":
-            for label_type, n in table["label_type"].value_counts().sort_index().items():
-                kind = label_kind(label_type)
-                if layout.imported_labels(batch, suffix=kind.suffix).is_file():
-                    continue
-                lines.append(f"awaiting {kind.adjective}labels: request batch {batch}, {n} images "
-                             f"({layout.requests(batch)}); then: salis labels import --cycle {batch}{kind.type_flag} "
-                             "<export.json> && dvc repro")
-    return lines
+    images, hours = state.labeled_now
+    _say(f"labeled so far: {images} images, {hours:.2f} annotator hours; planned: {state.planned}")
 
 
 @labels_app.command("import")
@@ -193,6 +106,8 @@ def _import_export(export: Path, cycle: int, label_type: str, replace: bool, par
         f"cycle {cycle}: {summary['images_labeled']} images with {label_type} labels, {summary['instances']} {what} "
         f"-> {summary['labels_path']}"
         + (f"; {len(returned)} images go back to the pool" if returned else "")
+        + ("; " + ", ".join(f"{n} {k}" for k, n in summary["outcomes"].items()) if summary["outcomes"] else "")
+        + (f"; {summary['annotation_seconds']:.0f} s of annotation recorded" if summary["annotation_seconds"] else "")
         + (f"; previous labels kept in {summary['backup']}" if summary["backup"] else "")
     )
     return summary["labels_path"]

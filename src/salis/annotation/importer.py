@@ -28,6 +28,7 @@ Every problem is an InputError naming the export file, raised before anything is
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import shutil
@@ -37,6 +38,7 @@ from urllib.parse import unquote
 
 from salis.annotation.kinds import DEFAULT_KIND, LabelKind, label_kind, recognised_kind
 from salis.annotation.kinds.base import SLACK_PX
+from salis.annotation.kinds.correct import EDITED_IOU, OUTCOMES, UNEDITED_IOU, correction_outcome, pre_annotations_of
 from salis.annotation.label_studio_json import coco_from_label_studio
 from salis.artifacts.atomic import atomic_path, write_json
 from salis.data.coco_checks import as_int, check_top_level, entries, read_json
@@ -82,10 +84,14 @@ def read_label_export(
         if resolved is not None:
             parser.add(where, *resolved, entry)
     image_fields: dict[int, dict] = {}
+    seconds: dict[int, float] = {}
     for where, entry in entries(raw["images"], "images", ("id",), path):
+        pool_id = matched.get(as_int(entry["id"], f"{where} id", path))
         fields = kind.parse_image(entry, where, path, project_ids, unknown)
         if fields is not None:
-            image_fields[matched[as_int(entry["id"], f"{where} id", path)]] = fields
+            image_fields[pool_id] = fields
+        if "lead_time" in entry and pool_id is not None:
+            seconds[pool_id] = _lead_time(entry["lead_time"], where, path)
     if unknown:
         raise InputError(path, f"unknown category name(s) {', '.join(map(repr, sorted(unknown)))}; "
                                f"the project's categories are {', '.join(map(repr, project_ids))}")
@@ -95,6 +101,16 @@ def read_label_export(
     unlabeled = [i for i in requested if i not in labeled]
     if not labeled:
         raise InputError(path, f"none of the {len(requested)} requested images is labeled in this export")
+    _check_times(seconds, labeled, requested, path)
+    for i in labeled & set(seconds):
+        image_fields[i] = image_fields.get(i, {}) | {"annotation_seconds": seconds[i]}
+    if kind.reads_pre_annotations:  # what the annotators did with the model's masks
+        pre = pre_annotations_of(request, path)
+        for i in labeled:
+            returned = [{"category_id": a["category_id"], "segmentation": a["rle"]} for a in per_image[i]]
+            outcome = correction_outcome(returned, pre.get(i, []), requested[i]["height"], requested[i]["width"],
+                                         UNEDITED_IOU, EDITED_IOU)
+            image_fields[i] = image_fields.get(i, {}) | outcome
     if clipped:
         warnings.warn(f"{path}: clipped {clipped} polygon vertex/vertices lying up to {SLACK_PX:g} px outside their "
                       "image onto the image border", UserWarning, stacklevel=2)
@@ -152,6 +168,11 @@ def import_labels(
         "clipped_vertices": coco["clipped_vertices"],
         "backup": None if backup is None else str(backup),
         "source_file": str(export_path),
+        # seconds the annotators spent (Label Studio's lead_time), None when the export has no times
+        "annotation_seconds": sum(im["annotation_seconds"] for im in coco["images"])
+        if any("annotation_seconds" in im for im in coco["images"]) else None,
+        # corrected masks: what happened to the model's pre-annotations
+        "outcomes": {k: sum(im[k] for im in coco["images"]) for k in OUTCOMES} if kind.reads_pre_annotations else None,
     }
 
 
@@ -291,6 +312,32 @@ def _check_size(entry: dict, image: dict, where: str, path: Path) -> None:
             f"{where} ({entry['file_name']!r}) is {width}x{height} but the requested image "
             f"{image['file_name']!r} is {image['width']}x{image['height']} (width x height)",
         )
+
+
+# --- annotation times ----------------------------------------------------------------------
+
+MAX_LEAD_TIME = 24 * 3600.0  # seconds on one image past which a recorded time is a stale session, not work
+
+
+def _lead_time(value, where: str, path: Path) -> float:
+    """Label Studio's lead_time of a task: seconds, positive and at most a day."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(path, f"{where} lead_time must be a number of seconds, got {str(value)[:40]!r}")
+    if value <= 0:
+        raise InputError(path, f"{where} lead_time {value:g} s is not positive")
+    if value > MAX_LEAD_TIME:
+        raise InputError(path, f"{where} lead_time {value:g} s is more than a day: an annotation session left "
+                               "open, not work on the image (fix or drop it in the export)")
+    return float(value)
+
+
+def _check_times(seconds: dict[int, float], labeled: set[int], requested: dict[int, dict], path: Path) -> None:
+    """An export times all its labeled images or none (CVAT and COCO exports carry no times)."""
+    untimed = sorted(labeled - set(seconds))
+    if seconds and untimed:
+        names = ", ".join(requested[i]["file_name"] for i in untimed[:MAX_LISTED])
+        raise InputError(path, f"lead_time missing on {len(untimed)} of the {len(labeled)} labeled images ({names}): "
+                               "an export must time all its images or none, or the measured costs are biased")
 
 
 # --- annotations ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from salis.annotation.kinds import DEFAULT_KIND, AnnotatorView, label_kind
-from salis.data.coco_checks import as_int, entries, read_json, to_rle
+from salis.annotation.kinds.correct import pre_annotations_of
+from salis.data.coco_checks import read_json
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
 from salis.seeds import derive_rng
@@ -38,6 +39,9 @@ class LabeledBatch:
 
     def label_type(self, image_id: int) -> str:
         return str(self.fields.get(image_id, {}).get("label_type", DEFAULT_KIND))
+
+
+BASE_IMAGE_KEYS = ("id", "file_name", "width", "height")  # what every labeled image carries
 
 
 def empty_store(categories: list[dict]) -> dict:
@@ -125,26 +129,8 @@ def simulated_batch(
 
 
 def read_pre_annotations(request_path: Path) -> dict[int, list[dict]]:
-    """The pre-annotations of a request file (the model's detections its annotators start from),
-    per image id, each with `category_id`, `score` and `segmentation` as compressed RLE."""
-    request = read_json(request_path)
-    if not isinstance(request, dict) or not isinstance(request.get("images"), list):
-        raise InputError(request_path, "not a salis request batch (expected a COCO file with images)")
-    sizes = {}
-    for where, image in entries(request["images"], "images", ("id", "width", "height"), request_path):
-        sizes[as_int(image["id"], f"{where} id", request_path)] = (image["height"], image["width"])
-    out: dict[int, list[dict]] = {i: [] for i in sizes}
-    for where, ann in entries(request.get("annotations", []), "annotations", ("image_id", "category_id", "segmentation"),
-                              request_path):
-        image_id = as_int(ann["image_id"], f"{where} image_id", request_path)
-        if image_id not in sizes:
-            raise InputError(request_path, f"{where} points at image {image_id}, which the request does not list")
-        height, width = sizes[image_id]
-        segmentation = to_rle(ann["segmentation"], height, width, where, request_path)
-        score = ann.get("attributes", {}).get("score") if isinstance(ann.get("attributes"), dict) else None
-        out[image_id].append({"category_id": as_int(ann["category_id"], f"{where} category_id", request_path),
-                              "score": score, "segmentation": segmentation})
-    return out
+    """The pre-annotations of a request file per image (salis.annotation.kinds.correct.pre_annotations_of)."""
+    return pre_annotations_of(read_json(request_path), request_path)
 
 
 def awaiting_message(batch_cycle: int, request_dir: Path, labels_path: Path, label_type: str = DEFAULT_KIND) -> str:
@@ -192,8 +178,7 @@ def _human_labels(
     if missing:
         raise SalisError(f"{labels_path}: requested images neither labeled nor returned: {sorted(missing)[:5]}")
     by_image = annotations_by_image(store)
-    fields = {} if label_type == DEFAULT_KIND else {
-        int(im["id"]): {"label_type": label_type, **({"counts": im["counts"]} if "counts" in im else {})}
-        for im in store["images"]
-    }
+    # the kind's image fields (counts, correction outcomes) and the measured annotation seconds
+    fields = {int(im["id"]): {k: v for k, v in im.items() if k not in BASE_IMAGE_KEYS} for im in store["images"]}
+    fields = {i: f for i, f in fields.items() if f}
     return {i: by_image[i] for i in sorted(labeled)}, fields, sorted(returned)

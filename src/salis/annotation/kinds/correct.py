@@ -12,15 +12,24 @@ outcome is priced by its own `cost:` term (salis.params.CostParams).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from salis.annotation.kinds.base import AnnotatorView
 from salis.annotation.kinds.mask import MaskKind
+from salis.data.coco_checks import as_int, entries, to_rle
+from salis.errors import InputError
 from salis.geometry import mask_ious, rle
 from salis.params import CostParams
 
 OUTCOMES = ("accepted", "fixed", "drawn", "deleted")
+# What a human's returned mask says about the pre-annotation it overlaps most: unedited (accepted)
+# at mask IoU >= this (a polygon round trip through the tool moves a few border pixels), edited
+# from it (fixed) at >= EDITED_IOU, else drawn from scratch. Definitions of what happened, not
+# the simulated annotator's decisions (annotation.correct_*_iou), so not params.
+UNEDITED_IOU = 0.95
+EDITED_IOU = 0.5
 
 
 class CorrectKind(MaskKind):
@@ -90,4 +99,27 @@ def outcome_metrics(store: dict, batch_ids: set[int]) -> dict[str, float | int |
     out: dict[str, float | int | None] = {f"correct_{k}": v for k, v in totals.items()}
     for k in ("accepted", "fixed", "drawn"):
         out[f"correct_batch_{k}_share"] = batch[k] / instances if instances else None
+    return out
+
+
+def pre_annotations_of(request: dict, path: Path) -> dict[int, list[dict]]:
+    """The pre-annotations of a request (the model's detections its annotators start from), per
+    image id, each with `category_id`, `score` and `segmentation` as compressed RLE."""
+    if not isinstance(request, dict) or not isinstance(request.get("images"), list):
+        raise InputError(path, "not a salis request batch (expected a COCO file with images)")
+    sizes = {}
+    for where, image in entries(request["images"], "images", ("id", "width", "height"), path):
+        sizes[as_int(image["id"], f"{where} id", path)] = (image["height"], image["width"])
+    out: dict[int, list[dict]] = {i: [] for i in sizes}
+    annotations = request.get("annotations", [])
+    for where, ann in entries(annotations if isinstance(annotations, list) else [], "annotations",
+                              ("image_id", "category_id", "segmentation"), path):
+        image_id = as_int(ann["image_id"], f"{where} image_id", path)
+        if image_id not in sizes:
+            raise InputError(path, f"{where} points at image {image_id}, which the request does not list")
+        height, width = sizes[image_id]
+        attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+        out[image_id].append({"category_id": as_int(ann["category_id"], f"{where} category_id", path),
+                              "score": attributes.get("score"),
+                              "segmentation": to_rle(ann["segmentation"], height, width, where, path)})
     return out
