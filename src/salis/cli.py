@@ -358,6 +358,40 @@ def compare(
 
 
 @app.command()
+def cost(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file"),
+         min_images: int = typer.Option(10, "--min-images", help="timed images a label type needs before its terms are fitted")) -> None:
+    """Annotators' measured times (Label Studio's lead_time) against the cost model, per label type."""
+    import pandas as pd
+
+    from salis.analysis.measured_cost import measured_costs, render
+    from salis.annotation.cost import CostModel
+    from salis.loop.labels import instance_counts, read_store
+
+    try:
+        params = load_params(params_file)
+        layout = Layout()
+        done = [k for k in sorted(c.k for c in params.cycles.values()) if layout.annotations(k).is_file()]
+        if not done:
+            raise SalisError("no labels yet: `dvc repro` writes each cycle's label store at its annotate stage")
+        store = read_store(layout.annotations(done[-1]))
+    except SalisError as err:
+        _fail(err)
+    counts = instance_counts(store)
+    categories = len(store["categories"])
+    rows = pd.DataFrame([{"image_id": int(im["id"]), "label_type": im.get("label_type", "mask"),
+                          "instances": counts[int(im["id"])], "annotation_seconds": im.get("annotation_seconds", float("nan")),
+                          "fields": im} for im in store["images"]])
+    model = CostModel.from_params(params.cost)
+    costs = measured_costs(rows, lambda r: model.image_seconds(r["instances"], categories, r["label_type"], r["fields"]),
+                           min_images)
+    _say(f"label store of cycle {done[-1]} ({layout.annotations(done[-1])}): {len(rows)} labeled images, "
+         f"{sum(c.timed for c in costs)} with a measured time")
+    typer.echo("\n".join(render(costs)))
+    if not any(c.timed for c in costs):
+        _say("no measured times: they come with Label Studio exports (lead_time); CVAT and COCO exports carry none")
+
+
+@app.command()
 def samplers() -> None:
     """List the acquisition functions `sampler:` in params.yaml accepts."""
     from salis.acquisition.samplers import SAMPLERS
