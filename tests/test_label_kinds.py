@@ -68,6 +68,8 @@ def test_every_kind_implements_every_part(kind: LabelKind):
     derived = kind.derive(view)
     fields = kind.image_fields(view)
     assert (derived == []) == kind.image_level and isinstance(fields, dict)
+    # what an import derives from a human's labels: exactly the declared outcome counts
+    assert set(kind.human_fields([], {"height": 12, "width": 12}, [])) == set(kind.outcome_fields)
     # request files: a valid Label Studio config, regions or choices, COCO fields
     config = ET.fromstring(label_config(CATEGORIES, kind.name))
     assert config.tag == "View" and len(config) >= 2

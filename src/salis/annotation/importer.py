@@ -37,8 +37,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from salis.annotation.kinds import DEFAULT_KIND, LabelKind, label_kind, recognised_kind
-from salis.annotation.kinds.base import SLACK_PX
-from salis.annotation.kinds.correct import EDITED_IOU, OUTCOMES, UNEDITED_IOU, correction_outcome, pre_annotations_of
+from salis.annotation.kinds.base import SLACK_PX, pre_annotations_of
 from salis.annotation.label_studio_json import coco_from_label_studio
 from salis.artifacts.atomic import atomic_path, write_json
 from salis.data.coco_checks import as_int, check_top_level, entries, read_json
@@ -104,13 +103,9 @@ def read_label_export(
     _check_times(seconds, labeled, requested, path)
     for i in labeled & set(seconds):
         image_fields[i] = image_fields.get(i, {}) | {"annotation_seconds": seconds[i]}
-    if kind.reads_pre_annotations:  # what the annotators did with the model's masks
-        pre = pre_annotations_of(request, path)
-        for i in labeled:
-            returned = [{"category_id": a["category_id"], "segmentation": a["rle"]} for a in per_image[i]]
-            outcome = correction_outcome(returned, pre.get(i, []), requested[i]["height"], requested[i]["width"],
-                                         UNEDITED_IOU, EDITED_IOU)
-            image_fields[i] = image_fields.get(i, {}) | outcome
+    pre = pre_annotations_of(request, path) if kind.reads_pre_annotations else {}
+    for i in labeled:  # what the annotators did with the model's pre-annotations, where the kind asks
+        image_fields[i] = image_fields.get(i, {}) | kind.human_fields(per_image[i], requested[i], pre.get(i, []))
     if clipped:
         warnings.warn(f"{path}: clipped {clipped} polygon vertex/vertices lying up to {SLACK_PX:g} px outside their "
                       "image onto the image border", UserWarning, stacklevel=2)
@@ -172,7 +167,7 @@ def import_labels(
         "annotation_seconds": sum(im["annotation_seconds"] for im in coco["images"])
         if any("annotation_seconds" in im for im in coco["images"]) else None,
         # corrected masks: what happened to the model's pre-annotations
-        "outcomes": {k: sum(im[k] for im in coco["images"]) for k in OUTCOMES} if kind.reads_pre_annotations else None,
+        "outcomes": {k: sum(im[k] for im in coco["images"]) for k in kind.outcome_fields} or None,
     }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from salis.annotation.kinds import DEFAULT_KIND, AnnotatorView, label_kind
-from salis.annotation.kinds.correct import pre_annotations_of
+from salis.annotation.kinds.base import pre_annotations_of
 from salis.data.coco_checks import read_json
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.errors import InputError, SalisError
@@ -129,7 +129,7 @@ def simulated_batch(
 
 
 def read_pre_annotations(request_path: Path) -> dict[int, list[dict]]:
-    """The pre-annotations of a request file per image (salis.annotation.kinds.correct.pre_annotations_of)."""
+    """The pre-annotations of a request file per image (salis.annotation.kinds.base.pre_annotations_of)."""
     return pre_annotations_of(read_json(request_path), request_path)
 
 

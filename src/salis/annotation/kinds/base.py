@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from salis.data.coco_checks import as_int, entries, to_rle
 from salis.errors import InputError
 from salis.params import CostParams
 
@@ -96,7 +97,8 @@ class LabelKind(ABC):
     # weak = the weak_label stage turns it into targets from the model's detections
     training: ClassVar[Training]
     image_level: ClassVar[bool] = False  # labels live on the image (counts), no annotations
-    reads_pre_annotations: ClassVar[bool] = False  # the simulated annotator needs the request's predictions
+    reads_pre_annotations: ClassVar[bool] = False  # its labels are judged against the request's predictions
+    outcome_fields: ClassVar[tuple[str, ...]] = ()  # counts it stores per image of what the annotator did
     region_type: ClassVar[str] = ""  # its Label Studio region type (polygonlabels, ...)
     # the import asks kinds whether they recognise an annotation in this order (lower first), so
     # the most specific geometry wins: a COCO keypoint annotation also carries a bbox
@@ -194,6 +196,11 @@ class LabelKind(ABC):
         """The stored annotation of a parsed instance (without id and image_id)."""
         return dict(instance)
 
+    def human_fields(self, instances: list[dict], image: dict, pre_annotations: list[dict]) -> dict:
+        """Image fields an import derives from a human's parsed instances of one image and the
+        request's pre-annotations of it (read only when reads_pre_annotations)."""
+        return {}
+
 
 def region_labels(tag: str, extra: str, categories: list[dict]) -> str:
     """A Label Studio labels control with one Label per category (category="<id>" makes Label
@@ -213,3 +220,26 @@ def finite_number(value: Any, what: str, path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InputError(path, f"{what} must be a finite number, got {value!r}")
     return float(value)
+
+
+def pre_annotations_of(request: dict, path: Path) -> dict[int, list[dict]]:
+    """The pre-annotations of a request (the model's detections its annotators start from), per
+    image id, each with `category_id`, `score` and `segmentation` as compressed RLE."""
+    if not isinstance(request, dict) or not isinstance(request.get("images"), list):
+        raise InputError(path, "not a salis request batch (expected a COCO file with images)")
+    sizes = {}
+    for where, image in entries(request["images"], "images", ("id", "width", "height"), path):
+        sizes[as_int(image["id"], f"{where} id", path)] = (image["height"], image["width"])
+    out: dict[int, list[dict]] = {i: [] for i in sizes}
+    annotations = request.get("annotations", [])
+    for where, ann in entries(annotations if isinstance(annotations, list) else [], "annotations",
+                              ("image_id", "category_id", "segmentation"), path):
+        image_id = as_int(ann["image_id"], f"{where} image_id", path)
+        if image_id not in sizes:
+            raise InputError(path, f"{where} points at image {image_id}, which the request does not list")
+        height, width = sizes[image_id]
+        attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+        out[image_id].append({"category_id": as_int(ann["category_id"], f"{where} category_id", path),
+                              "score": attributes.get("score"),
+                              "segmentation": to_rle(ann["segmentation"], height, width, where, path)})
+    return out

@@ -12,14 +12,10 @@ outcome is priced by its own `cost:` term (salis.params.CostParams).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-
 import numpy as np
 
 from salis.annotation.kinds.base import AnnotatorView
 from salis.annotation.kinds.mask import MaskKind
-from salis.data.coco_checks import as_int, entries, to_rle
-from salis.errors import InputError
 from salis.geometry import mask_ious, rle
 from salis.params import CostParams
 
@@ -37,6 +33,7 @@ class CorrectKind(MaskKind):
     task = ("correct the model's masks, one per object: accept a good one, fix a poor one, delete a wrong one, "
             "draw what is missing")
     reads_pre_annotations = True
+    outcome_fields = OUTCOMES
 
     def seconds_per_instance(self, cost: CostParams) -> float:
         """The planning estimate (hour budgets): a fix per instance; the labeled images are priced
@@ -46,6 +43,12 @@ class CorrectKind(MaskKind):
     def image_fields(self, view: AnnotatorView) -> dict:
         return correction_outcome(view.truth, view.pre_annotations, view.height, view.width,
                                   view.accept_iou, view.fix_iou)
+
+    def human_fields(self, instances: list[dict], image: dict, pre_annotations: list[dict]) -> dict:
+        """What a human did with the pre-annotations, read from the returned masks (parsed by the
+        mask parser: category_id, rle): unedited = accepted, edited = fixed, new = drawn."""
+        returned = [{"category_id": a["category_id"], "segmentation": a["rle"]} for a in instances]
+        return correction_outcome(returned, pre_annotations, image["height"], image["width"], UNEDITED_IOU, EDITED_IOU)
 
     def image_seconds(self, cost: CostParams, instances: float, categories: int, fields: Mapping | None) -> float:
         if not fields or any(k not in fields for k in OUTCOMES):
@@ -99,27 +102,4 @@ def outcome_metrics(store: dict, batch_ids: set[int]) -> dict[str, float | int |
     out: dict[str, float | int | None] = {f"correct_{k}": v for k, v in totals.items()}
     for k in ("accepted", "fixed", "drawn"):
         out[f"correct_batch_{k}_share"] = batch[k] / instances if instances else None
-    return out
-
-
-def pre_annotations_of(request: dict, path: Path) -> dict[int, list[dict]]:
-    """The pre-annotations of a request (the model's detections its annotators start from), per
-    image id, each with `category_id`, `score` and `segmentation` as compressed RLE."""
-    if not isinstance(request, dict) or not isinstance(request.get("images"), list):
-        raise InputError(path, "not a salis request batch (expected a COCO file with images)")
-    sizes = {}
-    for where, image in entries(request["images"], "images", ("id", "width", "height"), path):
-        sizes[as_int(image["id"], f"{where} id", path)] = (image["height"], image["width"])
-    out: dict[int, list[dict]] = {i: [] for i in sizes}
-    annotations = request.get("annotations", [])
-    for where, ann in entries(annotations if isinstance(annotations, list) else [], "annotations",
-                              ("image_id", "category_id", "segmentation"), path):
-        image_id = as_int(ann["image_id"], f"{where} image_id", path)
-        if image_id not in sizes:
-            raise InputError(path, f"{where} points at image {image_id}, which the request does not list")
-        height, width = sizes[image_id]
-        attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
-        out[image_id].append({"category_id": as_int(ann["category_id"], f"{where} category_id", path),
-                              "score": attributes.get("score"),
-                              "segmentation": to_rle(ann["segmentation"], height, width, where, path)})
     return out
