@@ -207,6 +207,7 @@ def test_a_human_correction_records_what_happened_and_how_long_it_took(corrected
     ({"a": 90000, "b": 30}, "lead_time 90000 s is more than a day"),
     ({"a": "soon", "b": 30}, "lead_time must be a number of seconds"),
     ({"b": 30}, "lead_time missing on 1 of the 2 labeled images"),
+    ({"a": None, "b": 30}, "lead_time missing on 1 of the 2 labeled images"),
 ])
 def test_a_bad_annotation_time_is_refused_and_writes_nothing(corrected_batch, tmp_path, lead_times, message):
     import json
@@ -222,3 +223,17 @@ def test_a_bad_annotation_time_is_refused_and_writes_nothing(corrected_batch, tm
     with pytest.raises(InputError, match=message):
         import_labels(export, request, tmp_path / "labels.json")
     assert not (tmp_path / "labels.json").exists()
+
+
+def test_an_export_timing_nothing_is_imported_without_times(corrected_batch, tmp_path):
+    """Label Studio writes lead_time null for annotations posted through its API: no time, no refusal."""
+    import json
+
+    from salis.annotation.importer import import_labels
+
+    (a, b), tasks, request = corrected_batch
+    results = {t["data"]["salis_image_id"]: t["predictions"][0]["result"] for t in tasks}
+    export = tmp_path / "untimed.json"
+    export.write_text(json.dumps(_ls_export(tasks, results, {a: None, b: None})))
+    assert import_labels(export, request, tmp_path / "labels.json")["annotation_seconds"] is None
+    assert not any("annotation_seconds" in im for im in json.loads((tmp_path / "labels.json").read_text())["images"])

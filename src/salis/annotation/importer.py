@@ -89,7 +89,7 @@ def read_label_export(
         fields = kind.parse_image(entry, where, path, project_ids, unknown)
         if fields is not None:
             image_fields[pool_id] = fields
-        if "lead_time" in entry and pool_id is not None:
+        if entry.get("lead_time") is not None and pool_id is not None:  # null: not timed
             seconds[pool_id] = _lead_time(entry["lead_time"], where, path)
     if unknown:
         raise InputError(path, f"unknown category name(s) {', '.join(map(repr, sorted(unknown)))}; "

@@ -177,7 +177,9 @@ def coco_from_label_studio(tasks: list, path: Path, request: dict) -> dict:
         if counts or present or any(r.type in ("choices", "number") for r, _ in parsed) or \
                 (not results and image_level):
             image["counts"] = counts  # an image-level label submitted with nothing present: all counts 0
-        if "lead_time" in final:  # seconds the annotator spent on the task (validated by the import)
+        # seconds the annotator spent on the task (validated by the import); null when Label Studio
+        # timed nothing (annotations posted through its API)
+        if final.get("lead_time") is not None:
             image["lead_time"] = final["lead_time"]
         images.append(image)
     names = sorted(by_name, key=by_name.get)
