@@ -26,7 +26,7 @@ from salis.errors import InputError, ParamsError
 from salis.geometry import encode_mask
 from salis.loop.labels import simulated_batch
 from salis.loop.weak import WEAK_ROUTES
-from salis.params import CostParams, parse_params
+from salis.params import AnnotationParams, CostParams, parse_params
 
 CATEGORIES = [{"id": 1, "name": "cell"}, {"id": 2, "name": "debris"}]
 
@@ -63,6 +63,9 @@ def test_every_kind_implements_every_part(kind: LabelKind):
     cost = CostParams()
     assert math.isfinite(kind.seconds_per_instance(cost)) and kind.seconds_per_instance(cost) > 0
     assert kind.seconds_per_category(cost) >= 0
+    # the forecast of an unlabeled image (value per hour): positive, growing with its instances
+    forecast = [kind.predicted_image_seconds(cost, n, 1, np.array([0.9, 0.3]), AnnotationParams()) for n in (2.0, 5.0)]
+    assert 0 < forecast[0] < forecast[1] and all(math.isfinite(f) for f in forecast)
     # the simulated annotator: annotations (none for image-level kinds) and image fields
     view = AnnotatorView(_truth(), 12, 12, [1, 2], "center", np.random.default_rng(0))
     derived = kind.derive(view)

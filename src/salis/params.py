@@ -164,6 +164,10 @@ class SelectParams:
     aggregation: Literal["default", "mean", "min", "max", "tsp"] = "default"
     min_score: float = 0.0  # detections under this class score leave image-level aggregation
     budget_hours: float = 0.0  # > 0: each cycle buys this many annotator hours instead of `budget` images
+    # value per hour: the sampler's ranking re-ordered by its place in it divided by each image's
+    # predicted annotation seconds (salis.loop.value_per_hour); with budget_hours the hours are
+    # spent by those per-image forecasts
+    per_hour: bool = False
 
 
 # The label kinds (salis.annotation.kinds registers one object per name: a new kind adds its name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -97,4 +97,40 @@ def assign_label_types(
         if left[wants]:
             left[wants] -= 1
             out.append((int(image_id), wants))
+    return out
+
+
+def spend_forecast_hours(
+    ranked: Sequence[int], policy: AnnotationParams, budget: CycleBudget,
+    seconds: Callable[[str], Mapping[int, float]], mean_mask_iou: dict[int, float],
+) -> list[tuple[int, str]]:
+    """(image id, label type) down the ranking while the hours last, each image priced by its own
+    forecast (`seconds(label_type)`: predicted seconds per image; value-per-hour selection) instead
+    of the labeled images' mean. The walk stops at the first image that no longer fits (`mixed`,
+    rank order: full masks until then, then the cheap type); mask_iou order skips what does not fit."""
+    full = policy.mixed_masks if policy.policy == "mixed" else policy.policy
+    if policy.policy != "mixed":
+        left = {full: budget.hours * 3600.0}
+    else:
+        left = {full: budget.hours * policy.mask_share * 3600.0,
+                policy.cheap: budget.hours * (1.0 - policy.mask_share) * 3600.0}
+    out: list[tuple[int, str]] = []
+    current = full
+    for image_id in ranked:
+        image_id = int(image_id)
+        if policy.policy == "mixed" and policy.mixed_order == "mask_iou":
+            iou = mean_mask_iou.get(image_id, float("nan"))
+            wants = policy.cheap if np.isfinite(iou) and iou >= policy.cheap_above else full
+            if seconds(wants)[image_id] <= left[wants]:
+                left[wants] -= seconds(wants)[image_id]
+                out.append((image_id, wants))
+            continue
+        if seconds(current)[image_id] > left[current]:
+            if policy.policy != "mixed" or current != full:
+                break
+            current = policy.cheap
+            if seconds(current)[image_id] > left[current]:
+                break
+        left[current] -= seconds(current)[image_id]
+        out.append((image_id, current))
     return out

@@ -7,15 +7,16 @@ image), and the sampler sees data only (its knobs are its own: Sampler.from_para
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from salis.acquisition.samplers.base import Sampler, SelectionContext
 from salis.errors import SalisError
-from salis.loop.budget import CycleBudget, assign_label_types, ranking_depth
+from salis.loop.budget import CycleBudget, assign_label_types, ranking_depth, spend_forecast_hours
 from salis.loop.cycle import selected_frame
+from salis.loop.value_per_hour import DetectionForecast, per_hour_order, predicted_seconds
 from salis.params import AnnotationParams
 from salis.seeds import derive_rng
 
@@ -33,9 +34,11 @@ def select_batch(
     embeddings_path: Path | None = None,
     oracle: object | None = None,
     policy: AnnotationParams | None = None,
+    per_hour: bool = False,
 ) -> pd.DataFrame:
     """The unlabeled pool images the sampler wants labeled after cycle `cycle`, each with the label
-    type the policy asks for: what the CycleBudget buys (built by the caller, with its cost model)."""
+    type the policy asks for: what the CycleBudget buys (built by the caller, with its cost model).
+    per_hour: the ranking re-ordered by value per predicted annotation second (needs instances_path)."""
     policy = policy or AnnotationParams()
     pool = set(int(i) for i in pool_ids)
     already = frozenset(int(i) for i in labeled["image_id"])
@@ -58,12 +61,39 @@ def select_batch(
         oracle=oracle,
         embeddings_path=embeddings_path,
     )
-    ranked = sampler.select(ctx, ranking_depth(policy, budget, len(unlabeled)))
     ious = dict(zip(unlabeled["image_id"].astype(int), unlabeled["mean_mask_iou"])) if "mean_mask_iou" in unlabeled else {}
-    chosen = assign_label_types(ranked, policy, budget, ious)
+    if per_hour:
+        ranked = sampler.select(ctx, len(unlabeled))
+        seconds = _forecast_seconds(instances_path, ranked, budget, policy, num_classes)
+        ranked = per_hour_order(ranked, seconds(policy.mixed_masks if policy.policy == "mixed" else policy.policy))
+        chosen = (spend_forecast_hours(ranked, policy, budget, seconds, ious) if budget.hours
+                  else assign_label_types(ranked, policy, budget, ious))
+    else:
+        ranked = sampler.select(ctx, ranking_depth(policy, budget, len(unlabeled)))
+        chosen = assign_label_types(ranked, policy, budget, ious)
     if not chosen:
         cheapest = policy.cheap if policy.policy == "mixed" else policy.policy
         raise SalisError(f"cycle {cycle}: the budget buys no image (select.budget_hours {budget.hours} h; an image "
                          f"is estimated at {budget.seconds(cheapest) / 3600:.3f} h with {cheapest} labels)")
     ids, types = zip(*chosen)
     return selected_frame(ids, cycle=cycle, sampler=sampler.name, label_types=types)
+
+
+def _forecast_seconds(instances_path: Path | None, image_ids: Sequence[int], budget: CycleBudget,
+                      policy: AnnotationParams, num_categories: int) -> Callable[[str], dict[int, float]]:
+    """label type -> each image's predicted seconds (computed once per type asked for)."""
+    if instances_path is None:
+        raise SalisError("select.per_hour needs the cycle's detections (instances.parquet) to forecast annotation time")
+    forecast = DetectionForecast.read(instances_path, image_ids, policy.pre_annotation_score)
+    cache: dict[str, dict[int, float]] = {}
+
+    def seconds(label_type: str) -> dict[int, float]:
+        if label_type not in cache:
+            cache[label_type] = predicted_seconds(forecast, label_type, budget.mean_instances, num_categories,
+                                                  budget.cost.params, policy)
+            if min(cache[label_type].values(), default=1.0) <= 0.0:
+                raise SalisError(f"select.per_hour: an image is forecast at 0 s with {label_type} labels; "
+                                 "value per hour needs `cost:` terms that price every image above 0 s")
+        return cache[label_type]
+
+    return seconds

@@ -40,6 +40,7 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
         embeddings_path=layout.embeddings(cycle),
         oracle=SimulatedOracle(prepared) if params.oracle == "simulated" else None,
         policy=params.annotation,
+        per_hour=params.select.per_hour,
     )
     write_table(layout.selected(cycle), selected, SELECTED)
     return selected

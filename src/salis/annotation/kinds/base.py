@@ -21,7 +21,7 @@ import numpy as np
 
 from salis.data.coco_checks import as_int, entries, to_rle
 from salis.errors import InputError
-from salis.params import CostParams
+from salis.params import AnnotationParams, CostParams
 
 # The kind a label store means when it names none (stores and requests from before label kinds):
 # its images carry no `label_type` and its files no suffix.
@@ -133,6 +133,13 @@ class LabelKind(ABC):
         """Seconds to label one image holding `instances` objects, `categories` categories checked;
         `fields` are the image's stored fields (a kind may price by what happened on the image)."""
         return self.seconds_per_instance(cost) * instances + self.seconds_per_category(cost) * categories
+
+    def predicted_image_seconds(self, cost: CostParams, instances: float, categories: int,
+                                pre_mask_ious: np.ndarray, annotation: AnnotationParams) -> float:
+        """The forecast for an image not labeled yet (value-per-hour selection): `instances` its
+        predicted instance count, `pre_mask_ious` the predicted mask IoU of each detection its
+        request would pre-annotate (what a kind that starts from the model's masks is priced by)."""
+        return self.image_seconds(cost, instances, categories)
 
     # --- the simulated annotator ------------------------------------------------------------
 

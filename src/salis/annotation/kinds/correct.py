@@ -17,7 +17,7 @@ import numpy as np
 from salis.annotation.kinds.base import AnnotatorView
 from salis.annotation.kinds.mask import MaskKind
 from salis.geometry import mask_ious, rle
-from salis.params import CostParams
+from salis.params import AnnotationParams, CostParams
 
 OUTCOMES = ("accepted", "fixed", "drawn", "deleted")
 # What a human's returned mask says about the pre-annotation it overlaps most: unedited (accepted)
@@ -39,6 +39,21 @@ class CorrectKind(MaskKind):
         """The planning estimate (hour budgets): a fix per instance; the labeled images are priced
         by their outcomes (image_seconds)."""
         return cost.fix_seconds
+
+    def predicted_image_seconds(self, cost: CostParams, instances: float, categories: int,
+                                pre_mask_ious: np.ndarray, annotation: AnnotationParams) -> float:
+        """Each pre-annotation is expected accepted when its predicted mask IoU reaches
+        annotation.correct_accept_iou, fixed when it reaches correct_fix_iou, else deleted; the
+        predicted instances no accepted or fixed one covers are drawn. Without predicted mask IoUs
+        (no IoU heads) the planning estimate: a fix per instance."""
+        ious = np.asarray(pre_mask_ious, dtype=np.float64)
+        if not np.isfinite(ious).all():
+            return super().image_seconds(cost, instances, categories)
+        accepted = int((ious >= annotation.correct_accept_iou).sum())
+        fixed = int((ious >= annotation.correct_fix_iou).sum()) - accepted
+        outcome = {"accepted": accepted, "fixed": fixed, "deleted": len(ious) - accepted - fixed,
+                   "drawn": max(float(instances) - accepted - fixed, 0.0)}
+        return self.image_seconds(cost, instances, categories, outcome)
 
     def image_fields(self, view: AnnotatorView) -> dict:
         return correction_outcome(view.truth, view.pre_annotations, view.height, view.width,
