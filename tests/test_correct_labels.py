@@ -200,6 +200,9 @@ def test_a_human_correction_records_what_happened_and_how_long_it_took(corrected
     cost = CostModel()
     assert cost.image_seconds(2, 3, "correct", batch.fields[a]) == pytest.approx(1.6 + 79 + (n_a - 1) * 1.6 + 3)
     assert batch.fields[b]["annotation_seconds"] == 30.0
+    # cost.source measured: each timed image is priced by the annotator's own time
+    measured = CostModel(CostParams(source="measured"))
+    assert [measured.image_seconds(2, 3, "correct", batch.fields[i]) for i in (a, b)] == [42.5, 30.0]
 
 
 @pytest.mark.parametrize("lead_times, message", [

@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salis.analysis.measured_cost import fit_terms, measured_costs, render
+from salis.analysis.measured_cost import fit_terms, measured_costs, render, store_rows
+from salis.errors import ParamsError, SalisError
+from salis.loop.pricing import cost_model
+from salis.params import AnnotationParams, CostParams, parse_params
+from support import tiny
 
 
 def test_the_fit_recovers_exact_terms_and_never_goes_negative():
@@ -46,3 +50,46 @@ def test_equal_instance_counts_cannot_separate_the_terms():
     assert c.fit is None and "cannot be told apart" in c.why_no_fit
     # a model pricing them at nothing has no ratio to show
     assert render([c])[1].split()[:7] == ["mask", "3", "3", "21.0", "0.0", "-", "10.5"]
+
+
+def _store(times: list[float | None], instances: list[int], label_type: str = "mask") -> dict:
+    """A label store: image i holds instances[i] annotations, timed times[i] (None: untimed)."""
+    images, annotations = [], []
+    for i, (t, n) in enumerate(zip(times, instances)):
+        images.append({"id": i, "label_type": label_type} | ({} if t is None else {"annotation_seconds": t}))
+        annotations += [{"id": len(annotations) + 1, "image_id": i, "category_id": 1} for _ in range(n)]
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "nucleus"}]}
+
+
+def test_measured_source_prices_timed_images_by_their_time_and_the_rest_by_the_fitted_terms():
+    measured = CostParams(source="measured", measured_min_images=3)
+    store = _store([50.0, 90.0, 130.0, None], [1, 2, 3, 4])  # 40 s per instance + 10 s per image
+    model = cost_model(measured, store)
+    assert model.fitted == {"mask": pytest.approx((40.0, 10.0))}
+    assert model.image_seconds(2, 1, "mask", {"annotation_seconds": 77.0}) == 77.0  # its own time
+    assert model.image_seconds(4, 1, "mask", {}) == pytest.approx(170.0)  # untimed: 40 x 4 + 10
+    assert model.estimated_image_seconds(2.5, 1, "mask") == pytest.approx(110.0)  # hour budgets
+    assert model.predicted_image_seconds(1.0, 1, "mask", np.zeros(0), AnnotationParams()) == pytest.approx(50.0)
+    # a type with too few timed images is refused in one line, naming what is missing
+    with pytest.raises(SalisError, match=r"no fitted cost for point labels \(0 timed images, 3 needed to fit\)"):
+        model.image_seconds(2, 1, "point", {})
+    # model source: the params' terms, times or not
+    assert cost_model(CostParams(), store).image_seconds(2, 1, "mask", {"annotation_seconds": 77.0}) == 79.0 * 2 + 1
+
+
+def test_an_untimed_or_null_time_never_enters_the_fit():
+    store = _store([50.0, 90.0, 130.0, None], [1, 2, 3, 40])
+    store["images"][3]["annotation_seconds"] = None  # Label Studio's lead_time null: not timed
+    model = cost_model(CostParams(source="measured", measured_min_images=3), store)
+    assert model.fitted["mask"] == pytest.approx((40.0, 10.0))
+    rows = store_rows(store, {0: 1, 1: 2, 2: 3, 3: 40})
+    assert rows["annotation_seconds"].isna().tolist() == [False, False, False, True]
+
+
+def test_measured_source_needs_human_labels_and_two_images_to_fit():
+    base = {"oracle": "human", "cost": {"source": "measured"}}
+    assert parse_params(tiny(**base)).cost.source == "measured"
+    with pytest.raises(ParamsError, match="only human labels carry"):
+        parse_params(tiny(cost={"source": "measured"}))
+    with pytest.raises(ParamsError, match=r"cost.measured_min_images must be in \[2, 100000\]"):
+        parse_params(tiny(**base | {"cost": {"source": "measured", "measured_min_images": 1}}))

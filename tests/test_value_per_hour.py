@@ -12,7 +12,7 @@ from salis.loop.budget import CycleBudget, spend_forecast_hours
 from salis.loop.cycle import add_labeled, empty_labeled, selected_frame
 from salis.loop.selection import select_batch
 from salis.loop.value_per_hour import DetectionForecast, per_hour_order, predicted_seconds
-from salis.params import AnnotationParams, CostParams
+from salis.params import AnnotationParams
 
 # image 1: three detections (two worth pre-annotating), image 2: one, image 3: none
 DETECTIONS = [(1, 0.9, 0.9), (1, 0.6, 0.6), (1, 0.2, 0.1), (2, 0.5, 0.3)]
@@ -44,7 +44,7 @@ def test_predicted_instances_are_soft_counts_scaled_to_the_labeled_mean(tmp_path
 
 
 def test_predicted_seconds_per_label_kind_by_hand(tmp_path):
-    f, cost, annotation = forecast(tmp_path), CostParams(), AnnotationParams()
+    f, cost, annotation = forecast(tmp_path), CostModel(), AnnotationParams()
     masks = predicted_seconds(f, "mask", 11.0, 1, cost, annotation)
     assert masks == pytest.approx({1: 79 * 25.5 + 1, 2: 79 * 7.5 + 1, 3: 1.0})
     points = predicted_seconds(f, "point", 11.0, 1, cost, annotation)
@@ -58,7 +58,7 @@ def test_predicted_seconds_per_label_kind_by_hand(tmp_path):
 def test_corrected_forecast_without_iou_heads_is_a_fix_per_instance(tmp_path):
     path = instances_file(tmp_path / "i.parquet", [(1, 0.9, float("nan"))])
     f = DetectionForecast.read(path, [1], pre_annotation_score=0.5)
-    assert predicted_seconds(f, "correct", 3.0, 1, CostParams(), AnnotationParams()) == pytest.approx({1: 14 * 3 + 1})
+    assert predicted_seconds(f, "correct", 3.0, 1, CostModel(), AnnotationParams()) == pytest.approx({1: 14 * 3 + 1})
 
 
 def test_per_hour_order_divides_the_rank_utility_by_seconds():

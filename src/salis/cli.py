@@ -359,11 +359,11 @@ def compare(
 
 @app.command()
 def cost(params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params file"),
-         min_images: int = typer.Option(10, "--min-images", help="timed images a label type needs before its terms are fitted")) -> None:
+         min_images: int = typer.Option(None, "--min-images", help="timed images a label type needs before its terms are fitted [default: cost.measured_min_images]")) -> None:
     """Annotators' measured times (Label Studio's lead_time) against the cost model, per label type."""
-    import pandas as pd
+    import dataclasses
 
-    from salis.analysis.measured_cost import measured_costs, render
+    from salis.analysis.measured_cost import measured_costs, render, store_rows
     from salis.annotation.cost import CostModel
     from salis.loop.labels import instance_counts, read_store
 
@@ -376,14 +376,11 @@ def cost(params_file: Path = typer.Option(Path("params.yaml"), "--params", help=
         store = read_store(layout.annotations(done[-1]))
     except SalisError as err:
         _fail(err)
-    counts = instance_counts(store)
     categories = len(store["categories"])
-    rows = pd.DataFrame([{"image_id": int(im["id"]), "label_type": im.get("label_type", "mask"),
-                          "instances": counts[int(im["id"])], "annotation_seconds": im.get("annotation_seconds", float("nan")),
-                          "fields": im} for im in store["images"]])
-    model = CostModel.from_params(params.cost)
+    rows = store_rows(store, instance_counts(store))
+    model = CostModel.from_params(dataclasses.replace(params.cost, source="model"))  # the literature's terms
     costs = measured_costs(rows, lambda r: model.image_seconds(r["instances"], categories, r["label_type"], r["fields"]),
-                           min_images)
+                           params.cost.measured_min_images if min_images is None else min_images)
     _say(f"label store of cycle {done[-1]} ({layout.annotations(done[-1])}): {len(rows)} labeled images, "
          f"{sum(c.timed for c in costs)} with a measured time")
     typer.echo("\n".join(render(costs)))

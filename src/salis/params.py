@@ -248,6 +248,12 @@ class CostParams:
     fix_seconds: float = 14.0
     delete_seconds: float = 1.6
     hourly_rate: float = 50.0
+    # model: the terms above price every image; measured: annotators' own times (Label Studio's
+    # lead_time) price each timed image, and per label type the terms fitted to them (seconds per
+    # instance + per image, least squares) price the rest and plan hour budgets; a label type with
+    # fewer than measured_min_images timed images is refused (salis.analysis.measured_cost)
+    source: Literal["model", "measured"] = "model"
+    measured_min_images: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,6 +494,12 @@ def _check_limits(p: Params) -> None:
     for name, value in dataclasses.asdict(p.cost).items():
         if isinstance(value, float) and value < 0:
             raise ParamsError(f"cost.{name} must be >= 0, got {value}")
+    if not 2 <= p.cost.measured_min_images <= 100_000:
+        raise ParamsError(f"cost.measured_min_images must be in [2, 100000] (two terms are fitted), "
+                          f"got {p.cost.measured_min_images}")
+    if p.cost.source == "measured" and p.oracle != "human":
+        raise ParamsError("cost.source: measured prices labels by annotators' times, which only human labels carry "
+                          "(oracle: human); the simulated oracle is priced by the model (cost.source: model)")
 
 
 def _check_ranges(p: Params) -> None:

@@ -9,11 +9,15 @@ non-negative least squares (a negative time per instance or per image means noth
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
+
+from salis.annotation.cost import CostModel
+from salis.annotation.kinds import DEFAULT_KIND
+from salis.params import CostParams
 
 MIN_TIMED_IMAGES = 10  # fewer timed images fit two terms too loosely to replace the literature's
 
@@ -57,6 +61,26 @@ def measured_costs(rows: pd.DataFrame, model_seconds: Callable[[pd.Series], floa
             model_seconds=float(sum(model_seconds(r) for _, r in timed.iterrows())), fit=fit, why_no_fit=why,
         ))
     return out
+
+
+def store_rows(store: dict, counts: Mapping[int, int]) -> pd.DataFrame:
+    """One row per labeled image of a label store: image_id, label_type, instances (`counts`, per
+    image), annotation_seconds (NaN where untimed), fields (the stored image entry)."""
+    rows = pd.DataFrame([{"image_id": int(im["id"]), "label_type": im.get("label_type", DEFAULT_KIND),
+                          "instances": counts[int(im["id"])],
+                          "annotation_seconds": im.get("annotation_seconds", float("nan")), "fields": im}
+                         for im in store["images"]],
+                        columns=["image_id", "label_type", "instances", "annotation_seconds", "fields"])
+    rows["annotation_seconds"] = pd.to_numeric(rows["annotation_seconds"], errors="coerce")  # null: untimed
+    return rows
+
+
+def fitted_cost_model(params: CostParams, rows: pd.DataFrame) -> CostModel:
+    """Each label type's terms fitted to the timed images among `rows` (store_rows), beside the params."""
+    costs = measured_costs(rows, lambda r: 0.0, params.measured_min_images)
+    return CostModel(params,
+                     fitted={c.label_type: c.fit for c in costs if c.fit is not None},
+                     unfitted={c.label_type: c.why_no_fit for c in costs if c.fit is None})
 
 
 def render(costs: list[TypeCost]) -> list[str]:

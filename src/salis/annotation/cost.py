@@ -23,20 +23,22 @@ own label type (a mixed batch holds several).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from salis.annotation.kinds import label_kind
-from salis.params import CostParams
+from salis.errors import SalisError
+from salis.params import AnnotationParams, CostParams
 
 SECONDS_PER_HOUR = 3600.0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CostModel:
     """Annotation time per image, and money at `cost.hourly_rate` currency units per annotator hour,
     from the cost params alone (params.yaml's `cost:`, validated where params are parsed).
@@ -46,10 +48,27 @@ class CostModel:
     """
 
     params: CostParams = CostParams()
+    # cost.source measured: per label type (seconds per instance, seconds per image) fitted to the
+    # annotators' times, and why a type has none (salis.analysis.measured_cost builds these)
+    fitted: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    unfitted: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: CostParams) -> "CostModel":
         return cls(params)
+
+    @property
+    def measured(self) -> bool:
+        return self.params.source == "measured"
+
+    def fitted_seconds(self, label_type: str, num_instances: float) -> float:
+        """The fitted terms' price of an image (cost.source: measured); refused for a type without them."""
+        if label_type not in self.fitted:
+            why = self.unfitted.get(label_type, f"0 timed images, {self.params.measured_min_images} needed to fit")
+            raise SalisError(f"cost.source measured: no fitted cost for {label_type} labels ({why}); `salis cost` "
+                             f"shows the times so far; cost.source: model prices by the literature's terms until then")
+        per_instance, per_image = self.fitted[label_type]
+        return per_instance * num_instances + per_image
 
     def seconds_per_instance(self, label_type: str = "mask") -> float:
         """The per-instance time of a label type (counting, for image-level labels)."""
@@ -64,13 +83,29 @@ class CostModel:
         `fields`: the image's stored label fields (a corrected image is priced by its outcomes)."""
         if num_instances < 0 or num_categories < 0:
             raise ValueError(f"counts must be non-negative, got {num_instances} instances, {num_categories} categories")
+        if self.measured:
+            measured = (fields or {}).get("annotation_seconds")
+            if isinstance(measured, (int, float)) and not isinstance(measured, bool) and math.isfinite(measured):
+                return float(measured)  # the annotator's own time (validated at import)
+            return self.fitted_seconds(label_type, num_instances)
         return label_kind(label_type).image_seconds(self.params, num_instances, num_categories, fields)
 
     def estimated_image_seconds(self, num_instances: float, num_categories: int, label_type: str = "mask") -> float:
         """The planning estimate of an image not labeled yet (hour budgets): the kind's per-instance
         and per-category terms (for corrected masks a fix per instance)."""
+        if self.measured:
+            return self.fitted_seconds(label_type, num_instances)
         kind = label_kind(label_type)
         return kind.seconds_per_instance(self.params) * num_instances + kind.seconds_per_category(self.params) * num_categories
+
+    def predicted_image_seconds(self, num_instances: float, num_categories: int, label_type: str,
+                                pre_mask_ious: np.ndarray, annotation: AnnotationParams) -> float:
+        """The forecast of an unlabeled image from the model's detections (value per hour): the
+        kind's (corrected masks read the predicted mask IoUs), or the fitted terms when measured."""
+        if self.measured:
+            return self.fitted_seconds(label_type, num_instances)
+        return label_kind(label_type).predicted_image_seconds(self.params, num_instances, num_categories,
+                                                              pre_mask_ious, annotation)
 
     def cost_table(
         self, instances_per_image: Mapping[int, int], num_categories: int, label_types: Mapping[int, str] | None = None

@@ -90,7 +90,7 @@ def _forecast_seconds(instances_path: Path | None, image_ids: Sequence[int], bud
     def seconds(label_type: str) -> dict[int, float]:
         if label_type not in cache:
             cache[label_type] = predicted_seconds(forecast, label_type, budget.mean_instances, num_categories,
-                                                  budget.cost.params, policy)
+                                                  budget.cost, policy)
             if min(cache[label_type].values(), default=1.0) <= 0.0:
                 raise SalisError(f"select.per_hour: an image is forecast at 0 s with {label_type} labels; "
                                  "value per hour needs `cost:` terms that price every image above 0 s")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from salis.annotation.kinds import label_kind
+from salis.annotation.cost import CostModel
 from salis.params import AnnotationParams
 
 
@@ -62,12 +62,11 @@ class DetectionForecast:
 
 
 def predicted_seconds(forecast: DetectionForecast, label_type: str, labeled_mean: float, num_categories: int,
-                      cost: object, annotation: AnnotationParams) -> dict[int, float]:
-    """Each scored image's predicted seconds with `label_type` labels (`cost`: CostParams)."""
-    kind = label_kind(label_type)
+                      cost: CostModel, annotation: AnnotationParams) -> dict[int, float]:
+    """Each scored image's predicted seconds with `label_type` labels."""
     instances = forecast.predicted_instances(labeled_mean)
     return {
-        image_id: kind.predicted_image_seconds(cost, n, num_categories, forecast.pre_mask_ious[image_id], annotation)
+        image_id: cost.predicted_image_seconds(n, num_categories, label_type, forecast.pre_mask_ious[image_id], annotation)
         for image_id, n in instances.items()
     }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from salis.annotation.cost import CostModel
 from salis.annotation.kinds import label_kind
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
@@ -12,6 +11,7 @@ from salis.artifacts.tables import LABELED, SELECTED, read_table, write_table
 from salis.data.prepared import PreparedData
 from salis.errors import SalisError
 from salis.loop.cycle import add_labeled
+from salis.loop.pricing import cost_model
 from salis.loop.labels import (
     awaiting_message, extend_store, human_batch, read_pre_annotations, read_store, simulated_batch,
 )
@@ -49,13 +49,14 @@ def stage_annotate(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
             raise SalisError("; and ".join(waiting))
         batch = human_batch(paths, ids, types, set(prepared.category_ids))
         source = "human"
-    cost = CostModel.from_params(params.cost)
+    infos = [prepared.image_info(i) | batch.fields.get(i, {}) for i in batch.annotations]
+    extended = extend_store(store, infos, batch.annotations)
+    cost = cost_model(params.cost, extended)  # measured: fitted to the times so far, this batch's included
     categories = len(prepared.categories)
     seconds = {i: cost.image_seconds(batch.instances(i), categories, batch.label_type(i), batch.fields.get(i))
                for i in batch.annotations}
     merged = add_labeled(labeled, selected, set(batch.annotations), seconds, cycle, source)
-    infos = [prepared.image_info(i) | batch.fields.get(i, {}) for i in batch.annotations]
-    write_json(layout.annotations(cycle), extend_store(store, infos, batch.annotations))
+    write_json(layout.annotations(cycle), extended)
     write_table(layout.labeled(cycle), merged, LABELED)
     note = f"; {len(batch.returned)} returned to the pool unlabeled" if batch.returned else ""
     kinds = pd.Series([batch.label_type(i) for i in batch.annotations]).value_counts().sort_index()

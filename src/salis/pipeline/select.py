@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from salis.acquisition.samplers import get_sampler
-from salis.annotation.cost import CostModel
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import IMAGES, INSTANCES, LABELED, SELECTED, check_parquet_schema, read_table, write_table
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.loop.budget import CycleBudget
 from salis.loop.labels import instance_counts, read_store
+from salis.loop.pricing import cost_model
 from salis.loop.selection import select_batch
 from salis.params import Params
 
@@ -19,13 +19,14 @@ def stage_select(params: Params, layout: Layout, cycle: int) -> pd.DataFrame:
     prepared = PreparedData(layout.prepared)
     sampler = get_sampler(params.sampler, params.select)
     check_parquet_schema(layout.instances(cycle), INSTANCES)
-    counts = list(instance_counts(read_store(layout.annotations(cycle))).values())
+    store = read_store(layout.annotations(cycle))
+    counts = list(instance_counts(store).values())
     budget = CycleBudget(
         images=params.select.budget,
         hours=params.select.budget_hours,
         mean_instances=sum(counts) / len(counts) if counts else 0.0,
         num_categories=len(prepared.categories),
-        cost=CostModel.from_params(params.cost),
+        cost=cost_model(params.cost, store),
     )
     selected = select_batch(
         sampler,
