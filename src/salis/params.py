@@ -158,6 +158,9 @@ class ScoreParams:
 @dataclasses.dataclass(frozen=True)
 class SelectParams:
     initial: int = 20
+    # how the initial set is chosen: random | typical (TypiClust on the cycle-0 model's embeddings
+    # of the pool: one image per k-means cluster, its most typical)
+    initial_strategy: Literal["random", "typical"] = "random"
     budget: int = 20
     beta: float = 0.5
     tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")
