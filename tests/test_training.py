@@ -28,6 +28,10 @@ def test_iterations_follow_the_labeled_set_within_floor_and_ceiling():
     assert schedule_iterations(p, 100) == 250  # 375, capped
     paper = TrainParams(epochs=50, min_iterations=0, max_iterations=0, batch_size=2)
     assert schedule_iterations(paper, 1000) == 25000  # no ceiling: the TSP paper's 50 epochs
+    # a cycle from the initial weights trains cold_start_iterations when set, others the rule
+    cold = TrainParams(epochs=15, min_iterations=100, max_iterations=250, batch_size=4, cold_start_iterations=300)
+    assert schedule_iterations(cold, 20, cold_start=True) == 300
+    assert schedule_iterations(cold, 20) == 100 and schedule_iterations(p, 20, cold_start=True) == 100
 
 
 def test_batches_cover_every_index_once_per_epoch():

@@ -86,6 +86,10 @@ class TrainParams:
     epochs: float = 15.0
     min_iterations: int = 150
     max_iterations: int = 250
+    # > 0: the iterations of a cycle that starts from the initial weights (cycle 1; every cycle
+    # when warm_start is false) instead of the rule above: a model trained from scratch needs more
+    # steps than one fine-tuned from the previous cycle's weights
+    cold_start_iterations: int = 0
     batch_size: int = 4
     pseudo_batch_size: int = 2
     lr: float = 0.02
@@ -438,7 +442,8 @@ def _check_limits(p: Params) -> None:
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
     for name, value in {"model.iou_jitter_rois": p.model.iou_jitter_rois,
-                        "model.iou_background_rois": p.model.iou_background_rois}.items():
+                        "model.iou_background_rois": p.model.iou_background_rois,
+                        "train.cold_start_iterations": p.train.cold_start_iterations}.items():
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
     if not 0.0 < p.pseudo.target_precision <= 1.0:

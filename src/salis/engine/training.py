@@ -70,10 +70,13 @@ def grouped_index_batches(groups: Sequence[int], batch_size: int, rng: np.random
                 buffer.clear()
 
 
-def schedule_iterations(params: TrainParams, labeled_images: int) -> int:
+def schedule_iterations(params: TrainParams, labeled_images: int, cold_start: bool = False) -> int:
     """Iterations of one cycle: train.epochs passes over the labeled set, clamped to
     [min_iterations, max_iterations] (max 0: no ceiling), so that a cycle with 20 labeled
-    images and one with 200 both train for a sensible number of epochs."""
+    images and one with 200 both train for a sensible number of epochs; a cycle starting from the
+    initial weights (cold_start) trains train.cold_start_iterations when that is set."""
+    if cold_start and params.cold_start_iterations:
+        return params.cold_start_iterations
     wanted = math.ceil(params.epochs * labeled_images / params.batch_size)
     if params.max_iterations:
         wanted = min(wanted, params.max_iterations)
@@ -276,8 +279,10 @@ def train_model(
     log_every: int = 10,
     workers: int = 0,
     augment: AugmentParams | None = None,
+    cold_start: bool = False,
 ) -> dict[str, float]:
-    """Train in place for schedule_iterations(params, len(labeled)) steps; returns the mean of
+    """Train in place for schedule_iterations(params, len(labeled), cold_start) steps (cold_start:
+    the model holds the initial weights); returns the mean of
     the last logged losses and the schedule. `augment`: training augmentation (None: none).
 
     Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
@@ -290,7 +295,7 @@ def train_model(
 
     if len(labeled) == 0:
         raise SalisError("no labeled images to train on: the labeled table is empty")
-    iterations = schedule_iterations(params, len(labeled))
+    iterations = schedule_iterations(params, len(labeled), cold_start)
     rank, world = dist.rank(), dist.world_size()
     torch.manual_seed(rank_seed(seed, rank))
     model.to(device).train()

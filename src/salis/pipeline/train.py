@@ -28,7 +28,8 @@ from salis.seeds import derive_seed
 def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     configure_runtime(params.runtime)
     prepared = PreparedData(layout.prepared)
-    start = layout.model(cycle - 1) if params.train.warm_start else layout.model(0)
+    cold = not params.train.warm_start or cycle == 1  # starts from the initial weights
+    start = layout.model(0) if cold else layout.model(cycle - 1)
     t = params.train
     boxinst = BoxSupervision(t.box_projection_weight, t.box_pairwise_weight, t.box_pairwise_color_tau)
     model = build_model(params.model, len(prepared.categories), box_supervision=boxinst)
@@ -50,7 +51,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     if len(weak_partial):
         pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
     device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
-    iterations = schedule_iterations(params.train, len(labeled))
+    iterations = schedule_iterations(params.train, len(labeled), cold)
     weak_note = f" ({len(boxes)} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
     if dist.is_main():
         print(f"cycle {cycle}: training on {len(labeled)} labeled{weak_note} + {len(pseudo)} pseudo-labeled images, "
@@ -61,7 +62,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     seed = derive_seed(params.seed, cycle, "train")
     if not dist.is_main():  # the other ranks train their share; rank 0 logs and writes
         train_model(model, labeled, pseudo, params.train, seed, device, params.runtime.amp,
-                    workers=params.runtime.workers, augment=params.augment)
+                    workers=params.runtime.workers, augment=params.augment, cold_start=cold)
         return {}
     with atomic_dir(layout.live(cycle)) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
@@ -76,7 +77,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
 
             summary = train_model(
                 model, labeled, pseudo, params.train, seed, device, params.runtime.amp, log,
-                workers=params.runtime.workers, augment=params.augment,
+                workers=params.runtime.workers, augment=params.augment, cold_start=cold,
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
