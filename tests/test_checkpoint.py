@@ -55,3 +55,33 @@ def test_an_unloadable_weights_file_is_one_line_without_torchs_advice(tmp_path, 
     assert message.startswith(f"{path}: not a loadable salis/torch weights file (")
     assert "\n" not in message and "weights_only" not in message and len(message) < 300
     assert not Path("/tmp/salis_pwned").exists()
+
+
+def test_backbone_weights_load_and_weights_of_another_backbone_are_refused_in_one_line(tmp_path):
+    import dataclasses
+
+    import torchvision
+
+    from salis.errors import InputError
+    from salis.model.checkpoint import load_initial_weights, resnet_layout
+
+    model = seeded_model(SMALL, 2, seed=0)  # resnet18
+    own = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), own)  # torchvision's layout, as users bring it
+    note = load_initial_weights(model, own)
+    assert note.startswith(f"{own}: loaded ") and "into the backbone" in note
+    for name, layout in [("resnet34", ((3, 4, 6, 3), False)), ("resnet50", ((3, 4, 6, 3), True))]:
+        other = tmp_path / f"{name}.pt"
+        state = getattr(torchvision.models, name)().state_dict()
+        assert resnet_layout(state) == layout
+        torch.save(state, other)
+        with pytest.raises(InputError) as caught:
+            load_initial_weights(model, other)
+        assert str(caught.value) == (f"{other}: holds {name} weights but model.backbone is resnet18: "
+                                     "set model.backbone to the file's")
+    # a whole salis model of another backbone (names under backbone.body.) is refused alike
+    bigger = seeded_model(dataclasses.replace(SMALL, backbone="resnet34"), 2, seed=0)
+    whole = tmp_path / "whole34.pt"
+    torch.save(bigger.state_dict(), whole)
+    with pytest.raises(InputError, match="holds resnet34 weights but model.backbone is resnet18"):
+        load_initial_weights(model, whole)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -93,6 +94,11 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
         target, prefix = body, "backbone.body."
     else:
         raise InputError(path, "none of its tensor names match this model or its ResNet backbone")
+    theirs = resnet_layout(k.removeprefix("backbone.body.") for k in state)
+    mine = resnet_layout(body)
+    if theirs and theirs != mine:  # shared names with other shapes would load a few stem tensors, silently
+        raise InputError(path, f"holds {_resnet_name(theirs)} weights but model.backbone is {_resnet_name(mine)}: "
+                               "set model.backbone to the file's")
 
     usable = {prefix + k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
     skipped = [k for k in state if k not in target or target[k].shape != state[k].shape]
@@ -103,6 +109,30 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     if skipped:
         note += f"; skipped {len(skipped)} (e.g. {skipped[:3]})"
     return note
+
+
+_RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+            ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+def resnet_layout(names: Iterable[str]) -> tuple[tuple[int, ...], bool] | None:
+    """(blocks in layer1..layer4, bottleneck blocks?) of a ResNet body's tensor names; None when the
+    names hold no residual layer."""
+    blocks = [0, 0, 0, 0]
+    bottleneck = False
+    for name in names:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] in ("layer1", "layer2", "layer3", "layer4") and parts[1].isdigit():
+            level = int(parts[0][-1]) - 1
+            blocks[level] = max(blocks[level], int(parts[1]) + 1)
+            bottleneck = bottleneck or parts[2] == "conv3"
+    return (tuple(blocks), bottleneck) if any(blocks) else None
+
+
+def _resnet_name(layout: tuple[tuple[int, ...], bool] | None) -> str:
+    if layout is None:
+        return "an unknown backbone"
+    return _RESNETS.get(layout, f"a ResNet with {'-'.join(map(str, layout[0]))} {'bottleneck' if layout[1] else 'basic'} blocks")
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
