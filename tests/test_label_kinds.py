@@ -59,6 +59,7 @@ def test_every_kind_implements_every_part(kind: LabelKind):
     assert kind.training in ("full", "boxes", "weak")
     if kind.training == "weak":
         assert kind.name in WEAK_ROUTES, f"weak kind {kind.name} has no route in salis.loop.weak.WEAK_ROUTES"
+    assert (kind.training == "weak") == (kind.name in salis.params.WEAK_LABEL_TYPES), "params.WEAK_LABEL_TYPES disagrees"
     # cost terms: finite, non-negative, from the params
     cost = CostParams()
     assert math.isfinite(kind.seconds_per_instance(cost)) and kind.seconds_per_instance(cost) > 0

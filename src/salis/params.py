@@ -183,6 +183,7 @@ LABEL_TYPES: tuple[str, ...] = ("mask", "box", "point", "image", "correct")
 CHEAP_LABEL_TYPES: tuple[str, ...] = ("box", "point", "image")
 LABEL_POLICIES: tuple[str, ...] = (*LABEL_TYPES, "mixed")
 MASK_LABEL_TYPES: tuple[str, ...] = ("mask", "correct")  # what `mixed` may buy as its full-mask share
+WEAK_LABEL_TYPES: tuple[str, ...] = ("point", "image")  # kinds trained through weak_label@k's targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +237,12 @@ class PseudoParams:
     score_thresh: float = 0.9
     box_iou_thresh: float = 0.9
     mask_iou_thresh: float = 0.8
+    # cycle: pseudo-labels made once a cycle by the previous model (pseudo_label@k); teacher: an
+    # EMA copy of the model being trained labels unlabeled images every iteration through the
+    # same gate (salis.engine.teacher), the student learning them from a strong view
+    mode: Literal["cycle", "teacher"] = "cycle"
+    ema_decay: float = 0.99  # teacher <- decay * teacher + (1 - decay) * student, each step
+    strong_augment: Literal["natural", "microscopy"] = "microscopy"  # the student's view (jitter 0.4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +453,12 @@ def _check_limits(p: Params) -> None:
                         "train.cold_start_iterations": p.train.cold_start_iterations}.items():
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= p.pseudo.ema_decay < 1.0:
+        raise ParamsError(f"pseudo.ema_decay must lie in [0, 1), got {p.pseudo.ema_decay}")
+    asked = {p.annotation.policy} | ({p.annotation.cheap} if p.annotation.policy == "mixed" else set())
+    if p.pseudo.mode == "teacher" and asked & set(WEAK_LABEL_TYPES):
+        raise ParamsError(f"pseudo.mode teacher trains on full masks and boxes; {', '.join(sorted(asked & set(WEAK_LABEL_TYPES)))} "
+                          "labels need pseudo.mode: cycle")
     if not 0.0 < p.pseudo.target_precision <= 1.0:
         raise ParamsError(f"pseudo.target_precision must lie in (0, 1], got {p.pseudo.target_precision}")
     if not 0.0 <= p.model.iou_jitter_min_iou < 1.0:

@@ -22,6 +22,7 @@ from salis.errors import SalisError
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.engine.augment import Augmenter, AugmentSettings
 from salis.engine.datasets import Sample, sample_sizes
+from salis.engine.teacher import Teacher, TeacherSettings
 from salis.params import AugmentParams, TrainParams
 from salis.seeds import derive_seed
 
@@ -222,8 +223,10 @@ class PlannedBatches(torch.utils.data.Dataset):
     iteration, source, image): the same on every rank and every rerun."""
 
     def __init__(self, plan: Plan, labeled: SampleSource, pseudo: SampleSource,
-                 augment: Augmenter | None = None, seed: int = 0) -> None:
+                 augment: Augmenter | None = None, seed: int = 0, augment_pseudo: bool = True) -> None:
+        """augment_pseudo False: pseudo samples get the plan's flip only (a teacher's weak view)."""
         self.plan, self.labeled, self.pseudo, self.augment, self.seed = plan, labeled, pseudo, augment, seed
+        self.augment_pseudo = augment_pseudo
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -232,7 +235,7 @@ class PlannedBatches(torch.utils.data.Dataset):
         out = []
         for i, flip in pairs:
             sample = source[i].flipped() if flip else source[i]
-            if self.augment is not None:
+            if self.augment is not None and (kind == "labeled" or self.augment_pseudo):
                 sample = self.augment(sample, derive_seed(self.seed, it, f"augment {kind}", index=i))
             out.append(sample)
         return out
@@ -280,9 +283,13 @@ def train_model(
     workers: int = 0,
     augment: AugmentParams | None = None,
     cold_start: bool = False,
+    teacher: TeacherSettings | None = None,
+    strong: AugmentParams | None = None,
 ) -> dict[str, float]:
     """Train in place for schedule_iterations(params, len(labeled), cold_start) steps (cold_start:
-    the model holds the initial weights); returns the mean of
+    the model holds the initial weights); `teacher`: `pseudo` holds unlabeled images, which an
+    EMA teacher labels each iteration and the student learns through the `strong` augmentation
+    (salis.engine.teacher); returns the mean of
     the last logged losses and the schedule. `augment`: training augmentation (None: none).
 
     Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
@@ -310,7 +317,10 @@ def train_model(
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
     settings = AugmentSettings.from_params(augment or AugmentParams())
     batches = PlannedBatches(rank_plan(labeled, pseudo, params, seed, iterations, use_pseudo, rank, world),
-                             labeled, pseudo, Augmenter(settings) if settings.active else None, seed)
+                             labeled, pseudo, Augmenter(settings) if settings.active else None, seed,
+                             augment_pseudo=teacher is None)
+    mean_teacher = Teacher(model, teacher) if teacher is not None and use_pseudo else None
+    strong_view = Augmenter(AugmentSettings.from_params(strong or AugmentParams()))
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
         if workers > 0 else (batches[it] for it in range(len(batches)))
 
@@ -320,10 +330,17 @@ def train_model(
     for it, (labeled_batch, pseudo_batch) in enumerate(loader):
         # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
         stop_loss_prediction_gradient(model, it >= stop_grad_at)
+        if mean_teacher is not None:
+            made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
+            pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
+                            if strong_view.settings.active else s for s in made] or None
+            model.train()
         loss, parts = trainer.losses(labeled_batch, pseudo_batch)
         bar.update(1)
         if not trainer.step(it, loss, parts):
             continue
+        if mean_teacher is not None:
+            mean_teacher.update(model)
         window.add(parts)
         if (it + 1) % log_every == 0 or it + 1 == iterations:
             means = dist.mean_over_ranks(window.close(trainer.lr))
@@ -340,4 +357,7 @@ def train_model(
     result["iterations"] = float(iterations)
     result["epochs"] = iterations * params.batch_size / len(labeled)
     result["processes"] = float(world)
+    if mean_teacher is not None:  # over every iteration of the cycle, this rank's share
+        result["teacher_pseudo_instances"] = float(mean_teacher.instances)
+        result["teacher_pseudo_images"] = float(mean_teacher.images)
     return result

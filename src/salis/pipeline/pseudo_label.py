@@ -28,7 +28,7 @@ def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFra
     # images labeled or requested (an annotator may not have returned them yet) never get pseudo-labels
     excluded = frozenset(labeled["image_id"].tolist() + batch)
     report = _gate(params, layout, cycle, scored, labeled, batch)
-    if report.gate is None:
+    if report.gate is None or params.pseudo.mode == "teacher":  # a teacher labels during training instead
         table = PSEUDO.empty()
     else:
         g = report.gate
@@ -36,6 +36,8 @@ def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFra
     if len(table) and table["mask_iou"].isna().all():
         print("pseudo_label: the scoring model has no IoU heads; only the class score was gated")
     print(f"cycle {cycle}: gate {report.reason}")
+    if params.pseudo.mode == "teacher":
+        print(f"cycle {cycle}: pseudo.mode teacher: train@{cycle}'s EMA teacher makes the pseudo-labels, through this gate")
     print(f"cycle {cycle}: {len(table)} pseudo-labels on {table['image_id'].nunique()} images")
     write_table(layout.pseudo(cycle), table, PSEUDO)
     write_json(layout.pseudo_gate(cycle), report.as_json() | {"pseudo_labels": len(table),

@@ -16,12 +16,15 @@ from salis.data.prepared import PreparedData
 from salis.engine.datasets import ConcatSamples, EmptySamples, LabeledSamples, PseudoSamples
 from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
+from salis.engine.teacher import TeacherSettings
 from salis.engine.training import schedule_iterations, train_model
+from salis.errors import SalisError
+from salis.loop.gate import GateReport
 from salis.loop.labels import annotations_by_image, label_types_of, read_store
 from salis.model.build import build_model
 from salis.model.checkpoint import restore, save_checkpoint
 from salis.model.heads import BoxSupervision
-from salis.params import Params
+from salis.params import AugmentParams, Params
 from salis.seeds import derive_seed
 
 
@@ -50,6 +53,9 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     weak_partial = weak[weak["supervision"] != "full"]
     if len(weak_partial):
         pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
+    teacher = None
+    if params.pseudo.mode == "teacher":
+        pseudo, teacher = _teacher_inputs(params, layout, prepared, cycle, set(int(i) for i in labeled_ids) | set(weak["image_id"]))
     device = dist.device_for(params.runtime) or pick_device(params.runtime.device)
     iterations = schedule_iterations(params.train, len(labeled), cold)
     weak_note = f" ({len(boxes)} with boxes, {len(weak_full)} complete from points or image labels)" if boxes or len(weak_full) else ""
@@ -62,7 +68,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     seed = derive_seed(params.seed, cycle, "train")
     if not dist.is_main():  # the other ranks train their share; rank 0 logs and writes
         train_model(model, labeled, pseudo, params.train, seed, device, params.runtime.amp,
-                    workers=params.runtime.workers, augment=params.augment, cold_start=cold)
+                    workers=params.runtime.workers, augment=params.augment, cold_start=cold,
+                    teacher=teacher, strong=_strong_view(params))
         return {}
     with atomic_dir(layout.live(cycle)) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
@@ -78,6 +85,7 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
             summary = train_model(
                 model, labeled, pseudo, params.train, seed, device, params.runtime.amp, log,
                 workers=params.runtime.workers, augment=params.augment, cold_start=cold,
+                    teacher=teacher, strong=_strong_view(params),
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
@@ -89,3 +97,24 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
         {"cycle": cycle, "labeled_images": len(labeled), "pseudo_images": len(pseudo)},
     )
     return summary
+
+
+def _teacher_inputs(params: Params, layout: Layout, prepared: PreparedData, cycle: int,
+                    labeled: set[int]) -> tuple[EmptySamples, TeacherSettings | None]:
+    """pseudo.mode teacher: the unlabeled pool images (the teacher labels them as training goes)
+    and the teacher's gate: the cycle's gate (pseudo_label@k: fixed, or calibrated on model k-1's
+    detections, which the teacher starts from); a closed gate makes no pseudo-labels."""
+    unlabeled = [i for i in prepared.pool_ids() if int(i) not in labeled]
+    if not unlabeled:
+        raise SalisError("pseudo.mode teacher: every pool image is labeled, nothing is left for the teacher to label")
+    gate = GateReport.from_json(json.loads(layout.pseudo_gate(cycle).read_text())).gate
+    if gate is None:
+        print(f"cycle {cycle}: the pseudo-label gate is closed: the teacher makes no pseudo-labels this cycle")
+        return EmptySamples(prepared, []), None
+    return EmptySamples(prepared, unlabeled), TeacherSettings(params.pseudo.ema_decay, gate.passes, gate.score)
+
+
+def _strong_view(params: Params) -> AugmentParams:
+    """The student's view of a teacher-labeled image: the strong preset with Unbiased Teacher's
+    colour jitter strength (0.4)."""
+    return AugmentParams(preset=params.pseudo.strong_augment, brightness=0.4, contrast=0.4)
