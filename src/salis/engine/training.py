@@ -334,7 +334,6 @@ def train_model(
             made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
             pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
                             if strong_view.settings.active else s for s in made] or None
-            model.train()
         loss, parts = trainer.losses(labeled_batch, pseudo_batch)
         bar.update(1)
         if not trainer.step(it, loss, parts):
