@@ -116,3 +116,11 @@ def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_p
     # and pseudo_label writes no table of its own for train to read
     assert all(len(read_table(layout.pseudo(k), PSEUDO)) == 0 for k in (1, 2))
     assert summaries[1]["teacher_pseudo_instances"] > 0 and summaries[2]["teacher_pseudo_instances"] > 0
+    # nothing left unlabeled: one line before any training
+    from salis.data.prepared import PreparedData
+    from salis.errors import SalisError
+    from salis.pipeline.train import _teacher_inputs
+
+    prepared = PreparedData(layout.prepared)
+    with pytest.raises(SalisError, match="every pool image is labeled, nothing is left for the teacher"):
+        _teacher_inputs(params, layout, prepared, 2, set(prepared.pool_ids()))
