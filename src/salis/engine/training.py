@@ -320,7 +320,8 @@ def train_model(
                              labeled, pseudo, Augmenter(settings) if settings.active else None, seed,
                              augment_pseudo=teacher is None)
     mean_teacher = Teacher(model, teacher) if teacher is not None and use_pseudo else None
-    strong_view = Augmenter(AugmentSettings.from_params(strong or AugmentParams()))
+    strong_settings = AugmentSettings.from_params(strong or AugmentParams())
+    strong_view = Augmenter(strong_settings) if mean_teacher is not None and strong_settings.active else None
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
         if workers > 0 else (batches[it] for it in range(len(batches)))
 
@@ -333,7 +334,7 @@ def train_model(
         if mean_teacher is not None:
             made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
             pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
-                            if strong_view.settings.active else s for s in made] or None
+                            if strong_view is not None else s for s in made] or None
         loss, parts = trainer.losses(labeled_batch, pseudo_batch)
         bar.update(1)
         if not trainer.step(it, loss, parts):
