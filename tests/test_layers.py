@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "salis"
 LAYERS = {
     "errors": 0, "params": 0, "geometry": 0, "seeds": 0, "artifacts": 0,
     "data": 1, "model": 1,
-    "engine": 2, "annotation": 2,
+    "engine": 2, "annotation": 2, "pretrain": 2,
     "acquisition": 3, "analysis": 3,
     "loop": 4,
     "pipeline": 5, "cli": 5,

@@ -77,6 +77,18 @@ def test_changing_the_sampler_keeps_cycle_one_training_and_scoring_cached(projec
     assert all(len(line) <= 100 for line in run(["salis", "runs"], project).splitlines())
 
 
+def test_pretraining_reruns_only_what_it_feeds_and_serves_every_seed(project: Path):
+    quick = ["-S", "pretrain.enabled=true", "-S", "pretrain.epochs=1", "-S", "pretrain.batch_size=4",
+             "-S", "pretrain.image_size=32"]
+    out = run(["dvc", "exp", "run", "-n", "try-pretrain", *quick, "init_model"], project)
+    assert "'prepare' didn't change" in out or "'prepare' is cached" in out, out
+    assert "Running stage 'pretrain'" in out and "Running stage 'init_model'" in out
+    assert json.loads((project / "metrics" / "pretrain.json").read_text())["enabled"] is True
+    # another seed: init_model draws other heads, the pretraining is the same one
+    out = run(["dvc", "exp", "run", "-n", "try-pretrain-s1", "-S", "seed=1", *quick, "init_model"], project)
+    assert "Running stage 'pretrain'" not in out and "Running stage 'init_model'" in out, out
+
+
 def label_like_an_annotator(work: Path, batch: int, out: Path) -> set[int]:
     """A COCO export answering request batch `batch` with the dataset's hidden ground truth,
     numbered as an annotation tool would (its own category ids)."""

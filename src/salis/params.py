@@ -127,6 +127,25 @@ class AugmentParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainParams:
+    """Self-supervised pretraining of the backbone on the unlabeled pool (stage `pretrain`, lightly):
+    init_model starts every run from its weights. Not seeded by the run's seed, so a dataset and
+    backbone pretrain once and every seed of a grid reuses it from DVC's cache."""
+
+    enabled: bool = False
+    method: Literal["simsiam", "byol", "simclr"] = "simsiam"
+    epochs: int = 30
+    batch_size: int = 32  # images per step (two views each)
+    image_size: int = 96  # side of each view (a random resized crop of a pool image)
+    min_scale: float = 0.2  # smallest crop, as a fraction of the image's area
+    vflip: float = 0.0  # probability of a vertical flip of a view (0.5 for slides, which have no up)
+    rot90: float = 0.0  # probability of a quarter turn of a view (likewise)
+    lr: float = 0.05  # SGD learning rate at 256 images per step (scaled linearly by batch_size)
+    weight_decay: float = 1e-4
+    seed: int = 0  # the pretraining's random choices (weights, crops, order)
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeParams:
     """Where and how the torch stages run; read by init_model, train, infer_score and evaluate."""
 
@@ -297,6 +316,7 @@ class Params:
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     augment: AugmentParams = AugmentParams()
+    pretrain: PretrainParams = PretrainParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
     annotation: AnnotationParams = AnnotationParams()
@@ -621,6 +641,10 @@ def _check_ranges(p: Params) -> None:
                           f"accept {a.correct_accept_iou}")
     _check_mask_floor(p)
     _check_augment(p.augment)
+    _check_pretrain(p.pretrain)
+    if p.pretrain.enabled and p.model.weights:
+        raise ParamsError("pretrain.enabled and model.weights are both set: pretraining starts from random "
+                          "weights and init_model would load only one of them; choose one")
     if not p.select.tsp_components or len(set(p.select.tsp_components)) != len(p.select.tsp_components):
         raise ParamsError(f"select.tsp_components must list class, box and/or mask once each, got {p.select.tsp_components}")
     if len(p.model.anchor_sizes) != 5:
@@ -644,6 +668,22 @@ def _check_augment(a: AugmentParams) -> None:
             raise ParamsError(f"augment.{name} must lie in [0, 1] (ColorJitter's strength), got {value}")
     if a.hue is not None and not 0.0 <= a.hue <= 0.5:
         raise ParamsError(f"augment.hue must lie in [0, 0.5], got {a.hue}")
+
+
+def _check_pretrain(t: PretrainParams) -> None:
+    if t.epochs < 1:
+        raise ParamsError(f"pretrain.epochs must be >= 1, got {t.epochs}")
+    if t.batch_size < 2:
+        raise ParamsError(f"pretrain.batch_size must be >= 2 (batch norm and the loss compare images), got {t.batch_size}")
+    if not 32 <= t.image_size <= 1024:
+        raise ParamsError(f"pretrain.image_size must lie in [32, 1024] pixels, got {t.image_size}")
+    for name in ("vflip", "rot90"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ParamsError(f"pretrain.{name} is a probability in [0, 1], got {getattr(t, name)}")
+    if not 0.0 < t.min_scale <= 1.0:
+        raise ParamsError(f"pretrain.min_scale is a fraction of the image's area in (0, 1], got {t.min_scale}")
+    if t.lr <= 0.0 or t.weight_decay < 0.0:
+        raise ParamsError(f"pretrain.lr must be > 0 and pretrain.weight_decay >= 0, got {t.lr} and {t.weight_decay}")
 
 
 def _check_mask_floor(p: Params) -> None:

@@ -89,6 +89,27 @@ class Layout:
     def model(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "model.pt"
 
+    @property
+    def pretrain(self) -> Path:
+        """Stage `pretrain`'s folder: summary.json, and backbone.pt when pretraining is enabled."""
+        return self.root / "models" / "pretrain"
+
+    @property
+    def pretrained_backbone(self) -> Path:
+        """The self-supervised ResNet body (a torchvision-layout state dict) init_model loads."""
+        return self.pretrain / "backbone.pt"
+
+    @property
+    def pretrain_summary(self) -> Path:
+        """What was pretrained (method, backbone, images, steps, loss per epoch): same params, same bytes."""
+        return self.pretrain / "summary.json"
+
+    @property
+    def pretrain_metrics(self) -> Path:
+        """The pretraining's cost (seconds) and final loss, for `dvc metrics show`: apart from the
+        cycles' and from the summary, whose bytes must not vary with the machine's speed."""
+        return self.root / "metrics" / "pretrain.json"
+
     def live(self, k: int) -> Path:
         return self.root / "models" / f"cycle_{k}" / "live"
 

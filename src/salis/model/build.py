@@ -26,11 +26,21 @@ _BODIES = {
 _LEVELS = ["0", "1", "2", "3"]
 
 
+def resnet_body(name: str, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+    """A torchvision ResNet (random init; weights come from a local file, never a download)."""
+    return _BODIES[name][0](weights=None, norm_layer=norm_layer)
+
+
+def resnet_feature_dim(name: str) -> int:
+    """Channels of the ResNet's last stage: its pooled feature's length."""
+    return _BODIES[name][1][-1]
+
+
 def build_backbone(params: ModelParams) -> BackboneWithFPN:
-    """ResNet body (random init; weights come from a local file, never a download) plus FPN."""
-    make_body, in_channels = _BODIES[params.backbone]
+    """ResNet body plus FPN."""
+    in_channels = _BODIES[params.backbone][1]
     norm_layer = FrozenBatchNorm2d if params.norm == "frozen" else nn.BatchNorm2d
-    body = make_body(weights=None, norm_layer=norm_layer)
+    body = resnet_body(params.backbone, norm_layer)
     return BackboneWithFPN(
         body,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},

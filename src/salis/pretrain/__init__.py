@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of the backbone on the unlabeled pool (stage `pretrain`)."""
