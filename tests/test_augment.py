@@ -140,3 +140,98 @@ def test_training_with_augmentation_repeats_and_differs_from_training_without():
     assert torch.equal(first, weights(micro))
     assert not torch.equal(first, weights(None))
     assert torch.equal(weights(None), weights(AugmentParams(preset="none")))
+
+
+def test_scale_jitter_by_hand_doubles_to_the_models_scale():
+    # the model's scale of a 10 x 12 image with (min_size, max_size) (20, 30): min(20/10, 30/12) = 2
+    scaled = Augmenter(settings(crop_size=100), model_size=(20, 30))(sample(), 0)  # a crop over the whole image
+    assert scaled.image.shape == (20, 24, 3)
+    # nearest-neighbour doubling: rows 6-8, cols 7-10 -> rows 12-17, cols 14-21
+    assert scaled.boxes[1].tolist() == [14.0, 12.0, 22.0, 18.0]
+    assert scaled.masks[1].sum() == 4 * sample().masks[1].sum()
+
+
+def test_a_crop_window_always_holds_its_instance_centre():
+    from salis.engine.augment import _window_start
+
+    for seed in range(30):
+        torch.manual_seed(seed)
+        start = _window_start(centre=5, side=4, extent=12)
+        assert 2 <= start <= 5 and start <= 5 < start + 4  # windows [2, 6) .. [5, 9)
+        torch.manual_seed(seed)
+        assert _window_start(centre=1, side=4, extent=12) in (0, 1)  # clipped at the image's edge
+        assert _window_start(centre=10, side=4, extent=12) in (7, 8)  # near the far edge: [7, 11) or [8, 12)
+    assert _window_start(centre=3, side=12, extent=12) == 0  # the crop is the whole side
+
+
+@pytest.mark.parametrize("box_labeled", [False, True])
+def test_after_scale_jitter_and_crops_each_box_is_its_masks_bounding_box(box_labeled):
+    augment = Augmenter(settings(scale_min=0.8, scale_max=2.5, crop_size=9, vflip=0.5, rot90=0.5), model_size=(10, 12))
+    shapes, counts = set(), set()
+    for seed in range(60):
+        out = augment(sample(box_labeled), seed)
+        shapes.add(out.image.shape)
+        assert out.image.shape[0] <= 9 and out.image.shape[1] <= 9
+        assert out.masks.shape[1:] == out.image.shape[:2] and len(out.labels) == len(out.masks) == len(out.boxes)
+        assert len(out.masks) >= 1  # the window holds the centre of an instance
+        counts.add(len(out.masks))
+        for box, mask in zip(out.boxes, out.masks):
+            assert mask.any() and box.tolist() == mask_box(mask)
+            if box_labeled:  # a filled box stays a filled box, cut or not
+                x0, y0, x1, y1 = (int(v) for v in box)
+                assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0)
+    # 10 x 12 at 0.8-2.5x, cut to at most 9 x 9 (a shrunk image's 8 rows stay 8); one instance or both kept
+    assert shapes == {(8, 9, 3), (9, 8, 3), (9, 9, 3)} and counts == {1, 2}
+
+
+def test_training_on_crops_skips_the_models_resize_and_evaluation_does_not():
+    from salis.engine.augment import skip_model_resize
+    from salis.model.build import seeded_model
+    from support import SMALL
+
+    model = seeded_model(SMALL, 2, seed=0)  # min_size = max_size = 64
+    image = torch.rand(3, 40, 40)
+    with skip_model_resize(model, True):
+        model.train()
+        assert model.transform([image])[0].image_sizes == [(40, 40)]
+        model.eval()
+        assert model.transform([image])[0].image_sizes == [(64, 64)]
+    model.train()
+    assert model.transform([image])[0].image_sizes == [(64, 64)]  # put back
+
+
+def test_training_with_crops_repeats():
+    from salis.engine.training import train_model
+    from salis.model.build import seeded_model
+    from salis.params import TrainParams
+    from support import SMALL
+    from support import sample as labeled_sample
+
+    source = [labeled_sample(i, False) for i in range(4)]
+    params = TrainParams(min_iterations=2, max_iterations=2, warmup_iterations=1, batch_size=2)
+    crops = AugmentParams(scale_min=0.5, scale_max=1.5, crop_size=40)
+
+    def weights() -> torch.Tensor:
+        model = seeded_model(SMALL, 2, seed=0)
+        train_model(model, source, [], params, seed=3, device=torch.device("cpu"), amp=False, augment=crops)
+        assert not model.transform._skip_resize
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first = weights()
+    assert torch.isfinite(first).all() and torch.equal(first, weights())
+
+
+@pytest.mark.parametrize(("augment", "message"), [
+    ({"scale_min": 1.5, "scale_max": 1.2}, r"0.1 <= scale_min <= scale_max <= 4, got 1.5 and 1.2"),
+    ({"crop_size": 16}, r"augment.crop_size must be at least 32 pixels"),
+    ({"crop_size": 128}, r"augment.crop_size \(128\) is not smaller than the training images, which are at most "
+                         r"model.max_size x augment.scale_max = 128 pixels"),
+    ({"crop_size": 128, "scale_max": 1.5}, None),
+])
+def test_scale_and_crop_params(augment, message):
+    raw = {"model": {"min_size": 128, "max_size": 128}, "augment": augment}
+    if message is None:
+        assert parse_params(raw).augment.crop_size == 128
+        return
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)

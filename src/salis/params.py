@@ -124,6 +124,10 @@ class AugmentParams:
     contrast: float | None = None
     saturation: float | None = None
     hue: float | None = None  # at most 0.5
+    # large-scale jitter: each training image at the model's scale times U[scale_min, scale_max]
+    scale_min: float | None = None
+    scale_max: float | None = None
+    crop_size: int | None = None  # a random crop of this side (pixels at the model's scale) around an instance; 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -641,6 +645,7 @@ def _check_ranges(p: Params) -> None:
                           f"accept {a.correct_accept_iou}")
     _check_mask_floor(p)
     _check_augment(p.augment)
+    _check_scale_and_crop(p.augment, p.model)
     _check_pretrain(p.pretrain)
     if p.pretrain.enabled and p.model.weights:
         raise ParamsError("pretrain.enabled and model.weights are both set: pretraining starts from random "
@@ -655,6 +660,23 @@ def _check_ranges(p: Params) -> None:
     ks = sorted(c.k for c in p.cycles.values())
     if ks and ks != list(range(1, len(ks) + 1)):
         raise ParamsError(f"cycles must number k = 1..K without gaps, got {ks}")
+
+
+def _check_scale_and_crop(a: AugmentParams, model: ModelParams) -> None:
+    low = 1.0 if a.scale_min is None else a.scale_min
+    high = 1.0 if a.scale_max is None else a.scale_max
+    if not 0.1 <= low <= high <= 4.0:
+        raise ParamsError(f"augment.scale_min and scale_max must satisfy 0.1 <= scale_min <= scale_max <= 4, "
+                          f"got {low} and {high}")
+    crop = a.crop_size or 0
+    if crop < 0:
+        raise ParamsError(f"augment.crop_size must be >= 0 (0 = no crop), got {crop}")
+    if crop and crop < 32:
+        raise ParamsError(f"augment.crop_size must be at least 32 pixels (or 0 for no crop), got {crop}")
+    if crop and crop >= model.max_size * high:
+        raise ParamsError(f"augment.crop_size ({crop}) is not smaller than the training images, which are at most "
+                          f"model.max_size x augment.scale_max = {model.max_size * high:g} pixels a side: no crop "
+                          "would ever cut; lower it or set 0")
 
 
 def _check_augment(a: AugmentParams) -> None:

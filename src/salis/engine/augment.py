@@ -11,35 +11,48 @@ Presets (`augment.preset`) fit the data; every knob overrides its preset's value
   contrast jitter (stains and exposure vary), no hue (stains carry meaning).
 
 Geometric transforms here are exact (flips, quarter turns): no resampling, so every box equals
-its mask's bounding box afterwards and a box-labeled image's filled box stays a box. Each
+its mask's bounding box afterwards and a box-labeled image's filled box stays a box. Scale jitter
+and crops (`augment.scale_min`/`scale_max`, `augment.crop_size`; off in every preset) resize the
+image to the model's own scale times a random factor and cut a window around a random instance;
+masks are resampled nearest-neighbour, each box is then taken from its mask again, and instances
+left without a pixel are dropped. The model's resize is skipped while it trains on such images;
+evaluation and scoring see full images at the model's scale. Each
 sample's randomness comes from a seed derived from (run seed, iteration, image), so a run
 repeats byte for byte and every rank of a torchrun job draws the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from salis.engine.datasets import Sample
 from salis.params import AugmentParams
 
+_NO_SCALE = {"scale_min": 1.0, "scale_max": 1.0, "crop_size": 0.0}
 PRESETS: dict[str, dict[str, float]] = {
-    "none": {"vflip": 0.0, "rot90": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
-    "natural": {"vflip": 0.0, "rot90": 0.0, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02},
-    "microscopy": {"vflip": 0.5, "rot90": 0.75, "brightness": 0.2, "contrast": 0.2, "saturation": 0.0, "hue": 0.0},
+    "none": {"vflip": 0.0, "rot90": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0} | _NO_SCALE,
+    "natural": {"vflip": 0.0, "rot90": 0.0, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
+    | _NO_SCALE,
+    "microscopy": {"vflip": 0.5, "rot90": 0.75, "brightness": 0.2, "contrast": 0.2, "saturation": 0.0, "hue": 0.0}
+    | _NO_SCALE,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentSettings:
     """The knobs after the preset: probabilities of a vertical flip and of a quarter turn (90, 180
-    or 270 degrees, equally likely), and ColorJitter's strengths."""
+    or 270 degrees, equally likely), ColorJitter's strengths, the scale jitter around the model's
+    own scale and the crop side (0: none)."""
 
     vflip: float
     rot90: float
@@ -47,15 +60,24 @@ class AugmentSettings:
     contrast: float
     saturation: float
     hue: float
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    crop_size: int = 0
 
     @classmethod
     def from_params(cls, params: AugmentParams) -> AugmentSettings:
         preset = PRESETS[params.preset]
-        return cls(**{k: preset[k] if getattr(params, k) is None else float(getattr(params, k)) for k in preset})
+        knobs = {k: preset[k] if getattr(params, k) is None else float(getattr(params, k)) for k in preset}
+        return cls(**knobs | {"crop_size": int(knobs["crop_size"])})
+
+    @property
+    def resizes(self) -> bool:
+        """Whether the images are scaled here (jitter or crops) rather than by the model's transform."""
+        return self.crop_size > 0 or (self.scale_min, self.scale_max) != (1.0, 1.0)
 
     @property
     def active(self) -> bool:
-        return any(dataclasses.astuple(self))
+        return self.resizes or any((self.vflip, self.rot90, self.brightness, self.contrast, self.saturation, self.hue))
 
 
 class RandomQuarterTurn(v2.Transform):
@@ -91,13 +113,86 @@ def _turn_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingB
     return tv_tensors.BoundingBoxes(torch.stack([x0, y0, x1, y1], -1), format="XYXY", canvas_size=(height, width))
 
 
-class Augmenter:
-    """A Sample in, an augmented Sample out (the input is left untouched)."""
+class ModelScaleJitter(v2.Transform):
+    """Resize to the scale the model's transform would give the image (short side min_size, long
+    side at most max_size) times a factor drawn uniformly from [low, high]: large-scale jitter
+    (Ghiasi et al. 2021) around the test scale, so a crop sees objects at the size evaluation does.
+    Masks are resampled nearest-neighbour; boxes are scaled (Augmenter then takes them from the masks)."""
 
-    def __init__(self, settings: AugmentSettings) -> None:
+    def __init__(self, min_size: int, max_size: int, low: float, high: float) -> None:
+        super().__init__()
+        self.min_size, self.max_size, self.low, self.high = min_size, max_size, low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        scale *= self.low + (self.high - self.low) * torch.rand(1).item()
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)):
+            return self._call_kernel(v2.functional.resize, inpt, size=params["size"], antialias=True)
+        return inpt
+
+
+class InstanceAwareCrop(v2.Transform):
+    """A size x size window (the whole side where the image is smaller) around a random instance:
+    an instance is drawn uniformly, and the window uniformly among those holding its box's centre,
+    so crowded images give crops with instances, not background. Without instances, any window."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        crop_h, crop_w = min(self.size, height), min(self.size, width)
+        boxes = next((x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)), None)
+        if boxes is not None and len(boxes):
+            x0, y0, x1, y1 = boxes[int(torch.randint(len(boxes), (1,)).item())].tolist()
+            cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+        else:
+            cx, cy = int(torch.randint(width, (1,)).item()), int(torch.randint(height, (1,)).item())
+        return {"top": _window_start(cy, crop_h, height), "left": _window_start(cx, crop_w, width),
+                "height": crop_h, "width": crop_w}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.BoundingBoxes)):
+            return self._call_kernel(v2.functional.crop, inpt, **params)
+        return inpt
+
+
+def _window_start(centre: int, side: int, extent: int) -> int:
+    """A uniform start among the windows [start, start + side) inside [0, extent) holding centre."""
+    low, high = max(0, centre - side + 1), min(centre, extent - side)
+    return low + int(torch.randint(max(high - low + 1, 1), (1,)).item())
+
+
+def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
+    """[x0, y0, x1, y1] per mask in pixel edges (x1 = last column + 1); masks must not be empty."""
+    if not len(masks):
+        return np.zeros((0, 4), dtype=np.float32)
+    boxes = masks_to_boxes(torch.from_numpy(masks)).numpy()
+    boxes[:, 2:] += 1
+    return boxes.astype(np.float32)
+
+
+class Augmenter:
+    """A Sample in, an augmented Sample out (the input is left untouched). model_size: the model's
+    (min_size, max_size), needed when the settings resize (scale jitter or crops): the images then
+    arrive at the model's scale and the model's own resize is skipped in training
+    (skip_model_resize)."""
+
+    def __init__(self, settings: AugmentSettings, model_size: tuple[int, int] | None = None) -> None:
         self.settings = settings
         s = settings
         steps: list[v2.Transform] = []
+        if s.resizes:
+            if model_size is None:
+                raise ValueError("scale jitter and crops need the model's (min_size, max_size)")
+            steps.append(ModelScaleJitter(*model_size, s.scale_min, s.scale_max))
+            if s.crop_size:
+                steps.append(InstanceAwareCrop(s.crop_size))
         if s.vflip:
             steps.append(v2.RandomVerticalFlip(s.vflip))
         if s.rot90:
@@ -115,9 +210,33 @@ class Augmenter:
         with torch.random.fork_rng(devices=[]):  # the sample's own stream; the global one is left as it was
             torch.manual_seed(seed)
             image, masks, boxes = self.transform(image, masks, boxes)
+        masks_np = np.ascontiguousarray(masks.numpy())
+        boxes_np = np.ascontiguousarray(boxes.as_subclass(torch.Tensor).numpy().astype(np.float32))
+        labels = sample.labels
+        if self.settings.resizes:
+            # resampled or cut: each box becomes its mask's bounding box again, and instances the
+            # crop (or a shrink) left without a pixel leave the sample
+            keep = masks_np.reshape(len(masks_np), -1).any(axis=1)
+            masks_np, labels = np.ascontiguousarray(masks_np[keep]), labels[keep]
+            boxes_np = boxes_of_masks(masks_np)
         return dataclasses.replace(
             sample,
             image=np.ascontiguousarray(image.permute(1, 2, 0).numpy()),
-            masks=np.ascontiguousarray(masks.numpy()),
-            boxes=np.ascontiguousarray(boxes.as_subclass(torch.Tensor).numpy().astype(np.float32)),
+            masks=masks_np,
+            boxes=boxes_np,
+            labels=labels,
         )
+
+
+@contextlib.contextmanager
+def skip_model_resize(model: nn.Module, skip: bool) -> Iterator[None]:
+    """While training on images the Augmenter already scaled, torchvision's transform leaves them
+    as they are (GeneralizedRCNNTransform._skip_resize, read in training mode only: evaluation and
+    scoring still resize to the model's scale at full size)."""
+    transform = model.transform
+    before = transform._skip_resize
+    transform._skip_resize = skip or before
+    try:
+        yield
+    finally:
+        transform._skip_resize = before

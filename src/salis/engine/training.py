@@ -7,6 +7,7 @@ pseudo-labeled images, of a pseudo batch whose images carry the positive-only fl
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from salis.engine.device import autocast
 from salis.errors import SalisError
 from salis.model.learning_loss import stop_loss_prediction_gradient
-from salis.engine.augment import Augmenter, AugmentSettings
+from salis.engine.augment import Augmenter, AugmentSettings, skip_model_resize
 from salis.engine.datasets import Sample, sample_sizes
 from salis.engine.teacher import Teacher, TeacherSettings
 from salis.params import AugmentParams, TrainParams
@@ -316,38 +317,43 @@ def train_model(
     trainer = Trainer(model, params, iterations, device, amp, wrap=wrap)
     use_pseudo = len(pseudo) > 0 and params.semi_loss_weight > 0
     settings = AugmentSettings.from_params(augment or AugmentParams())
+    model_size = (model.transform.min_size[-1], model.transform.max_size)
     batches = PlannedBatches(rank_plan(labeled, pseudo, params, seed, iterations, use_pseudo, rank, world),
-                             labeled, pseudo, Augmenter(settings) if settings.active else None, seed,
+                             labeled, pseudo, Augmenter(settings, model_size) if settings.active else None, seed,
                              augment_pseudo=teacher is None)
     mean_teacher = Teacher(model, teacher) if teacher is not None and use_pseudo else None
-    strong_settings = AugmentSettings.from_params(strong or AugmentParams())
-    strong_view = Augmenter(strong_settings) if mean_teacher is not None and strong_settings.active else None
+    # the strong view scales and crops as the labeled images do: the model skips its own resize
+    strong_settings = dataclasses.replace(
+        AugmentSettings.from_params(strong or AugmentParams()),
+        scale_min=settings.scale_min, scale_max=settings.scale_max, crop_size=settings.crop_size)
+    strong_view = Augmenter(strong_settings, model_size) if mean_teacher is not None and strong_settings.active else None
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=lambda x: x) \
         if workers > 0 else (batches[it] for it in range(len(batches)))
 
     window = LossWindow()
     stop_grad_at = int(params.learning_loss_stop_grad_after * iterations)
     bar = tqdm(total=iterations, desc="train", unit="it", mininterval=2.0, leave=False, disable=rank != 0)
-    for it, (labeled_batch, pseudo_batch) in enumerate(loader):
-        # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
-        stop_loss_prediction_gradient(model, it >= stop_grad_at)
-        if mean_teacher is not None:
-            made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
-            pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
-                            if strong_view is not None else s for s in made] or None
-        loss, parts = trainer.losses(labeled_batch, pseudo_batch)
-        bar.update(1)
-        if not trainer.step(it, loss, parts):
-            continue
-        if mean_teacher is not None:
-            mean_teacher.update(model)
-        window.add(parts)
-        if (it + 1) % log_every == 0 or it + 1 == iterations:
-            means = dist.mean_over_ranks(window.close(trainer.lr))
-            window.last = means
-            bar.set_postfix(loss=f"{means['loss']:.3f}")
-            if log is not None:
-                log(it + 1, means)
+    with skip_model_resize(model, settings.resizes):  # scaled (and cropped) by the Augmenter
+        for it, (labeled_batch, pseudo_batch) in enumerate(loader):
+            # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
+            stop_loss_prediction_gradient(model, it >= stop_grad_at)
+            if mean_teacher is not None:
+                made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
+                pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
+                                if strong_view is not None else s for s in made] or None
+            loss, parts = trainer.losses(labeled_batch, pseudo_batch)
+            bar.update(1)
+            if not trainer.step(it, loss, parts):
+                continue
+            if mean_teacher is not None:
+                mean_teacher.update(model)
+            window.add(parts)
+            if (it + 1) % log_every == 0 or it + 1 == iterations:
+                means = dist.mean_over_ranks(window.close(trainer.lr))
+                window.last = means
+                bar.set_postfix(loss=f"{means['loss']:.3f}")
+                if log is not None:
+                    log(it + 1, means)
     bar.close()
     stop_loss_prediction_gradient(model, False)
     model.eval()
