@@ -10,7 +10,8 @@ from lightly.transforms.utils import IMAGENET_NORMALIZE
 from salis.artifacts.layout import Layout
 from salis.data.prepared import PreparedData
 from salis.errors import ParamsError, SalisError
-from salis.model.build import resnet_body, seeded_model
+from salis.model.build import seeded_model
+from salis.model.resnets import resnet_body
 from salis.model.checkpoint import load_checkpoint
 from salis.params import PretrainParams, parse_params
 from salis.pretrain.methods import METHODS
@@ -96,6 +97,8 @@ def test_the_stage_reads_the_pool_only_and_init_model_loads_its_body(tmp_path, m
 
     summary = json.loads(layout.pretrain_summary.read_text())
     assert summary["enabled"] and summary["method"] == "simsiam" and summary["images"] == len(prepared.pool_ids())
+    assert summary["healthy_output_std"] == pytest.approx(128 ** -0.5, abs=1e-6)  # SimSiam's 128-d projection
+    assert len(summary["epoch_output_std"]) == 2 and all(0 <= x <= 1 for x in summary["epoch_output_std"])
     assert json.loads(layout.pretrain_metrics.read_text())["seconds"] > 0
     body = torch.load(layout.pretrained_backbone, weights_only=True)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -16,29 +15,15 @@ from salis.model.detector import SalisMaskRCNN
 from salis.model.heads import BoxSupervision, RoIHeadsParts
 from salis.model.iou_heads import IoUHeads, IoUTraining
 from salis.model.learning_loss import LossPredictionModule
+from salis.model.resnets import resnet_body, stage_channels
 from salis.params import ModelParams
 
-_BODIES = {
-    "resnet18": (resnet18, [64, 128, 256, 512]),
-    "resnet34": (resnet34, [64, 128, 256, 512]),
-    "resnet50": (resnet50, [256, 512, 1024, 2048]),
-}
 _LEVELS = ["0", "1", "2", "3"]
-
-
-def resnet_body(name: str, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
-    """A torchvision ResNet (random init; weights come from a local file, never a download)."""
-    return _BODIES[name][0](weights=None, norm_layer=norm_layer)
-
-
-def resnet_feature_dim(name: str) -> int:
-    """Channels of the ResNet's last stage: its pooled feature's length."""
-    return _BODIES[name][1][-1]
 
 
 def build_backbone(params: ModelParams) -> BackboneWithFPN:
     """ResNet body plus FPN."""
-    in_channels = _BODIES[params.backbone][1]
+    in_channels = stage_channels(params.backbone)
     norm_layer = FrozenBatchNorm2d if params.norm == "frozen" else nn.BatchNorm2d
     body = resnet_body(params.backbone, norm_layer)
     return BackboneWithFPN(

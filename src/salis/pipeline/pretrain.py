@@ -36,11 +36,16 @@ def stage_pretrain(params: Params, layout: Layout) -> dict:
     torch.save(result.body_state, buffer)
     ensure_space(layout.pretrained_backbone, len(buffer.getbuffer()))
     summary.update(method=settings.method, backbone=params.model.backbone, images=len(ids), epochs=settings.epochs,
-                   steps=result.steps, epoch_losses=[round(x, 6) for x in result.epoch_losses])
+                   steps=result.steps, epoch_losses=[round(x, 6) for x in result.epoch_losses],
+                   epoch_output_std=[round(x, 6) for x in result.epoch_output_std],
+                   healthy_output_std=round(result.output_dim ** -0.5, 6))
     with atomic_dir(layout.pretrain) as tmp:
         (tmp / layout.pretrained_backbone.name).write_bytes(buffer.getvalue())
         write_json(tmp / layout.pretrain_summary.name, summary)
     write_json(layout.pretrain_metrics, {"enabled": True, "seconds": round(result.seconds, 1),
-                                         "final_loss": round(result.epoch_losses[-1], 6)})
-    print(f"pretrain: loss {result.epoch_losses[0]:.3f} -> {result.epoch_losses[-1]:.3f} in {result.seconds:.0f} s")
+                                         "final_loss": round(result.epoch_losses[-1], 6),
+                                         "final_output_std": round(result.epoch_output_std[-1], 6)})
+    print(f"pretrain: loss {result.epoch_losses[0]:.3f} -> {result.epoch_losses[-1]:.3f}, output spread "
+          f"{result.epoch_output_std[-1]:.3f} (collapsed: 0, healthy: about {result.output_dim ** -0.5:.3f}), "
+          f"in {result.seconds:.0f} s")
     return summary

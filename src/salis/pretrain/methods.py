@@ -25,7 +25,9 @@ from torch import nn
 
 class SelfSupervised(nn.Module):
     """A body (features: N x feature_dim) and a method's heads; `loss(x0, x1, progress)` is the
-    training loss of two views of a batch, progress the fraction of training done (for schedules)."""
+    training loss of two views of a batch, progress the fraction of training done (for schedules),
+    and the first view's projections (N x D), whose spread tells a collapse (lightly's
+    std_of_l2_normalized: 0 collapsed, about 1 / sqrt(D) healthy)."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -34,7 +36,7 @@ class SelfSupervised(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).flatten(start_dim=1)
 
-    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -47,10 +49,10 @@ class SimSiam(SelfSupervised):
         self.prediction = SimSiamPredictionHead(128, 64, 128)
         self.criterion = NegativeCosineSimilarity()
 
-    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         z0, z1 = self.projection(self.features(x0)), self.projection(self.features(x1))
         p0, p1 = self.prediction(z0), self.prediction(z1)
-        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
+        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach())), z0
 
 
 class BYOL(SelfSupervised):
@@ -69,13 +71,13 @@ class BYOL(SelfSupervised):
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection_momentum(self.body_momentum(x).flatten(start_dim=1)).detach()
 
-    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         momentum = cosine_schedule(int(progress * 1000), 1000, 0.99, 1.0)
         update_momentum(self.body, self.body_momentum, m=momentum)
         update_momentum(self.projection, self.projection_momentum, m=momentum)
-        p0 = self.prediction(self.projection(self.features(x0)))
-        p1 = self.prediction(self.projection(self.features(x1)))
-        return 0.5 * (self.criterion(p0, self._target(x1)) + self.criterion(p1, self._target(x0)))
+        z0 = self.projection(self.features(x0))
+        p0, p1 = self.prediction(z0), self.prediction(self.projection(self.features(x1)))
+        return 0.5 * (self.criterion(p0, self._target(x1)) + self.criterion(p1, self._target(x0))), z0
 
 
 class SimCLR(SelfSupervised):
@@ -86,8 +88,9 @@ class SimCLR(SelfSupervised):
         self.projection = SimCLRProjectionHead(feature_dim, 512, 128)
         self.criterion = NTXentLoss(temperature=0.5)
 
-    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> torch.Tensor:
-        return self.criterion(self.projection(self.features(x0)), self.projection(self.features(x1)))
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        z0 = self.projection(self.features(x0))
+        return self.criterion(z0, self.projection(self.features(x1))), z0
 
 
 def _byol_views(**knobs: Any) -> Callable:

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from lightly.utils.debug import std_of_l2_normalized
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from salis.errors import SalisError
-from salis.model.build import resnet_body, resnet_feature_dim
+from salis.model.resnets import resnet_body, resnet_feature_dim
 from salis.params import PretrainParams
 from salis.pretrain.methods import build_method, view_transform
 
@@ -30,6 +31,8 @@ class Pretrained:
 
     body_state: dict[str, torch.Tensor]
     epoch_losses: list[float]
+    epoch_output_std: list[float]  # spread of the l2-normalised projections: 0 = collapsed
+    output_dim: int  # D: a healthy spread is about 1 / sqrt(D)
     steps: int
     seconds: float
 
@@ -82,10 +85,12 @@ def pretrain_body(
         rng = np.random.default_rng(params.seed)
         method.train()
         losses: list[float] = []
+        spreads: list[float] = []
+        output_dim = 0
         step = 0
         bar = tqdm(total=steps, desc="pretrain", unit="it", mininterval=2.0, leave=False)
         for _ in range(params.epochs):
-            total = 0.0
+            total, spread = 0.0, 0.0
             batches = epoch_batches(ids, batch_size, rng)
             for batch in batches:
                 for group in optimizer.param_groups:  # cosine decay to 0 over all steps
@@ -93,7 +98,7 @@ def pretrain_body(
                 pairs = [views(Image.fromarray(load_image(i))) for i in batch]
                 x0 = torch.stack([p[0] for p in pairs]).to(device)
                 x1 = torch.stack([p[1] for p in pairs]).to(device)
-                loss = method.loss(x0, x1, step / steps)
+                loss, projections = method.loss(x0, x1, step / steps)
                 if not torch.isfinite(loss):
                     raise SalisError(f"pretrain: the loss became {loss.item()} at step {step}; "
                                      "lower pretrain.lr")
@@ -101,10 +106,13 @@ def pretrain_body(
                 loss.backward()
                 optimizer.step()
                 total += loss.item()
+                spread += std_of_l2_normalized(projections.detach()).item()
+                output_dim = projections.shape[1]
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             losses.append(total / len(batches))
+            spreads.append(spread / len(batches))
         bar.close()
     state = {k: v.detach().cpu().clone() for k, v in body.state_dict().items()}
-    return Pretrained(state, losses, steps, time.perf_counter() - started)
+    return Pretrained(state, losses, spreads, output_dim, steps, time.perf_counter() - started)
