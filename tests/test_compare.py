@@ -15,6 +15,7 @@ from salis.analysis.compare import (
     compare,
     markdown,
     normalized_aulc,
+    param_matches,
     reference_arm,
     select_runs,
     t_interval,
@@ -117,6 +118,24 @@ def test_arms_told_apart_by_params_pair_against_a_reference_arm():
     row = result.per_cycle.set_index(["sampler", "cycle"]).loc[("random policy=mixed budget_hours=1.0", 2)]
     assert row["mask_AP50_diff_mean"] == pytest.approx(0.15)  # (0.2 + 0.1) / 2, paired by seed
     assert row["verdict"] == "within noise" and "− random policy=mask" in markdown(result)
+
+
+@pytest.mark.parametrize(("value", "text", "expected"), [
+    (False, "false", True), (False, "False", True), (True, "false", False), (0, "false", False),
+    (300, "300", True), (300, "300.0", True), (0.5, "0.50", True), (1e-4, "0.0001", True), (0.5, "0.6", False),
+    ("mask", "mask", True), ("mask", "box", False), (None, "None", True), ("300", "300", True),
+])
+def test_match_and_reference_values_are_read_as_params_yaml_spells_them(value, text, expected):
+    assert param_matches(value, text) is expected
+
+
+def test_a_reference_spelled_as_in_yaml_finds_its_arm():
+    runs = [run("random", 0, [0.2], **{"pretrain.enabled": False}),
+            run("random", 0, [0.3], name="pre-s0", **{"pretrain.enabled": True})]
+    kept, _ = select_runs(runs, by=["pretrain.enabled"])
+    assert reference_arm(kept, "pretrain.enabled=false", ["pretrain.enabled"]) == "random enabled=False"
+    kept, _ = select_runs(runs, match={"pretrain.enabled": "true"})
+    assert [r.name for r in kept] == ["pre-s0"]
 
 
 def test_an_experiment_wins_over_the_workspace_copy_of_the_same_run():

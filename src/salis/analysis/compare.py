@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from salis.analysis.curves import crossing
@@ -56,12 +57,26 @@ def with_arms(runs: Sequence[Run], by: Sequence[str]) -> list[Run]:
     return [ArmRun(r.name, r.params, r.curve, label=arm_label(r, by)) for r in runs]
 
 
+def param_matches(value: object, text: str) -> bool:
+    """Whether a run's param equals a KEY=VALUE's text as written on the command line: the text as
+    YAML (params.yaml's own spelling: `false`, `300`, `0.5`) or, failing that, the value's str."""
+    if str(value) == text:
+        return True
+    try:
+        wanted = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if isinstance(wanted, bool) or isinstance(value, bool):
+        return isinstance(wanted, bool) and isinstance(value, bool) and wanted == value
+    return isinstance(wanted, (int, float)) and isinstance(value, (int, float)) and float(wanted) == float(value)
+
+
 def reference_arm(runs: Sequence[Run], spec: str, by: Sequence[str]) -> str:
     """The arm `spec` names: an arm label, or KEY=VALUE,... that its runs' params match."""
     if "=" not in spec:
         return spec
     wanted = dict(part.split("=", 1) for part in spec.split(","))
-    arms = sorted({r.arm for r in runs if all(str(r.params.get(k)) == v for k, v in wanted.items())})
+    arms = sorted({r.arm for r in runs if all(param_matches(r.params.get(k), v) for k, v in wanted.items())})
     if len(arms) != 1:
         raise SalisError(f"--reference {spec} matches {len(arms)} arms ({', '.join(arms) or 'none'}); it must match one")
     return arms[0]
@@ -126,7 +141,7 @@ def select_runs(
     notes = []
     runs = [with_current_params(r) for r in runs]
     if match:
-        runs = [r for r in runs if all(str(r.params.get(k)) == v for k, v in match.items())]
+        runs = [r for r in runs if all(param_matches(r.params.get(k), v) for k, v in match.items())]
     runs = with_arms(runs, by)
     chosen: dict[tuple[str, int], Run] = {}
     for run in runs:  # experiments come first, so they win over HEAD and the workspace
