@@ -4,6 +4,8 @@ seeded and repeatable, presets and refusals."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +184,13 @@ def test_after_scale_jitter_and_crops_each_box_is_its_masks_bounding_box(box_lab
                 assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0)
     # 10 x 12 at 0.8-2.5x, cut to at most 9 x 9 (a shrunk image's 8 rows stay 8); one instance or both kept
     assert shapes == {(8, 9, 3), (9, 8, 3), (9, 9, 3)} and counts == {1, 2}
+
+
+def test_an_image_without_instances_is_scaled_and_cut_too():
+    s = sample()
+    empty = dataclasses.replace(s, boxes=s.boxes[:0], labels=s.labels[:0], masks=s.masks[:0])
+    out = Augmenter(settings(scale_min=2.0, scale_max=2.0, crop_size=9), model_size=(10, 12))(empty, 0)
+    assert out.image.shape == (9, 9, 3) and out.masks.shape == (0, 9, 9) and out.boxes.shape == (0, 4)
 
 
 def test_training_on_crops_skips_the_models_resize_and_evaluation_does_not():

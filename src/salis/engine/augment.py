@@ -216,7 +216,7 @@ class Augmenter:
         if self.settings.resizes:
             # resampled or cut: each box becomes its mask's bounding box again, and instances the
             # crop (or a shrink) left without a pixel leave the sample
-            keep = masks_np.reshape(len(masks_np), -1).any(axis=1)
+            keep = masks_np.any(axis=(1, 2))
             masks_np, labels = np.ascontiguousarray(masks_np[keep]), labels[keep]
             boxes_np = boxes_of_masks(masks_np)
         return dataclasses.replace(
