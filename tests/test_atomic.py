@@ -60,3 +60,17 @@ def test_a_full_disk_is_one_line_naming_the_artifact_and_leaves_nothing(tmp_path
     with pytest.raises(SalisError, match=r"model\.pt: no space left on device for it \(it needs [0-9.]+ MiB"):
         ensure_space(tmp_path / "models" / "model.pt", 2**62)
     ensure_space(tmp_path / "models" / "model.pt", 1)
+
+
+def test_weights_written_under_two_names_are_the_same_bytes_and_load_back(tmp_path):
+    import torch
+
+    from salis.artifacts.atomic import torch_bytes, write_torch
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor(7)}
+    write_torch(tmp_path / "a.pt", state)
+    write_torch(tmp_path / "sub" / "b.pt", state)  # torch.save to a file would name its records after it
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes() == torch_bytes(state)
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert torch.equal(back["w"], state["w"]) and int(back["n"]) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "sub"]  # no temp left behind

@@ -153,6 +153,27 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save's bytes of obj, made in memory: torch names the zip's records after the file it
+    writes to (a random temp name here), so through a buffer the records are always "archive/..."
+    and the same tensors give the same bytes: DVC sees an unchanged model as unchanged."""
+    import io
+
+    import torch  # only the writers of weights pay for it
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_torch(path: str | Path, obj: Any) -> None:
+    """torch_bytes(obj) written atomically, after checking the disk has room for them."""
+    data = torch_bytes(obj)
+    ensure_space(path, len(data))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_parquet(path: str | Path, frame: Any) -> None:
     """Write a pandas DataFrame as parquet, atomically, without the pandas index."""
     with atomic_path(path) as tmp:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from salis.artifacts.atomic import atomic_path, ensure_space
+from salis.artifacts.atomic import write_torch
 from salis.errors import InputError
 from salis.model.build import build_model
 from salis.params import ModelParams, parse_model_params
@@ -31,14 +30,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    # torch.save names the zip's records after the file it writes to, here a random temp name:
-    # through a buffer the records are always "archive/...", so the same weights give the same
-    # bytes and DVC sees an unchanged model as unchanged
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    ensure_space(path, len(buffer.getbuffer()))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_torch(path, state)  # same weights, same bytes
 
 
 def _read(path: str | Path) -> Any:

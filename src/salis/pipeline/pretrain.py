@@ -5,11 +5,7 @@ from random or model.weights as before."""
 
 from __future__ import annotations
 
-import io
-
-import torch
-
-from salis.artifacts.atomic import atomic_dir, ensure_space, write_json
+from salis.artifacts.atomic import atomic_dir, ensure_space, torch_bytes, write_json
 from salis.artifacts.layout import Layout
 from salis.data.prepared import PreparedData
 from salis.engine.device import configure_runtime, pick_device
@@ -32,15 +28,14 @@ def stage_pretrain(params: Params, layout: Layout) -> dict:
     print(f"pretrain: {settings.method} on {len(ids)} unlabeled pool images, {params.model.backbone}, "
           f"{settings.epochs} epochs of {min(settings.batch_size, len(ids))}-image batches")
     result = pretrain_body(prepared.load_image, ids, settings, params.model.backbone, pick_device(params.runtime.device))
-    buffer = io.BytesIO()  # through a buffer: the same weights give the same bytes (see save_checkpoint)
-    torch.save(result.body_state, buffer)
-    ensure_space(layout.pretrained_backbone, len(buffer.getbuffer()))
+    body = torch_bytes(result.body_state)  # same weights, same bytes
+    ensure_space(layout.pretrained_backbone, len(body))
     summary.update(method=settings.method, backbone=params.model.backbone, images=len(ids), epochs=settings.epochs,
                    steps=result.steps, epoch_losses=[round(x, 6) for x in result.epoch_losses],
                    epoch_output_std=[round(x, 6) for x in result.epoch_output_std],
                    healthy_output_std=round(result.output_dim ** -0.5, 6))
     with atomic_dir(layout.pretrain) as tmp:
-        (tmp / layout.pretrained_backbone.name).write_bytes(buffer.getvalue())
+        (tmp / layout.pretrained_backbone.name).write_bytes(body)
         write_json(tmp / layout.pretrain_summary.name, summary)
     write_json(layout.pretrain_metrics, {"enabled": True, "seconds": round(result.seconds, 1),
                                          "final_loss": round(result.epoch_losses[-1], 6),
