@@ -84,6 +84,22 @@ def test_two_process_training_writes_one_checkpoint(project: Path):
     set_params(project, runtime={"nproc": 1})
 
 
+def test_a_mean_teacher_trains_on_two_processes(project: Path):
+    """pseudo.mode teacher under torchrun: each rank's EMA teacher labels its share of the
+    unlabeled images through an open gate; the cycle's count is the ranks' sum."""
+    before = yaml.safe_load((project / "params.yaml").read_text())
+    set_params(project, runtime={"nproc": 2}, pseudo={"mode": "teacher", "gate": "fixed", "score_thresh": 0.05,
+                                                      "box_iou_thresh": 0.0, "mask_iou_thresh": 0.0})
+    stage(project, "pseudo_label")  # the gate train@1's teacher reads
+    out = stage(project, "train")
+    assert "2 processes" in out and out.count("training on") == 1
+    metrics = json.loads((project / "models" / "cycle_1" / "live" / "metrics.json").read_text())
+    assert metrics["final/teacher_pseudo_instances"] >= metrics["final/teacher_pseudo_images"] > 0
+    assert "semi_loss_mask" in metrics["train"]
+    (project / "params.yaml").write_text(yaml.safe_dump(before, sort_keys=False))
+    stage(project, "pseudo_label")
+
+
 DDP_STEP = textwrap.dedent('''
     import sys, torch, numpy as np
     sys.path.insert(0, sys.argv[1])
@@ -140,20 +156,24 @@ MEANS = textwrap.dedent('''
     dist.init(RuntimeParams(device="cpu", nproc=2))
     mine = {"loss": 1.0 + dist.rank(), "loss_mask": 2.0} | ({"loss_mask_box": 4.0} if dist.rank() else {})
     out = dist.mean_over_ranks(mine)
+    counts = dist.sum_over_ranks({"teacher_pseudo_instances": 3.0 + 4 * dist.rank(), "teacher_pseudo_images": 1.0})
     if dist.is_main():
-        open(sys.argv[1], "w").write(json.dumps(out))
+        open(sys.argv[1], "w").write(json.dumps({"means": out, "sums": counts}))
     dist.shutdown()
 ''')
 
 
-def test_logged_losses_average_over_the_ranks_that_have_them(tmp_path: Path):
-    """Only rank 1 had a box-labeled image: its BoxInst loss is averaged over itself alone."""
+def test_logged_losses_average_over_the_ranks_that_have_them_and_counts_add_up(tmp_path: Path):
+    """Only rank 1 had a box-labeled image: its BoxInst loss is averaged over itself alone; each
+    rank's teacher counts its own pseudo-labels, and the cycle's figure is their sum."""
     script = tmp_path / "means.py"
     script.write_text(MEANS)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
                     str(tmp_path / "out.json")], check=True, capture_output=True, timeout=300,
                    env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert json.loads((tmp_path / "out.json").read_text()) == {"loss": 1.5, "loss_mask": 2.0, "loss_mask_box": 4.0}
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["means"] == {"loss": 1.5, "loss_mask": 2.0, "loss_mask_box": 4.0}
+    assert out["sums"] == {"teacher_pseudo_images": 2.0, "teacher_pseudo_instances": 10.0}  # 3 + 7; 1 + 1
 
 
 def test_a_failing_rank_ends_the_job_with_one_line_and_scoring_resumes(project: Path):

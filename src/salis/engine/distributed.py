@@ -144,6 +144,19 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: float(total) / float(count) for k, (total, count) in zip(keys, sums.cpu().tolist())}
 
 
+def sum_over_ranks(counts: dict[str, float]) -> dict[str, float]:
+    """Each count summed over the ranks (every rank passes the same keys); every rank gets the
+    same dict. Unchanged in one process."""
+    if world_size() == 1:
+        return counts
+    keys = sorted(counts)
+    sums = torch.tensor([counts[k] for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        sums = sums.cuda()
+    dist.all_reduce(sums)
+    return dict(zip(keys, sums.cpu().tolist()))
+
+
 def shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
     """This rank's strided, non-overlapping share of items (items[r::W]); nothing is padded or repeated."""
     index = rank() if index is None else index

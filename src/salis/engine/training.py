@@ -363,7 +363,7 @@ def train_model(
     result["iterations"] = float(iterations)
     result["epochs"] = iterations * params.batch_size / len(labeled)
     result["processes"] = float(world)
-    if mean_teacher is not None:  # over every iteration of the cycle, this rank's share
-        result["teacher_pseudo_instances"] = float(mean_teacher.instances)
-        result["teacher_pseudo_images"] = float(mean_teacher.images)
+    if mean_teacher is not None:  # over every iteration of the cycle and every rank
+        result.update(dist.sum_over_ranks({"teacher_pseudo_instances": float(mean_teacher.instances),
+                                           "teacher_pseudo_images": float(mean_teacher.images)}))
     return result
