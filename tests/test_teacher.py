@@ -60,6 +60,41 @@ def test_pseudo_labels_are_the_gated_detections_with_their_masks_boxes_and_label
     assert closed.pseudo_label(images, torch.device("cpu"), amp=False) == [] and closed.instances == 0
 
 
+def test_the_teacher_records_each_images_labels_from_the_last_time_it_labeled_it():
+    from pycocotools import mask as mask_utils
+
+    from salis.geometry import rles_from_counts
+
+    model = seeded_model(SMALL, 2, seed=0)
+    images = [sample(0, False), sample(1, False)]
+    teacher = Teacher(model, TeacherSettings(decay=0.99, passes=always, min_score=0.0))
+    made = teacher.pseudo_label(images, torch.device("cpu"), amp=False, iteration=3)
+    rows = teacher.latest_rows()
+    assert len(rows) == teacher.instances and [r["image_id"] for r in rows] == sorted(r["image_id"] for r in rows)
+    for s in made:  # the recorded masks are the targets the student got, RLE-encoded
+        mine = [r for r in rows if r["image_id"] == s.image_id]
+        assert [r["label"] for r in mine] == s.labels.tolist() and {r["iteration"] for r in mine} == {3}
+        decoded = mask_utils.decode(rles_from_counts([r["rle"] for r in mine], *s.image.shape[:2]))
+        assert np.array_equal(decoded.transpose(2, 0, 1), s.masks)
+    teacher.pseudo_label(images[:1], torch.device("cpu"), amp=False, iteration=7)  # image 0 again: replaced
+    assert {r["iteration"] for r in teacher.latest_rows() if r["image_id"] == images[0].image_id} == {7}
+    teacher.settings = TeacherSettings(decay=0.99, passes=never, min_score=0.0)
+    teacher.pseudo_label(images[:1], torch.device("cpu"), amp=False, iteration=9)  # nothing passes now: stale labels go
+    assert images[0].image_id not in {r["image_id"] for r in teacher.latest_rows()}
+
+
+def test_ranks_merge_to_the_last_labeling_of_each_image():
+    from salis.engine.training import _latest_over_ranks
+
+    def rows(image_id, iteration, n):
+        return [{"image_id": image_id, "iteration": iteration, "n": k} for k in range(n)]
+
+    rank0 = rows(1, 5, 2) + rows(4, 2, 1)
+    rank1 = rows(1, 8, 1) + rows(2, 3, 2) + rows(4, 2, 3)  # image 1 later on rank 1; image 4 a tie
+    merged = _latest_over_ranks([rank0, rank1])
+    assert merged == rows(1, 8, 1) + rows(2, 3, 2) + rows(4, 2, 1)
+
+
 def test_training_with_a_teacher_learns_from_its_pseudo_labels():
     params = TrainParams(epochs=1, min_iterations=3, max_iterations=3, batch_size=2, pseudo_batch_size=2,
                          warmup_iterations=1, semi_loss_weight=1.0)
@@ -94,6 +129,7 @@ def test_teacher_params_are_checked_before_work():
 def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_parquet(tmp_path):
     from salis.artifacts.layout import Layout
     from salis.artifacts.tables import PSEUDO, read_table
+    from salis.data.prepared import PreparedData
     from support import run_stage
 
     threads = torch.get_num_threads()
@@ -116,8 +152,25 @@ def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_p
     # and pseudo_label writes no table of its own for train to read
     assert all(len(read_table(layout.pseudo(k), PSEUDO)) == 0 for k in (1, 2))
     assert summaries[1]["teacher_pseudo_instances"] > 0 and summaries[2]["teacher_pseudo_instances"] > 0
+    # what the teacher made, each image as last labeled: unlabeled pool images only, real categories
+    from salis.artifacts.tables import LABELED, TEACHER_PSEUDO
+
+    iterations = {k: int(summaries[k]["iterations"]) for k in (1, 2)}
+    for k in (1, 2):
+        made = read_table(layout.teacher_pseudo(k), TEACHER_PSEUDO)
+        labeled_ids = set(read_table(layout.labeled(k), LABELED)["image_id"])
+        assert 0 < len(made) <= summaries[k]["teacher_pseudo_instances"]
+        assert not set(made["image_id"]) & labeled_ids
+        assert set(made["category_id"]) <= {c["id"] for c in PreparedData(layout.prepared).categories}
+        assert made["iteration"].between(1, iterations[k]).all() and (made["score"] >= 0.0).all()
+    threads = torch.get_num_threads()
+    try:
+        metrics = run_stage("evaluate", params, layout, 2)  # measured against the hidden truth
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.0 <= metrics["teacher_pseudo_precision"] <= 1.0 and 0.0 <= metrics["teacher_pseudo_mask_iou"] <= 1.0
+    assert metrics["teacher_pseudo_instances_last"] == len(made) and metrics["pseudo_precision"] is None
     # nothing left unlabeled: one line before any training
-    from salis.data.prepared import PreparedData
     from salis.errors import SalisError
     from salis.pipeline.train import _teacher_inputs
 

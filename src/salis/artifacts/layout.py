@@ -43,6 +43,10 @@ class Layout:
     def pseudo(self, k: int) -> Path:
         return self.cycle_dir(k) / "pseudo.parquet"
 
+    def teacher_pseudo(self, k: int) -> Path:
+        """pseudo.mode teacher: the pseudo-labels train@k's teacher made (tables.TEACHER_PSEUDO)."""
+        return self.cycle_dir(k) / "teacher_pseudo.parquet"
+
     def pseudo_gate(self, k: int) -> Path:
         """Which gate pseudo_label@k used and why (salis.loop.gate.GateReport)."""
         return self.root / "metrics" / "pseudo_gate" / f"{k}.json"

@@ -154,6 +154,26 @@ LABELED = Table(
 # Detections kept as pseudo-labels for cycle k's training (model k-1's, gated): instance rows.
 PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label")
 
+# pseudo.mode teacher: the pseudo-labels train@k's EMA teacher made, each image's from the last
+# time the teacher labeled it (evaluate@k measures them against the hidden truth); empty otherwise.
+TEACHER_PSEUDO = Table(
+    "teacher_pseudo",
+    pa.schema(
+        [
+            ("image_id", pa.int64()),
+            ("category_id", pa.int64()),
+            ("score", pa.float32()),
+            ("box_iou", pa.float32()),  # predicted (NaN without IoU heads)
+            ("mask_iou", pa.float32()),
+            ("iteration", pa.int32()),  # the training iteration that made it (1-based)
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("rle", pa.string()),
+        ]
+    ),
+    "train",
+)
+
 # Weak labels turned into training targets for cycle k (weak_label@k): point-guided pseudo-labels
 # of point-labeled images and image-label-filtered detections of image-labeled images.
 WEAK = Table(

@@ -25,6 +25,7 @@ from torch import nn
 from salis.engine.datasets import Sample
 from salis.engine.device import autocast
 from salis.engine.inference import paste_binary_masks
+from salis.geometry import encode_masks
 
 # c, b, m per detection -> which pass (salis.loop.gate.Gate.passes)
 Passes = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -47,6 +48,9 @@ class Teacher:
             parameter.requires_grad_(False)
         self.instances = 0  # pseudo-labels made over the cycle
         self.images = 0  # images that got at least one
+        # each image's pseudo-labels from the last time it was labeled (bounded by the pool, not
+        # by the iterations): what evaluate measures against the hidden truth
+        self.latest: dict[int, list[dict]] = {}
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
@@ -58,9 +62,10 @@ class Teacher:
             mine.copy_(theirs)
 
     @torch.inference_mode()
-    def pseudo_label(self, samples: Sequence[Sample], device: torch.device, amp: bool) -> list[Sample]:
+    def pseudo_label(self, samples: Sequence[Sample], device: torch.device, amp: bool,
+                     iteration: int = 0) -> list[Sample]:
         """Each sample's image with the teacher's gated detections as its targets (positive-only,
-        own labels); images where nothing passes are left out."""
+        own labels); images where nothing passes are left out. `iteration` tags what it records."""
         if not samples:
             return []
         self.model.eval()
@@ -71,8 +76,10 @@ class Teacher:
         out = []
         for sample, output in zip(samples, outputs):
             target = self._targets(output, sample.image.shape[:2])
+            self.latest.pop(int(sample.image_id), None)  # labeled again: the old labels are stale
             if target is not None:
-                boxes, labels, masks = target
+                boxes, labels, masks, scores = target
+                self._record(int(sample.image_id), labels, masks, scores, iteration)
                 out.append(Sample(sample.image_id, sample.image, boxes, labels, masks, positive_only=True, own_labels=True))
                 self.instances += len(labels)
                 self.images += 1
@@ -94,4 +101,17 @@ class Teacher:
         if not filled.any():
             return None
         labels = output["labels"][index][chosen].cpu().numpy().astype(np.int64)
-        return (boxes.cpu().numpy()[filled].astype(np.float32), labels[filled], masks[filled].astype(np.uint8))
+        picked = index[np.flatnonzero(keep)][filled]
+        scores = np.stack([scores[picked], box_iou[picked], mask_iou[picked]], axis=1)  # c, b, m
+        return (boxes.cpu().numpy()[filled].astype(np.float32), labels[filled], masks[filled].astype(np.uint8), scores)
+
+    def _record(self, image_id: int, labels: np.ndarray, masks: np.ndarray, cbm: np.ndarray, iteration: int) -> None:
+        height, width = masks.shape[1:]
+        self.latest[image_id] = [
+            {"image_id": image_id, "label": int(label), "score": float(c), "box_iou": float(b), "mask_iou": float(m),
+             "iteration": iteration, "height": height, "width": width, "rle": rle}
+            for label, (c, b, m), rle in zip(labels, cbm, encode_masks(masks))]
+
+    def latest_rows(self) -> list[dict]:
+        """The recorded pseudo-labels, image by image in id order."""
+        return [row for image_id in sorted(self.latest) for row in self.latest[image_id]]

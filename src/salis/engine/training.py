@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -286,11 +287,13 @@ def train_model(
     cold_start: bool = False,
     teacher: TeacherSettings | None = None,
     strong: AugmentParams | None = None,
+    teacher_labels: list[dict] | None = None,
 ) -> dict[str, float]:
     """Train in place for schedule_iterations(params, len(labeled), cold_start) steps (cold_start:
     the model holds the initial weights); `teacher`: `pseudo` holds unlabeled images, which an
     EMA teacher labels each iteration and the student learns through the `strong` augmentation
-    (salis.engine.teacher); returns the mean of
+    (salis.engine.teacher), and `teacher_labels` (rank 0's) receives each image's pseudo-labels from
+    the last time it labeled it (Teacher.latest_rows, over every rank); returns the mean of
     the last logged losses and the schedule. `augment`: training augmentation (None: none).
 
     Inside torchrun (salis.engine.distributed) the model is wrapped in DistributedDataParallel:
@@ -338,7 +341,7 @@ def train_model(
             # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
             stop_loss_prediction_gradient(model, it >= stop_grad_at)
             if mean_teacher is not None:
-                made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp)
+                made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp, iteration=it + 1)
                 pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
                                 if strong_view is not None else s for s in made] or None
             loss, parts = trainer.losses(labeled_batch, pseudo_batch)
@@ -366,4 +369,18 @@ def train_model(
     if mean_teacher is not None:  # over every iteration of the cycle and every rank
         result.update(dist.sum_over_ranks({"teacher_pseudo_instances": float(mean_teacher.instances),
                                            "teacher_pseudo_images": float(mean_teacher.images)}))
+        gathered = dist.gather(mean_teacher.latest_rows())
+        if gathered is not None and teacher_labels is not None:
+            teacher_labels.extend(_latest_over_ranks(gathered))
     return result
+
+
+def _latest_over_ranks(per_rank: list[list[dict]]) -> list[dict]:
+    """Each image's rows from the rank that labeled it last (ties: the lower rank), in image order."""
+    latest: dict[int, list[dict]] = {}
+    for rows in per_rank:
+        for image_id, group in itertools.groupby(rows, key=lambda r: r["image_id"]):
+            group = list(group)
+            if image_id not in latest or group[0]["iteration"] > latest[image_id][0]["iteration"]:
+                latest[image_id] = group
+    return [row for image_id in sorted(latest) for row in latest[image_id]]

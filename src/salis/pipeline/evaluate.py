@@ -19,6 +19,7 @@ from salis.artifacts.tables import (
     IOU_PAIRS,
     LABELED,
     PSEUDO,
+    TEACHER_PSEUDO,
     TEST_DETECTIONS,
     TEST_IMAGES,
     WEAK,
@@ -89,8 +90,9 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     store = read_store(layout.annotations(cycle))
     pseudo = read_table(layout.pseudo(cycle), PSEUDO)
     weak = read_table(layout.weak(cycle), WEAK)
-    qualities = [(pseudo, "pseudo")] + [(weak[weak["label_type"] == k.name], f"weak_{k.name}")
-                                         for k in kinds_training("weak")]
+    teacher = read_table(layout.teacher_pseudo(cycle), TEACHER_PSEUDO)  # empty unless pseudo.mode teacher
+    qualities = [(pseudo, "pseudo"), (teacher, "teacher_pseudo")] + [
+        (weak[weak["label_type"] == k.name], f"weak_{k.name}") for k in kinds_training("weak")]
     for table, prefix in qualities:
         if params.oracle == "simulated":  # the hidden pool ground truth exists only then
             metrics.update(pseudo_label_quality(table, SimulatedOracle(prepared).annotations, prefix))
@@ -110,6 +112,8 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
         labeled_instances=sum(instance_counts(store).values()),
         pseudo_images=int(pseudo["image_id"].nunique()),
         pseudo_instances=len(pseudo),
+        teacher_pseudo_images_last=int(teacher["image_id"].nunique()),  # labeled by the teacher, as last labeled
+        teacher_pseudo_instances_last=len(teacher),
         annotation_hours=seconds / 3600.0,
         annotation_money=CostModel.from_params(params.cost).money(seconds),
     )

@@ -11,7 +11,7 @@ from dvclive import Live
 from salis.annotation.kinds import label_kind
 from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import LABELED, PSEUDO, WEAK, read_table
+from salis.artifacts.tables import LABELED, PSEUDO, TEACHER_PSEUDO, WEAK, read_table, write_table
 from salis.data.prepared import PreparedData
 from salis.engine.datasets import ConcatSamples, EmptySamples, LabeledSamples, PseudoSamples
 from salis.engine import distributed as dist
@@ -82,14 +82,18 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
                 for name, value in values.items():
                     live.log_metric(f"train/{name}", value, plot=True)
 
+            made: list[dict] = []
             summary = train_model(
                 model, labeled, pseudo, params.train, seed, device, params.runtime.amp, log,
                 workers=params.runtime.workers, augment=params.augment, cold_start=cold,
-                    teacher=teacher, strong=_strong_view(params),
+                teacher=teacher, strong=_strong_view(params), teacher_labels=made,
             )
             summary["seconds"] = time.perf_counter() - t0
             for name, value in summary.items():
                 live.summary[f"final/{name}"] = value
+    rows = [{k: v for k, v in row.items() if k != "label"} | {"category_id": prepared.category_of(row["label"])}
+            for row in made]
+    write_table(layout.teacher_pseudo(cycle), pd.DataFrame(rows, columns=TEACHER_PSEUDO.schema.names), TEACHER_PSEUDO)
     columns = list(dict.fromkeys(["step", *(key for row in logged for key in row)]))
     write_csv(layout.train_log(cycle), pd.DataFrame(logged, columns=columns))
     save_checkpoint(
