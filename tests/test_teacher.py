@@ -126,7 +126,7 @@ def test_teacher_params_are_checked_before_work():
     assert parse_params(tiny(pseudo={"mode": "teacher"}, annotation={"policy": "box"})).pseudo.mode == "teacher"
 
 
-def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_parquet(tmp_path):
+def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_parquet(tmp_path, monkeypatch):
     from salis.artifacts.layout import Layout
     from salis.artifacts.tables import PSEUDO, read_table
     from salis.data.prepared import PreparedData
@@ -170,6 +170,13 @@ def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_p
         torch.set_num_threads(threads)
     assert 0.0 <= metrics["teacher_pseudo_precision"] <= 1.0 and 0.0 <= metrics["teacher_pseudo_mask_iou"] <= 1.0
     assert metrics["teacher_pseudo_instances_last"] == len(made) and metrics["pseudo_precision"] is None
+    # the pseudo-label gallery shows the teacher's labels (pseudo.parquet is empty in this mode)
+    from salis.pipeline import pictures
+
+    drawn = {}
+    monkeypatch.setattr(pictures, "draw_grid", lambda rows, path, title, labels: drawn.update(labels=labels, rows=rows))
+    pictures.pseudo_gallery(layout, PreparedData(layout.prepared), None, 2, 3, tmp_path / "pseudo.jpg")
+    assert drawn["labels"] == ["teacher's labels"] and 0 < len(drawn["rows"][0]) <= 3
     # nothing left unlabeled: one line before any training
     from salis.errors import SalisError
     from salis.pipeline.train import _teacher_inputs

@@ -10,7 +10,7 @@ import pandas as pd
 
 from salis.analysis.pictures import Panel, SAMPLER_SCORES, draw_grid, instance_panels, ranked_by_sampler, truth_panel
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import IMAGES, INSTANCES, PSEUDO, SELECTED, TEST_DETECTIONS, TEST_IMAGES, WEAK, read_table
+from salis.artifacts.tables import IMAGES, INSTANCES, PSEUDO, SELECTED, TEACHER_PSEUDO, TEST_DETECTIONS, TEST_IMAGES, WEAK, read_table
 from salis.data.prepared import PreparedData, SimulatedOracle
 from salis.params import Params
 
@@ -72,10 +72,11 @@ def selection_gallery(params: Params, layout: Layout, prepared: PreparedData, cy
 
 def pseudo_gallery(layout: Layout, prepared: PreparedData, oracle, cycle: int, n: int, path):
     pseudo = read_table(layout.pseudo(cycle), PSEUDO)  # what cycle k trained on besides full labels
+    teacher = read_table(layout.teacher_pseudo(cycle), TEACHER_PSEUDO)  # pseudo.mode teacher: as last labeled
     weak = read_table(layout.weak(cycle), WEAK)
     rows, labels = [], []
     store_points = _points(layout, cycle)
-    for name, table in (("pseudo-labels", pseudo), ("from weak labels", weak)):
+    for name, table in (("pseudo-labels", pseudo), ("teacher's labels", teacher), ("from weak labels", weak)):
         ids = evenly(sorted(set(table["image_id"].tolist())), n)
         if not ids:
             continue
