@@ -292,6 +292,26 @@ def test_a_run_recorded_before_a_param_existed_reads_as_its_default():
     assert [r.name for r in kept] == ["cmp-random-s0"]
 
 
+def test_params_of_a_switched_off_part_do_not_tell_runs_apart():
+    """Pretraining off: its knobs change nothing, and a run from before the pretrain group compares
+    with one whose params.yaml sets pretrain.vflip 0.5; switched on, the knobs count again."""
+    old = run("random", 0, [0.2, 0.4])  # no pretrain keys at all
+    off = run("tsp", 0, [0.3, 0.5], **{"pretrain.enabled": False, "pretrain.vflip": 0.5, "pretrain.rot90": 0.5})
+    kept, _ = select_runs([old, off])
+    assert [r.params["pretrain.vflip"] for r in kept] == [0.0, 0.0]
+    on = run("tsp", 0, [0.3, 0.5], **{"pretrain.enabled": True, "pretrain.vflip": 0.5})
+    with pytest.raises(SalisError, match=r"different settings: pretrain\.enabled \(False in cmp-random-s0, True in "
+                                         r"cmp-tsp-s0\); compare"):  # vflip is inert in one of them
+        select_runs([old, on])
+    flipped = run("random", 0, [0.3, 0.5], **{"pretrain.enabled": True, "pretrain.vflip": 0.0})
+    with pytest.raises(SalisError, match=r"pretrain\.vflip \(0\.5 in cmp-tsp-s0, 0\.0 in cmp-random-s0\)"):
+        select_runs([on, flipped])  # both pretrained: the knob counts
+    cycle = run("random", 1, [0.2, 0.4], **{"pseudo.mode": "cycle", "pseudo.ema_decay": 0.9})
+    teacher = run("tsp", 1, [0.2, 0.4], **{"pseudo.mode": "teacher", "pseudo.ema_decay": 0.9})
+    kept, _ = select_runs([cycle, teacher], by=["pseudo.mode"])
+    assert sorted(r.params["pseudo.ema_decay"] for r in kept) == [0.9, 0.99]  # the default where inert
+
+
 def test_arms_that_spend_other_hours_are_compared_at_equal_hours():
     """Reference: hours 2, 4, 6 -> AP50 0.2, 0.4, 0.6 (both seeds). The cheap arm spends 3, 5, 7 h:
     at 3 h the reference is at 0.3, at 5 h at 0.5, at 7 h beyond what it spans (no pair)."""

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +120,30 @@ def _current_defaults() -> dict[str, object]:
     return {k: v for k, v in defaults.items() if not k.startswith(IGNORED_PREFIXES)}
 
 
+# Params that change nothing while a switch is off: a run with pretraining disabled is the same
+# run whatever pretrain.vflip says, so they read as their defaults there (and old runs, recorded
+# before the group existed, compare with new ones). (keys or prefixes, the switch, its "on" test)
+INERT_UNLESS: tuple[tuple[tuple[str, ...], str, Callable[[object], bool]], ...] = (
+    (("pretrain.",), "pretrain.enabled", lambda on: on is True),
+    (("pseudo.ema_decay", "pseudo.strong_augment"), "pseudo.mode", lambda mode: mode == "teacher"),
+)
+
+
+def _inert(params: dict[str, object]) -> set[str]:
+    """The params whose switch is off in these params (INERT_UNLESS)."""
+    return {k for keys, switch, is_on in INERT_UNLESS if not is_on(params.get(switch))
+            for k in _current_defaults() if k.startswith(keys) and k != switch}
+
+
 def with_current_params(run: Run) -> Run:
     """The run's params as the current code reads them. A key the run lacks was added after it
     ran, and its default is what that code did (a new param defaults to the old behaviour), so
     a run recorded before `annotation.policy` existed is a `mask` run; a key the code no longer
-    knows (renamed: params.py's MOVED_KEYS) is dropped, since it cannot tell runs apart today."""
+    knows (renamed: params.py's MOVED_KEYS) is dropped, since it cannot tell runs apart today;
+    a param its switch leaves inert (INERT_UNLESS) reads as its default."""
     defaults = _current_defaults()
     params = {**defaults, **{k: v for k, v in run.params.items() if k in defaults or k in VARYING}}
+    params.update({k: defaults[k] for k in _inert(params)})
     if params == run.params:
         return run
     return dataclasses.replace(run, params=params)
@@ -178,6 +195,7 @@ def _check_same_configuration(runs: list[Run], by: Sequence[str] = ()) -> None:
         for run in runs[i + 1:]:
             samplers = (str(first.params.get("sampler", "random")), str(run.params.get("sampler", "random")))
             skip = set(VARYING) | set(by) | _own_requirements(samplers[0]) | _own_requirements(samplers[1])
+            skip |= _inert(first.params) | _inert(run.params)  # a teacher's EMA decay against a cycle run's
             base, other = _configuration(first, skip), _configuration(run, skip)
             differ = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
             if differ:
