@@ -76,6 +76,12 @@ def test_the_teacher_records_each_images_labels_from_the_last_time_it_labeled_it
         assert [r["label"] for r in mine] == s.labels.tolist() and {r["iteration"] for r in mine} == {3}
         decoded = mask_utils.decode(rles_from_counts([r["rle"] for r in mine], *s.image.shape[:2]))
         assert np.array_equal(decoded.transpose(2, 0, 1), s.masks)
+    mirrored = teacher.pseudo_label([images[1].flipped()], torch.device("cpu"), amp=False, iteration=5)
+    assert mirrored  # the plan's flip is the weak view: the student learns mirrored masks, the record is unmirrored
+    mine = [r for r in teacher.latest_rows() if r["image_id"] == images[1].image_id]
+    decoded = mask_utils.decode(rles_from_counts([r["rle"] for r in mine], *images[1].image.shape[:2]))
+    assert {r["iteration"] for r in mine} == {5} and np.array_equal(decoded.transpose(2, 0, 1), mirrored[0].masks[:, :, ::-1])
+    assert not np.array_equal(mirrored[0].masks, mirrored[0].masks[:, :, ::-1])  # not symmetric: the check can fail
     teacher.pseudo_label(images[:1], torch.device("cpu"), amp=False, iteration=7)  # image 0 again: replaced
     assert {r["iteration"] for r in teacher.latest_rows() if r["image_id"] == images[0].image_id} == {7}
     teacher.settings = TeacherSettings(decay=0.99, passes=never, min_score=0.0)

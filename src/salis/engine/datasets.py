@@ -22,6 +22,7 @@ class Sample:
     positive_only: bool = False  # pseudo-labeled: classification loss on positives only
     mask_from_box: bool = False  # box-labeled: the mask head learns from the boxes (BoxInst)
     own_labels: bool = False  # targets the model made itself (no IoU-head loss)
+    hflipped: bool = False  # seen mirrored (flipped()): what is recorded about it is flipped back
 
     def flipped(self) -> "Sample":
         width = self.image.shape[1]
@@ -32,6 +33,7 @@ class Sample:
             image=np.ascontiguousarray(self.image[:, ::-1]),
             boxes=boxes,
             masks=np.ascontiguousarray(self.masks[:, :, ::-1]),
+            hflipped=not self.hflipped,
         )
 
     def to_model_input(self, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -79,7 +79,9 @@ class Teacher:
             self.latest.pop(int(sample.image_id), None)  # labeled again: the old labels are stale
             if target is not None:
                 boxes, labels, masks, scores = target
-                self._record(int(sample.image_id), labels, masks, scores, iteration)
+                # recorded as the image is stored: the weak view may be the plan's mirror image
+                self._record(int(sample.image_id), labels, masks[:, :, ::-1] if sample.hflipped else masks, scores,
+                             iteration)
                 out.append(Sample(sample.image_id, sample.image, boxes, labels, masks, positive_only=True, own_labels=True))
                 self.instances += len(labels)
                 self.images += 1
