@@ -110,6 +110,9 @@ class TrainParams:
     box_projection_weight: float = 1.0
     box_pairwise_weight: float = 1.0
     box_pairwise_color_tau: float = 0.3
+    # > 0: after each cycle's training, fresh IoU heads are fitted for this many iterations on
+    # the finished model's frozen features (salis.engine.iou_refit); 0: jointly trained heads only
+    iou_refit_iterations: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,9 +477,12 @@ def _check_limits(p: Params) -> None:
             raise ParamsError(f"{name} must be >= 0, got {value}")
     for name, value in {"model.iou_jitter_rois": p.model.iou_jitter_rois,
                         "model.iou_background_rois": p.model.iou_background_rois,
-                        "train.cold_start_iterations": p.train.cold_start_iterations}.items():
+                        "train.cold_start_iterations": p.train.cold_start_iterations,
+                        "train.iou_refit_iterations": p.train.iou_refit_iterations}.items():
         if value < 0:
             raise ParamsError(f"{name} must be >= 0, got {value}")
+    if p.train.iou_refit_iterations > 0 and not p.model.iou_heads:
+        raise ParamsError("train.iou_refit_iterations fits the IoU heads after each cycle; it needs model.iou_heads: true")
     if not 0.0 <= p.pseudo.ema_decay < 1.0:
         raise ParamsError(f"pseudo.ema_decay must lie in [0, 1), got {p.pseudo.ema_decay}")
     asked = {p.annotation.policy} | ({p.annotation.cheap} if p.annotation.policy == "mixed" else set())

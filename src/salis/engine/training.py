@@ -24,6 +24,7 @@ from salis.errors import SalisError
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.engine.augment import Augmenter, AugmentSettings, skip_model_resize
 from salis.engine.datasets import Sample, sample_sizes
+from salis.engine.iou_refit import refit_iou_heads
 from salis.engine.teacher import Teacher, TeacherSettings
 from salis.params import AugmentParams, TrainParams
 from salis.seeds import derive_seed
@@ -357,6 +358,14 @@ def train_model(
                 bar.set_postfix(loss=f"{means['loss']:.3f}")
                 if log is not None:
                     log(it + 1, means)
+        refit, refit_losses = params.iou_refit_iterations, {}
+        if refit > 0:  # every rank fits the same heads on the same (whole) batches
+            refit_seed = derive_seed(seed, 0, "iou refit")
+            plan = rank_plan(labeled, [], params, refit_seed, refit, False, 0, 1)
+            augmenter = batches.augment
+            views = PlannedBatches(plan, labeled, [], augmenter, refit_seed)
+            refit_losses = refit_iou_heads(model, (views[it][0] for it in range(refit)), refit, params, device,
+                                           refit_seed)
     bar.close()
     stop_loss_prediction_gradient(model, False)
     model.eval()
@@ -366,6 +375,7 @@ def train_model(
     result["iterations"] = float(iterations)
     result["epochs"] = iterations * params.batch_size / len(labeled)
     result["processes"] = float(world)
+    result.update(refit_losses)
     if mean_teacher is not None:  # over every iteration of the cycle and every rank
         result.update(dist.sum_over_ranks({"teacher_pseudo_instances": float(mean_teacher.instances),
                                            "teacher_pseudo_images": float(mean_teacher.images)}))

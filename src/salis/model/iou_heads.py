@@ -26,6 +26,10 @@ class IoUHead(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(hidden, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fresh weights from torch's global generator (what a refit starts from)."""
         for layer in self.convs:
             if isinstance(layer, nn.Conv2d):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
