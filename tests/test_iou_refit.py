@@ -41,7 +41,7 @@ def test_a_refit_changes_the_iou_heads_and_nothing_else():
     assert all(not torch.equal(before[k], after[k]) for k in inside if not k.endswith("bias"))
     assert [p.requires_grad for p in model.parameters()] == requires
     assert model.roi_heads.train_dropout_p == 0.2 and not model.training
-    assert set(losses) == {"iou_refit_loss_box_iou", "iou_refit_loss_mask_iou"}
+    assert set(losses) == {"iou_refit_loss_box_iou", "iou_refit_loss_mask_iou", "iou_refit_seconds"}
 
 
 def test_the_refit_starts_from_fresh_heads_whatever_they_were():

@@ -10,6 +10,7 @@ it, BatchNorm keeps its running statistics and the heads' training dropout is of
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -57,12 +58,14 @@ def refit_iou_heads(model: nn.Module, batches: Iterable[Sequence[Sample]], itera
     `batches` (expert-labeled samples; pseudo-labeled ones give the heads no loss) with the
     IoU losses alone: SGD at train.lr with its warm-up and step schedule over `iterations`.
     Runs in float32 (the heads are small; no loss scaling needed). Returns the mean IoU losses
-    of the last tenth of the steps as iou_refit_loss_box_iou / iou_refit_loss_mask_iou."""
+    of the last tenth of the steps as iou_refit_loss_box_iou / iou_refit_loss_mask_iou, and the
+    refit's wall time as iou_refit_seconds (its cost, apart from the cycle's training)."""
     heads = getattr(model, "roi_heads", None)
     if heads is None or not heads.has_iou_heads:
         raise SalisError("train.iou_refit_iterations needs the IoU heads: set model.iou_heads: true")
     from salis.engine.training import lr_factor  # the training loop imports this module
 
+    started = time.perf_counter()
     torch.manual_seed(seed)
     heads.box_iou_head.reset_parameters()
     heads.mask_iou_head.reset_parameters()
@@ -85,4 +88,5 @@ def refit_iou_heads(model: nn.Module, batches: Iterable[Sequence[Sample]], itera
                 history[name].append(float(losses[name].detach()))
     model.eval()
     tail = max(1, iterations // 10)
-    return {f"iou_refit_{name}": float(np.mean(values[-tail:])) for name, values in history.items() if values}
+    out = {f"iou_refit_{name}": float(np.mean(values[-tail:])) for name, values in history.items() if values}
+    return out | {"iou_refit_seconds": time.perf_counter() - started}
