@@ -153,6 +153,38 @@ def test_scale_jitter_by_hand_doubles_to_the_models_scale():
     assert scaled.masks[1].sum() == 4 * sample().masks[1].sum()
 
 
+def with_uncertain(s: Sample, boxes) -> Sample:
+    """s as a pseudo-labeled image whose background is trusted away from `boxes`."""
+    return dataclasses.replace(s, positive_only=True, uncertain_boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+def test_uncertain_boxes_follow_flips_and_turns_as_the_boxes_do():
+    s = sample()
+    pseudo = with_uncertain(s, s.boxes)
+    # a mirror of the 12-wide image: [2, 1, 6, 4] -> [6, 1, 10, 4], [7, 6, 11, 9] -> [1, 6, 5, 9]
+    assert pseudo.flipped().uncertain_boxes.tolist() == [[6.0, 1.0, 10.0, 4.0], [1.0, 6.0, 5.0, 9.0]]
+    augment = Augmenter(AugmentSettings.from_params(AugmentParams(preset="microscopy", vflip=0.5, rot90=0.9)))
+    for seed in range(20):
+        out = augment(pseudo, seed)
+        assert out.uncertain_boxes.tolist() == out.boxes.tolist()
+        assert np.array_equal(out.image, augment(s, seed).image)  # they ride along: the same draws
+    assert augment(s, 0).uncertain_boxes is None
+
+
+def test_uncertain_boxes_are_scaled_and_those_a_crop_leaves_out_dropped():
+    pseudo = with_uncertain(sample(), [[7, 6, 11, 9], [0, 0, 1, 1]])
+    scaled = Augmenter(settings(crop_size=100), model_size=(20, 30))(pseudo, 0)  # doubled, not cut
+    assert scaled.uncertain_boxes.tolist() == [[14.0, 12.0, 22.0, 18.0], [0.0, 0.0, 2.0, 2.0]]
+    cut = Augmenter(settings(crop_size=6), model_size=(10, 12))
+    for seed in range(20):
+        out = cut(pseudo, seed)
+        height, width = out.image.shape[:2]
+        kept = out.uncertain_boxes
+        assert ((kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])).all()
+        assert (kept >= 0).all() and (kept[:, [0, 2]] <= width).all() and (kept[:, [1, 3]] <= height).all()
+    assert any(len(cut(pseudo, seed).uncertain_boxes) < 2 for seed in range(20))
+
+
 def test_a_crop_window_always_holds_its_instance_centre():
     from salis.engine.augment import _window_start
 

@@ -310,6 +310,10 @@ def test_params_of_a_switched_off_part_do_not_tell_runs_apart():
     teacher = run("tsp", 1, [0.2, 0.4], **{"pseudo.mode": "teacher", "pseudo.ema_decay": 0.9})
     kept, _ = select_runs([cycle, teacher], by=["pseudo.mode"])
     assert sorted(r.params["pseudo.ema_decay"] for r in kept) == [0.9, 0.99]  # the default where inert
+    ignored = run("random", 2, [0.2, 0.4], **{"pseudo.background": "ignore", "pseudo.background_score": 0.3})
+    confident = run("tsp", 2, [0.2, 0.4], **{"pseudo.background": "confident", "pseudo.background_score": 0.3})
+    kept, _ = select_runs([ignored, confident], by=["pseudo.background"])
+    assert sorted(r.params["pseudo.background_score"] for r in kept) == [0.05, 0.3]
 
 
 def test_arms_that_spend_other_hours_are_compared_at_equal_hours():

@@ -11,11 +11,12 @@ from salis.loop.cycle import (
     initial_selection,
     pseudo_labels,
     selected_frame,
+    uncertain_boxes,
 )
 from salis.acquisition.samplers import get_sampler
 from salis.errors import SalisError
 from salis.loop.selection import select_batch
-from salis.artifacts.tables import INSTANCE_SCHEMA
+from salis.artifacts.tables import INSTANCE_SCHEMA, PSEUDO_UNCERTAIN
 
 MC_COLUMNS = ("mc_class_var", "mc_box_disagreement", "mc_mask_disagreement", "mc_disagreement")
 
@@ -140,6 +141,16 @@ def test_pseudo_labels_without_iou_heads_fall_back_to_the_class_score(tmp_path):
     nan = float("nan")
     path = instance_table(tmp_path / "i.parquet", image_id=[1, 2], score=[0.95, 0.5], box_iou=[nan, nan], mask_iou=[nan, nan])
     assert pseudo_labels(path, frozenset(), 0.9, 0.9, 0.8)["image_id"].tolist() == [1]
+
+
+def test_uncertain_boxes_are_the_asked_images_detections_at_or_above_the_score(tmp_path):
+    path = instance_table(tmp_path / "i.parquet", image_id=[1, 1, 2, 3, 3], score=[0.95, 0.05, 0.5, 0.04, 0.2],
+                          x=[0.0, 1.0, 2.0, 3.0, 4.0])
+    table = uncertain_boxes(path, frozenset({1, 3}), min_score=0.05)
+    # image 2 was not pseudo-labeled; image 3's 0.04 is below the score (0.05 itself counts)
+    assert list(zip(table["image_id"], table["x"])) == [(1, 0.0), (1, 1.0), (3, 4.0)]
+    assert list(table.columns) == PSEUDO_UNCERTAIN.schema.names and table["w"].tolist() == [2.0] * 3
+    assert uncertain_boxes(path, frozenset(), 0.05).empty
 
 
 def test_derived_seeds_are_stable_and_independent_per_purpose():

@@ -4,6 +4,7 @@ classification for pseudo-labeled images, at the hooks and through the loss."""
 import dataclasses
 
 import torch
+from torchvision.ops import box_iou
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -99,6 +100,30 @@ def test_rpn_targets_background_becomes_ignore_only_for_flagged_images():
     assert labels[1].tolist() == [1.0, 0.0]
 
 
+def test_uncertain_boxes_keep_background_a_negative_away_from_them():
+    heads = seeded_model(SMALL, 2, seed=0).roi_heads
+    # 0 matches the GT box; 1 is background far from everything; 2 is background with IoU 0.5 to
+    # the uncertain box [0, 40, 20, 60] (200 px shared of 400); 3 with IoU 0.25 (100 of 400)
+    proposals = [torch.tensor([[8.0, 8.0, 40.0, 40.0], [50.0, 50.0, 60.0, 60.0],
+                               [0.0, 40.0, 10.0, 60.0], [0.0, 40.0, 5.0, 60.0]])] * 3
+    gt_boxes, gt_labels = [torch.tensor([[8.0, 8.0, 40.0, 40.0]])] * 3, [torch.tensor([2])] * 3
+    heads._flags = [True, True, True]
+    heads._uncertain = [torch.tensor([[0.0, 40.0, 20.0, 60.0]]), None, torch.zeros(0, 4)]
+    _, labels = heads.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+    assert labels[0].tolist() == [2, 0, -1, 0]  # ignored only within IoU 0.3 of the uncertain box
+    assert labels[1].tolist() == [2, -1, -1, -1]  # no uncertain boxes recorded: positive-only, as before
+    assert labels[2].tolist() == [2, 0, 0, 0]  # the labeling model saw nothing else: all background trusted
+
+
+def test_rpn_anchors_near_an_uncertain_box_are_ignored_and_the_rest_negatives():
+    rpn = seeded_model(SMALL, 2, seed=0).rpn
+    anchors = [torch.tensor([[8.0, 8.0, 40.0, 40.0], [50.0, 50.0, 60.0, 60.0], [0.0, 40.0, 10.0, 60.0]])]
+    pseudo = target(True) | {"uncertain_boxes": torch.tensor([[0.0, 40.0, 20.0, 60.0]])}
+    with rpn.positive_only([pseudo]):
+        labels, _ = rpn.assign_targets_to_anchors(anchors, [pseudo])
+    assert labels[0].tolist() == [1.0, 0.0, -1.0]
+
+
 def _proposals(seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(200, 2, generator=g) * 48
@@ -122,6 +147,18 @@ def test_pseudo_image_samples_no_background_roi_and_leaves_labeled_image_unchang
     assert len(labels_mixed[1]) > 0 and (labels_mixed[1] >= 1).all()
 
 
+def test_pseudo_image_with_uncertain_boxes_samples_negatives_only_away_from_them():
+    heads = seeded_model(SMALL, 2, seed=0).train().roi_heads
+    uncertain = torch.tensor([[0.0, 0.0, 24.0, 24.0], [30.0, 30.0, 50.0, 56.0]])
+    pseudo = target(True) | {"uncertain_boxes": uncertain}
+    torch.manual_seed(0)
+    proposals, _, labels, _ = heads.select_training_samples([_proposals(2)], [pseudo])
+    background = proposals[0][labels[0] == 0]
+    assert len(background) > 0 and (labels[0] >= 1).any()
+    assert (box_iou(background, uncertain).amax(dim=1) < 0.3).all()
+    assert heads._uncertain == ()  # recorded for the call only
+
+
 def test_pseudo_image_gets_no_background_anchor_in_the_rpn_loss():
     rpn = seeded_model(SMALL, 2, seed=0).train().rpn
     anchors = [_proposals(3), _proposals(3)]
@@ -141,6 +178,17 @@ def test_loss_runs_for_a_mixed_batch():
         "loss_box_iou", "loss_mask_iou",
     }
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_the_models_resize_scales_uncertain_boxes_with_the_boxes():
+    transform = seeded_model(SMALL, 2, seed=0).transform  # 64 x 64: a 32 x 32 image doubles
+    image = torch.rand(3, 32, 32)
+    pseudo = {"boxes": torch.tensor([[4.0, 4.0, 8.0, 8.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 32, 32, dtype=torch.uint8), "uncertain_boxes": torch.tensor([[2.0, 3.0, 6.0, 10.0]])}
+    _, (out,) = transform([image], [pseudo])
+    assert out["boxes"].tolist() == [[8.0, 8.0, 16.0, 16.0]]
+    assert out["uncertain_boxes"].tolist() == [[4.0, 6.0, 12.0, 20.0]]
+    assert pseudo["uncertain_boxes"].tolist() == [[2.0, 3.0, 6.0, 10.0]]  # the caller's target untouched
 
 
 def test_inference_returns_a_posterior_per_detection():

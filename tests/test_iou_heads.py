@@ -127,8 +127,9 @@ def test_the_old_recipe_gives_the_losses_it_gave_before():
     image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
     torch.manual_seed(1)
     losses = model(image, [_two_instances()])
-    assert losses["loss_box_iou"].item() == 0.1768418699502945
-    assert losses["loss_mask_iou"].item() == 0.01882318966090679
+    # to float32 rounding: the sums' order (and their last bits) follows torch's thread count
+    assert losses["loss_box_iou"].item() == pytest.approx(0.1768418699502945, rel=1e-5)
+    assert losses["loss_mask_iou"].item() == pytest.approx(0.01882318966090679, rel=1e-5)
 
 
 def test_jittered_boxes_spread_evenly_over_the_wanted_iou_range():

@@ -5,17 +5,18 @@ byte-identical selections and metrics (sampler tsp, a fixed thread count)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import LABELED, PSEUDO, read_table
+from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, PSEUDO_UNCERTAIN, read_table
 from salis.engine.training import Trainer
 from salis.model.build import seeded_model
 from salis.params import TrainParams, parse_params
-from support import SMALL, TINY, sample
+from support import SMALL, TINY, sample, tiny
 
 def gradients(beta: float) -> tuple[list[torch.Tensor], dict[str, float]]:
     torch.manual_seed(0)  # the RPN's and RoI heads' target sampling draws from torch's generator
@@ -100,3 +101,25 @@ def test_same_params_give_byte_identical_selections_and_metrics(two_runs):
         for path in (a.selected(k), a.metrics(k), a.pseudo(k), a.pseudo_gate(k), a.iou_pairs(k)):
             twin = b.root / path.relative_to(a.root)
             assert path.read_bytes() == twin.read_bytes(), path.relative_to(a.root)
+
+
+def test_a_confident_background_keeps_the_labeling_models_detections_and_trains_on_them(two_runs, tmp_path):
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+    from salis.pipeline.train import stage_train
+
+    (layout, _), _ = two_runs
+    assert read_table(layout.pseudo_uncertain(2), PSEUDO_UNCERTAIN).empty  # pseudo.background ignore
+    copy = Layout(tmp_path / "copy")
+    shutil.copytree(layout.root, copy.root)
+    scored = read_table(copy.instances(1), INSTANCES)
+    pseudo_ids = set(read_table(copy.pseudo(2), PSEUDO)["image_id"])
+    threshold = float(scored[scored["image_id"].isin(pseudo_ids)]["score"].median())  # some above, some not
+    params = parse_params(tiny(pseudo={"background": "confident", "background_score": threshold}))
+    table = stage_pseudo_label(params, copy, 2)
+    uncertain = read_table(copy.pseudo_uncertain(2), PSEUDO_UNCERTAIN)
+    expected = scored[scored["image_id"].isin(set(table["image_id"])) & (scored["score"] >= threshold)]
+    assert 0 < len(uncertain) < (scored["image_id"].isin(pseudo_ids)).sum()
+    assert sorted(zip(uncertain["image_id"], uncertain["x"], uncertain["y"])) == sorted(
+        zip(expected["image_id"], expected["x"], expected["y"]))
+    summary = stage_train(params, copy, 2)
+    assert summary["semi_loss_classifier"] > 0

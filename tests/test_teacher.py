@@ -60,6 +60,25 @@ def test_pseudo_labels_are_the_gated_detections_with_their_masks_boxes_and_label
     assert closed.pseudo_label(images, torch.device("cpu"), amp=False) == [] and closed.instances == 0
 
 
+def test_with_a_background_score_each_label_carries_the_teachers_detections_above_it():
+    model = seeded_model(SMALL, 2, seed=0)
+    images = [sample(0, False), sample(1, False)]
+    cpu = torch.device("cpu")
+    plain = Teacher(model, TeacherSettings(decay=0.99, passes=always, min_score=0.0)).pseudo_label(images, cpu, amp=False)
+    assert plain and all(s.uncertain_boxes is None for s in plain)  # positive-only: no background at all
+    with torch.inference_mode():
+        outputs = model.eval()([torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0 for s in images])
+    threshold = float(torch.cat([o["scores"] for o in outputs]).median())
+    teacher = Teacher(model, TeacherSettings(decay=0.99, passes=always, min_score=0.0, background_score=threshold))
+    made = {s.image_id: s for s in teacher.pseudo_label(images, cpu, amp=False)}
+    assert made
+    for image, output in zip(images, outputs):
+        if image.image_id in made:
+            expected = output["boxes"][output["scores"] >= threshold].numpy()
+            assert np.allclose(made[image.image_id].uncertain_boxes, expected)
+    assert 0 < sum(len(s.uncertain_boxes) for s in made.values()) < sum(len(o["boxes"]) for o in outputs)
+
+
 def test_the_teacher_records_each_images_labels_from_the_last_time_it_labeled_it():
     from pycocotools import mask as mask_utils
 
@@ -130,6 +149,12 @@ def test_teacher_params_are_checked_before_work():
     with pytest.raises(ParamsError, match="point labels need pseudo.mode: cycle"):
         parse_params(tiny(pseudo={"mode": "teacher"}, annotation={"policy": "point"}))
     assert parse_params(tiny(pseudo={"mode": "teacher"}, annotation={"policy": "box"})).pseudo.mode == "teacher"
+    with pytest.raises(ParamsError, match=r"pseudo.background_score must lie in \[model.box_score_thresh \(0.05\), 1\].*got 0.01"):
+        parse_params(tiny(pseudo={"background": "confident", "background_score": 0.01}))
+    with pytest.raises(ParamsError, match="pseudo.background_score .* got 1.5"):
+        parse_params(tiny(pseudo={"background_score": 1.5}))
+    with pytest.raises(ParamsError, match="pseudo.background"):
+        parse_params(tiny(pseudo={"background": "trusted"}))
 
 
 def test_the_stages_in_teacher_mode_train_on_the_teachers_labels_not_on_pseudo_parquet(tmp_path, monkeypatch):

@@ -269,6 +269,11 @@ class PseudoParams:
     mode: Literal["cycle", "teacher"] = "cycle"
     ema_decay: float = 0.99  # teacher <- decay * teacher + (1 - decay) * student, each step
     strong_augment: Literal["natural", "microscopy"] = "microscopy"  # the student's view (jitter 0.4)
+    # a pseudo-labeled image's background: ignore (TSP's positive-only loss: no negatives from it)
+    # | confident (negatives wherever the model that labeled it detected nothing scoring >=
+    # background_score: anchors and RoIs within IoU 0.3 of such a detection stay ignored)
+    background: Literal["ignore", "confident"] = "ignore"
+    background_score: float = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +494,9 @@ def _check_limits(p: Params) -> None:
     if p.pseudo.mode == "teacher" and asked & set(WEAK_LABEL_TYPES):
         raise ParamsError(f"pseudo.mode teacher trains on full masks and boxes; {', '.join(sorted(asked & set(WEAK_LABEL_TYPES)))} "
                           "labels need pseudo.mode: cycle")
+    if not p.model.box_score_thresh <= p.pseudo.background_score <= 1.0:
+        raise ParamsError(f"pseudo.background_score must lie in [model.box_score_thresh ({p.model.box_score_thresh}), 1]: "
+                          f"no detection scoring less is kept, got {p.pseudo.background_score}")
     if not 0.0 < p.pseudo.target_precision <= 1.0:
         raise ParamsError(f"pseudo.target_precision must lie in (0, 1], got {p.pseudo.target_precision}")
     if not 0.0 <= p.model.iou_jitter_min_iou < 1.0:

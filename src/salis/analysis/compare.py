@@ -126,6 +126,7 @@ def _current_defaults() -> dict[str, object]:
 INERT_UNLESS: tuple[tuple[tuple[str, ...], str, Callable[[object], bool]], ...] = (
     (("pretrain.",), "pretrain.enabled", lambda on: on is True),
     (("pseudo.ema_decay", "pseudo.strong_augment"), "pseudo.mode", lambda mode: mode == "teacher"),
+    (("pseudo.background_score",), "pseudo.background", lambda background: background == "confident"),
 )
 
 

@@ -43,6 +43,10 @@ class Layout:
     def pseudo(self, k: int) -> Path:
         return self.cycle_dir(k) / "pseudo.parquet"
 
+    def pseudo_uncertain(self, k: int) -> Path:
+        """pseudo.background confident: where pseudo@k's images keep no background (tables.PSEUDO_UNCERTAIN)."""
+        return self.cycle_dir(k) / "pseudo_uncertain.parquet"
+
     def teacher_pseudo(self, k: int) -> Path:
         """pseudo.mode teacher: the pseudo-labels train@k's teacher made (tables.TEACHER_PSEUDO)."""
         return self.cycle_dir(k) / "teacher_pseudo.parquet"

@@ -154,6 +154,16 @@ LABELED = Table(
 # Detections kept as pseudo-labels for cycle k's training (model k-1's, gated): instance rows.
 PSEUDO = Table("pseudo", INSTANCE_SCHEMA, "pseudo_label")
 
+# pseudo.background confident: per image pseudo-labeled for cycle k, the box of every detection of
+# model k-1 scoring >= pseudo.background_score, near which its background stays untrusted (the
+# rest of the image teaches background); empty otherwise.
+PSEUDO_UNCERTAIN = Table(
+    "pseudo_uncertain",
+    pa.schema([("image_id", pa.int64()), ("score", pa.float32()),
+               ("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()), ("h", pa.float32())]),
+    "pseudo_label",
+)
+
 # pseudo.mode teacher: the pseudo-labels train@k's EMA teacher made, each image's from the last
 # time the teacher labeled it (evaluate@k measures them against the hidden truth); empty otherwise.
 TEACHER_PSEUDO = Table(
@@ -238,7 +248,7 @@ IOU_PAIRS = Table(
 # Row i of the embedding matrix (salis.acquisition.embeddings) belongs to image_id i.
 EMBEDDING_INDEX = Table("embedding_index", pa.schema([("image_id", pa.int64())]), "infer_score")
 
-ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, WEAK, TEST_DETECTIONS, TEST_IMAGES, IOU_PAIRS,
+ALL_TABLES = (INSTANCES, IMAGES, SELECTED, LABELED, PSEUDO, PSEUDO_UNCERTAIN, WEAK, TEST_DETECTIONS, TEST_IMAGES, IOU_PAIRS,
               EMBEDDING_INDEX)
 
 

@@ -177,6 +177,13 @@ def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
     return boxes.astype(np.float32)
 
 
+def _inside(boxes: tv_tensors.BoundingBoxes) -> np.ndarray:
+    """Boxes as float32 xyxy, those a crop left with no area dropped (clamped to the canvas)."""
+    array = boxes.as_subclass(torch.Tensor).numpy().astype(np.float32).reshape(-1, 4)
+    keep = (array[:, 2] > array[:, 0]) & (array[:, 3] > array[:, 1])
+    return np.ascontiguousarray(array[keep])
+
+
 class Augmenter:
     """A Sample in, an augmented Sample out (the input is left untouched). model_size: the model's
     (min_size, max_size), needed when the settings resize (scale jitter or crops): the images then
@@ -207,9 +214,15 @@ class Augmenter:
         masks = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(sample.masks)))
         boxes = tv_tensors.BoundingBoxes(torch.from_numpy(sample.boxes).reshape(-1, 4), format="XYXY",
                                          canvas_size=(height, width))
+        # a pseudo-labeled image's uncertain boxes ride along (after the boxes: a crop centres on those)
+        uncertain = None if sample.uncertain_boxes is None else tv_tensors.BoundingBoxes(
+            torch.from_numpy(sample.uncertain_boxes).reshape(-1, 4), format="XYXY", canvas_size=(height, width))
         with torch.random.fork_rng(devices=[]):  # the sample's own stream; the global one is left as it was
             torch.manual_seed(seed)
-            image, masks, boxes = self.transform(image, masks, boxes)
+            if uncertain is None:
+                image, masks, boxes = self.transform(image, masks, boxes)
+            else:
+                image, masks, boxes, uncertain = self.transform(image, masks, boxes, uncertain)
         masks_np = np.ascontiguousarray(masks.numpy())
         boxes_np = np.ascontiguousarray(boxes.as_subclass(torch.Tensor).numpy().astype(np.float32))
         labels = sample.labels
@@ -225,6 +238,7 @@ class Augmenter:
             masks=masks_np,
             boxes=boxes_np,
             labels=labels,
+            uncertain_boxes=None if uncertain is None else _inside(uncertain),
         )
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from salis.data.prepared import PreparedData, target_arrays
 from salis.geometry import decode_rles, rles_from_counts, xywh_to_xyxy
+from salis.model.positive_only import UNCERTAIN_BOXES
 
 
 @dataclasses.dataclass
@@ -23,15 +24,17 @@ class Sample:
     mask_from_box: bool = False  # box-labeled: the mask head learns from the boxes (BoxInst)
     own_labels: bool = False  # targets the model made itself (no IoU-head loss)
     hflipped: bool = False  # seen mirrored (flipped()): what is recorded about it is flipped back
+    # positive_only with pseudo.background confident: K x 4 xyxy boxes of the labeling model's
+    # detections; background is trusted away from them (salis.model.positive_only)
+    uncertain_boxes: np.ndarray | None = None
 
     def flipped(self) -> "Sample":
         width = self.image.shape[1]
-        boxes = self.boxes.copy()
-        boxes[:, [0, 2]] = width - self.boxes[:, [2, 0]]
         return dataclasses.replace(
             self,
             image=np.ascontiguousarray(self.image[:, ::-1]),
-            boxes=boxes,
+            boxes=_mirrored(self.boxes, width),
+            uncertain_boxes=None if self.uncertain_boxes is None else _mirrored(self.uncertain_boxes, width),
             masks=np.ascontiguousarray(self.masks[:, :, ::-1]),
             hflipped=not self.hflipped,
         )
@@ -48,7 +51,15 @@ class Sample:
             target["mask_from_box"] = torch.tensor(True, device=device)
         if self.own_labels:
             target["own_labels"] = torch.tensor(True, device=device)
+        if self.uncertain_boxes is not None:
+            target[UNCERTAIN_BOXES] = torch.from_numpy(self.uncertain_boxes).to(device, torch.float32).reshape(-1, 4)
         return image, target
+
+
+def _mirrored(boxes: np.ndarray, width: int) -> np.ndarray:
+    out = boxes.copy()
+    out[:, [0, 2]] = width - boxes[:, [2, 0]]
+    return out
 
 
 def _sizes_of(prepared: PreparedData, image_ids: list[int]) -> list[tuple[int, int]]:
@@ -161,9 +172,14 @@ class PseudoSamples:
     demand: the pseudo set can be most of the pool.
     """
 
-    def __init__(self, prepared: PreparedData, table: pd.DataFrame, positive_only: bool = True) -> None:
+    def __init__(self, prepared: PreparedData, table: pd.DataFrame, positive_only: bool = True,
+                 uncertain: pd.DataFrame | None = None) -> None:
+        """uncertain (pseudo.background confident): a PSEUDO_UNCERTAIN table, the boxes near which
+        each image's background stays untrusted; None: its whole background is (positive-only)."""
         self.prepared = prepared
         self.positive_only = positive_only
+        self.uncertain = None if uncertain is None else {
+            int(k): xywh_to_xyxy(g[["x", "y", "w", "h"]].to_numpy(np.float32)) for k, g in uncertain.groupby("image_id")}
         if len(table):  # a detection whose mask binarised to nothing has no box to train on
             table = table[(table["area"] > 0) & (table["w"] > 0) & (table["h"] > 0)]
         self.groups = {int(k): g for k, g in table.groupby("image_id", sort=True)} if len(table) else {}
@@ -183,4 +199,6 @@ class PseudoSamples:
         masks = decode_rles(rles_from_counts(rows["rle"], height, width), height, width)
         boxes = xywh_to_xyxy(rows[["x", "y", "w", "h"]].to_numpy(np.float32))
         labels = np.array([self.prepared.label_of(int(c)) for c in rows["category_id"]], dtype=np.int64)
-        return Sample(image_id, image, boxes, labels, masks, positive_only=self.positive_only, own_labels=True)
+        uncertain = None if self.uncertain is None else self.uncertain.get(image_id, np.zeros((0, 4), np.float32))
+        return Sample(image_id, image, boxes, labels, masks, positive_only=self.positive_only, own_labels=True,
+                      uncertain_boxes=uncertain)

@@ -6,7 +6,7 @@ batch from its weak view (the plan's flip only); its detections that pass the ga
 class score, predicted box IoU, predicted mask IoU; Polite Teacher gates by mask score alike)
 become targets, and the student learns them from a strong view (the same image and targets through
 salis.engine.augment's strong preset), with TSP's positive-only loss (the teacher's background is
-not trusted) and no IoU-head loss (targets the model made itself). After each optimiser step the
+not trusted; with pseudo.background confident, only near the teacher's detections) and no IoU-head loss (targets the model made itself). After each optimiser step the
 teacher moves towards the student: t <- decay * t + (1 - decay) * s; buffers (BatchNorm's running
 statistics) are copied. Every rank keeps its own teacher; the students agree after DDP's averaged
 step, so the teachers do too.
@@ -36,6 +36,9 @@ class TeacherSettings:
     decay: float  # EMA decay per step, in [0, 1)
     passes: Passes
     min_score: float  # masks are made only for detections scoring at least this (the gate's score)
+    # pseudo.background confident: background is trusted away from the teacher's detections
+    # scoring at least this (the sample's uncertain_boxes); None: positive-only, no background
+    background_score: float | None = None
 
 
 class Teacher:
@@ -82,10 +85,17 @@ class Teacher:
                 # recorded as the image is stored: the weak view may be the plan's mirror image
                 self._record(int(sample.image_id), labels, masks[:, :, ::-1] if sample.hflipped else masks, scores,
                              iteration)
-                out.append(Sample(sample.image_id, sample.image, boxes, labels, masks, positive_only=True, own_labels=True))
+                out.append(Sample(sample.image_id, sample.image, boxes, labels, masks, positive_only=True, own_labels=True,
+                                  uncertain_boxes=self._uncertain(output)))
                 self.instances += len(labels)
                 self.images += 1
         return out
+
+    def _uncertain(self, output: dict[str, torch.Tensor]) -> np.ndarray | None:
+        if self.settings.background_score is None:
+            return None
+        near = output["scores"] >= self.settings.background_score
+        return np.ascontiguousarray(output["boxes"][near].float().cpu().numpy().reshape(-1, 4))
 
     def _targets(self, output: dict[str, torch.Tensor], size: tuple[int, int]) -> tuple | None:
         scores = output["scores"].float().cpu().numpy()

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED
+from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, PSEUDO_UNCERTAIN, SELECTED
 from salis.errors import SalisError
 from salis.seeds import derive_rng
 
@@ -114,3 +114,19 @@ def pseudo_labels(
     if not parts:
         return empty_pseudo()
     return pa.concat_tables(parts).cast(PSEUDO.schema).to_pandas()
+
+
+def uncertain_boxes(instances_path: Path, image_ids: frozenset[int], min_score: float) -> pd.DataFrame:
+    """The boxes of every detection of `image_ids` scoring >= min_score (pseudo.background
+    confident: a pseudo-labeled image's background is trusted away from them), one row group at a
+    time."""
+    parts = []
+    wanted = pa.array(sorted(image_ids), type=pa.int64())
+    columns = PSEUDO_UNCERTAIN.schema.names
+    for batch in INSTANCES.batches(instances_path, columns=columns):
+        table = pa.Table.from_batches([batch])
+        parts.append(table.filter(pc.and_(pc.is_in(table["image_id"], wanted),
+                                          pc.greater_equal(table["score"], min_score))))
+    if not parts or not image_ids:
+        return PSEUDO_UNCERTAIN.empty()
+    return pa.concat_tables(parts).cast(PSEUDO_UNCERTAIN.schema).to_pandas()

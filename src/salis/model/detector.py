@@ -9,17 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from salis.model.heads import IMAGE_RGB, MASK_FROM_BOX, OWN_LABELS, RoIHeadsParts, SalisRoIHeads, target_flags
 from salis.model.learning_loss import PREDICTED_LOSSES, ROI_IMAGE_LOSSES, RPN_IMAGE_LOSSES
-from salis.model.positive_only import positive_only_flags
+from salis.model.positive_only import UNCERTAIN_BOXES, positive_only_flags
 from salis.model.rpn import SalisRPN
 
 
 class SalisTransform(GeneralizedRCNNTransform):
     """torchvision's transform; a box-labeled image's target also gets the resized image in [0, 1]
-    (IMAGE_RGB), which BoxInst's pairwise colour term reads on the RoI grid."""
+    (IMAGE_RGB), which BoxInst's pairwise colour term reads on the RoI grid, and a pseudo-labeled
+    image's UNCERTAIN_BOXES are resized with its boxes."""
 
     @classmethod
     def from_torchvision(cls, stock: GeneralizedRCNNTransform) -> SalisTransform:
@@ -27,7 +28,12 @@ class SalisTransform(GeneralizedRCNNTransform):
                    size_divisible=stock.size_divisible, fixed_size=stock.fixed_size)
 
     def forward(self, images, targets=None):  # type: ignore[override]
+        originals = [image.shape[-2:] for image in images]
         image_list, targets = super().forward(images, targets)
+        if targets is not None:  # torchvision resizes "boxes" only; a pseudo image's uncertain boxes alike
+            for target, before, after in zip(targets, originals, image_list.image_sizes):
+                if target.get(UNCERTAIN_BOXES) is not None:
+                    target[UNCERTAIN_BOXES] = resize_boxes(target[UNCERTAIN_BOXES], before, after)
         if targets is not None and any(target_flags(targets, MASK_FROM_BOX)):
             tensors = image_list.tensors
             mean = torch.as_tensor(self.image_mean, dtype=tensors.dtype, device=tensors.device)[:, None, None]

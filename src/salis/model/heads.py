@@ -216,7 +216,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
 
     def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):  # type: ignore[override]
         matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        return matched_idxs, self.ignore_flagged_background(labels)
+        return matched_idxs, self.ignore_flagged_background(labels, proposals)
 
     # --- forward -----------------------------------------------------------------------
 

@@ -55,4 +55,4 @@ class SalisRPN(PositiveOnlyTargets, RegionProposalNetwork):
 
     def assign_targets_to_anchors(self, anchors, targets):  # type: ignore[override]
         labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
-        return self.ignore_flagged_background(labels), matched_gt_boxes
+        return self.ignore_flagged_background(labels, anchors), matched_gt_boxes

@@ -1,5 +1,6 @@
 """Stage `pseudo_label@k`: the pseudo-labels cycle k trains on: model k-1's confident detections
-(instances@k-1) of images still unlabeled, through the gate (salis.loop.gate).
+(instances@k-1) of images still unlabeled, through the gate (salis.loop.gate), and with
+pseudo.background confident the boxes near which those images' background stays untrusted.
 
 It runs after annotate@k: a calibrated gate learns its thresholds from model k-1's detections on
 batch k-1 (the images it selected) against the masks that batch was just labeled with, which
@@ -13,8 +14,9 @@ import pandas as pd
 from salis.annotation.kinds import kinds_training
 from salis.artifacts.atomic import write_json
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, check_parquet_schema, read_table, write_table
-from salis.loop.cycle import pseudo_labels
+from salis.artifacts.tables import (INSTANCES, LABELED, PSEUDO, PSEUDO_UNCERTAIN, SELECTED, check_parquet_schema, read_table,
+                                   write_table)
+from salis.loop.cycle import pseudo_labels, uncertain_boxes
 from salis.loop.gate import GateReport, calibrated_gate, fixed_gate
 from salis.loop.labels import read_store
 from salis.params import Params
@@ -40,6 +42,12 @@ def stage_pseudo_label(params: Params, layout: Layout, cycle: int) -> pd.DataFra
         print(f"cycle {cycle}: pseudo.mode teacher: train@{cycle}'s EMA teacher makes the pseudo-labels, through this gate")
     print(f"cycle {cycle}: {len(table)} pseudo-labels on {table['image_id'].nunique()} images")
     write_table(layout.pseudo(cycle), table, PSEUDO)
+    uncertain = PSEUDO_UNCERTAIN.empty()
+    if params.pseudo.background == "confident" and len(table):
+        uncertain = uncertain_boxes(scored, frozenset(table["image_id"].tolist()), params.pseudo.background_score)
+        print(f"cycle {cycle}: pseudo-labeled images learn background away from {len(uncertain)} detections of "
+              f"model {cycle - 1} scoring >= {params.pseudo.background_score}")
+    write_table(layout.pseudo_uncertain(cycle), uncertain, PSEUDO_UNCERTAIN)
     write_json(layout.pseudo_gate(cycle), report.as_json() | {"pseudo_labels": len(table),
                                                                "pseudo_images": int(table["image_id"].nunique())})
     return table

@@ -11,7 +11,7 @@ from dvclive import Live
 from salis.annotation.kinds import label_kind
 from salis.artifacts.atomic import atomic_dir, write_csv
 from salis.artifacts.layout import Layout
-from salis.artifacts.tables import LABELED, PSEUDO, TEACHER_PSEUDO, WEAK, read_table, write_table
+from salis.artifacts.tables import LABELED, PSEUDO, PSEUDO_UNCERTAIN, TEACHER_PSEUDO, WEAK, read_table, write_table
 from salis.data.prepared import PreparedData
 from salis.engine.datasets import ConcatSamples, EmptySamples, LabeledSamples, PseudoSamples
 from salis.engine import distributed as dist
@@ -49,7 +49,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     empty = EmptySamples(prepared, json.loads(layout.weak_summary(cycle).read_text()).get("weak_empty_image_ids", []))
     labeled = ConcatSamples(expert, weak_full, empty) if len(weak_full) or len(empty) else expert
     pseudo_table = read_table(layout.pseudo(cycle), PSEUDO)
-    pseudo = PseudoSamples(prepared, pseudo_table)
+    uncertain = read_table(layout.pseudo_uncertain(cycle), PSEUDO_UNCERTAIN) if params.pseudo.background == "confident" else None
+    pseudo = PseudoSamples(prepared, pseudo_table, uncertain=uncertain)
     weak_partial = weak[weak["supervision"] != "full"]
     if len(weak_partial):
         pseudo = ConcatSamples(pseudo, PseudoSamples(prepared, weak_partial))
@@ -115,7 +116,8 @@ def _teacher_inputs(params: Params, layout: Layout, prepared: PreparedData, cycl
     if gate is None:
         print(f"cycle {cycle}: the pseudo-label gate is closed: the teacher makes no pseudo-labels this cycle")
         return EmptySamples(prepared, []), None
-    return EmptySamples(prepared, unlabeled), TeacherSettings(params.pseudo.ema_decay, gate.passes, gate.score)
+    background = params.pseudo.background_score if params.pseudo.background == "confident" else None
+    return EmptySamples(prepared, unlabeled), TeacherSettings(params.pseudo.ema_decay, gate.passes, gate.score, background)
 
 
 def _strong_view(params: Params) -> AugmentParams:
