@@ -44,7 +44,8 @@ class Layout:
         return self.cycle_dir(k) / "pseudo.parquet"
 
     def pseudo_uncertain(self, k: int) -> Path:
-        """pseudo.background confident: where pseudo@k's images keep no background (tables.PSEUDO_UNCERTAIN)."""
+        """pseudo.background confident: the boxes near which pseudo@k's images teach no background
+        (tables.PSEUDO_UNCERTAIN)."""
         return self.cycle_dir(k) / "pseudo_uncertain.parquet"
 
     def teacher_pseudo(self, k: int) -> Path:

@@ -6,7 +6,8 @@ batch from its weak view (the plan's flip only); its detections that pass the ga
 class score, predicted box IoU, predicted mask IoU; Polite Teacher gates by mask score alike)
 become targets, and the student learns them from a strong view (the same image and targets through
 salis.engine.augment's strong preset), with TSP's positive-only loss (the teacher's background is
-not trusted; with pseudo.background confident, only near the teacher's detections) and no IoU-head loss (targets the model made itself). After each optimiser step the
+not trusted; with pseudo.background confident, only near the teacher's detections) and no IoU-head
+loss (targets the model made itself). After each optimiser step the
 teacher moves towards the student: t <- decay * t + (1 - decay) * s; buffers (BatchNorm's running
 statistics) are copied. Every rank keeps its own teacher; the students agree after DDP's averaged
 step, so the teachers do too.

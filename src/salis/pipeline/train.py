@@ -49,7 +49,8 @@ def stage_train(params: Params, layout: Layout, cycle: int) -> dict:
     empty = EmptySamples(prepared, json.loads(layout.weak_summary(cycle).read_text()).get("weak_empty_image_ids", []))
     labeled = ConcatSamples(expert, weak_full, empty) if len(weak_full) or len(empty) else expert
     pseudo_table = read_table(layout.pseudo(cycle), PSEUDO)
-    uncertain = read_table(layout.pseudo_uncertain(cycle), PSEUDO_UNCERTAIN) if params.pseudo.background == "confident" else None
+    confident = params.pseudo.background == "confident"
+    uncertain = read_table(layout.pseudo_uncertain(cycle), PSEUDO_UNCERTAIN) if confident else None
     pseudo = PseudoSamples(prepared, pseudo_table, uncertain=uncertain)
     weak_partial = weak[weak["supervision"] != "full"]
     if len(weak_partial):
