@@ -77,7 +77,7 @@ def test_build_report_rejects_empty_and_duplicate_cycles() -> None:
 def test_write_report_files(tmp_path: Path) -> None:
     metrics_dir = write_cycles(tmp_path / "metrics", CYCLES)
     curve, summary_path = tmp_path / "out" / "curve.csv", tmp_path / "out" / "summary.json"
-    write_report(metrics_dir, curve, summary_path)
+    write_report(metrics_dir, curve, summary_path, [0, 1, 2])
 
     lines = curve.read_text().splitlines()
     assert lines == [
@@ -97,7 +97,7 @@ def test_write_report_files(tmp_path: Path) -> None:
 def test_missing_optional_column_is_an_empty_cell(tmp_path: Path) -> None:
     without_box50 = {k: v for k, v in cycle(0, 10, 0.25).items() if k != "box_AP50"}
     metrics_dir = write_cycles(tmp_path / "metrics", [without_box50])
-    write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json")
+    write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [0])
     [row] = list(csv.DictReader((tmp_path / "curve.csv").open()))
     assert row["box_AP50"] == ""
     assert row["mask_AP50"] == "0.25"
@@ -107,7 +107,7 @@ def test_corrupt_file_raises_input_error_naming_it(tmp_path: Path) -> None:
     metrics_dir = write_cycles(tmp_path / "metrics", CYCLES[:2])
     (metrics_dir / "7.json").write_text('{"cycle": 7, "mask_AP50": ')
     with pytest.raises(InputError, match="7.json") as info:
-        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json")
+        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [0, 2, 7])
     assert info.value.path == str(metrics_dir / "7.json")
     assert not (tmp_path / "curve.csv").exists()
 
@@ -117,17 +117,27 @@ def test_file_without_cycle_raises_input_error(tmp_path: Path) -> None:
     metrics_dir = write_cycles(tmp_path / "metrics", CYCLES[:1])
     (metrics_dir / "3.json").write_text(json.dumps(no_cycle))
     with pytest.raises(InputError, match=r"3\.json.*cycle"):
-        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json")
+        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [2, 3])
 
 
-def test_duplicate_cycle_across_files_names_both(tmp_path: Path) -> None:
+def test_a_file_whose_cycle_is_not_its_name_is_refused(tmp_path: Path) -> None:
     metrics_dir = write_cycles(tmp_path / "metrics", CYCLES[:1])
-    (metrics_dir / "9.json").write_text(json.dumps(CYCLES[0]))
-    with pytest.raises(InputError, match=r"9\.json.*2\.json"):
-        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json")
+    (metrics_dir / "9.json").write_text(json.dumps(CYCLES[0]))  # says cycle 2
+    with pytest.raises(InputError, match=r"9\.json.*reports cycle 2, not 9"):
+        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [2, 9])
+
+
+def test_only_the_asked_cycles_enter_the_curve_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    # a longer run before left cycles 1 and 2; this run's params hold cycle 0 only
+    metrics_dir = write_cycles(tmp_path / "metrics", CYCLES)
+    write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [0])
+    assert [row["cycle"] for row in csv.DictReader((tmp_path / "curve.csv").open())] == ["0"]
+    assert json.loads((tmp_path / "summary.json").read_text())["final"]["cycle"] == 0
+    with pytest.raises(InputError, match=r"5\.json: missing; evaluate@c5 writes it"):
+        write_report(metrics_dir, tmp_path / "curve.csv", tmp_path / "summary.json", [0, 5])
 
 
 def test_empty_metrics_dir_raises_input_error(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
-    with pytest.raises(InputError, match="no per-cycle"):
-        write_report(tmp_path / "metrics", tmp_path / "curve.csv", tmp_path / "summary.json")
+    with pytest.raises(InputError, match="missing"):
+        write_report(tmp_path / "metrics", tmp_path / "curve.csv", tmp_path / "summary.json", [1])

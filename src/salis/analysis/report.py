@@ -1,6 +1,6 @@
 """The learning curve over active-learning cycles: curve.csv and summary.json.
 
-Each cycle's evaluation leaves ``metrics_dir/<k>.json``; this module gathers them,
+Each cycle's evaluation leaves ``metrics_dir/<k>.json``; this module gathers those of the params' cycles,
 sorts by cycle and writes one CSV row per cycle (for ``dvc plots``) and a summary
 (for ``dvc metrics show``).
 """
@@ -12,6 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from salis.artifacts.atomic import write_json, write_text
@@ -63,13 +64,20 @@ def build_report(cycle_metrics: list[dict]) -> tuple[list[dict], dict]:
     return rows, _summary(ordered)
 
 
-def write_report(metrics_dir: Path, curve_csv: Path, summary_json: Path) -> None:
-    """Read every metrics_dir/*.json and write curve_csv and summary_json atomically."""
-    paths = sorted(Path(metrics_dir).glob("*.json"))
-    if not paths:
-        raise InputError(metrics_dir, "no per-cycle metric files (*.json)")
+def write_report(metrics_dir: Path, curve_csv: Path, summary_json: Path, cycles: Sequence[int]) -> None:
+    """Read metrics_dir/<k>.json for each of `cycles` and write curve_csv and summary_json
+    atomically. Only the pipeline's own cycles: a file left by a longer run before (the stages of
+    cycles no longer in params are gone, their files are not) must not enter this run's curve."""
+    if not cycles:
+        raise InputError(metrics_dir, "no cycles to report")
+    paths = [Path(metrics_dir) / f"{k}.json" for k in sorted(cycles)]
+    for k, path in zip(sorted(cycles), paths):
+        if not path.is_file():
+            raise InputError(path, f"missing; evaluate@c{k} writes it")
     cycle_metrics = [_read_metrics(p) for p in paths]
-    _check_unique_cycles_in_files(paths, cycle_metrics)
+    for k, path, metrics in zip(sorted(cycles), paths, cycle_metrics):
+        if metrics["cycle"] != k:
+            raise InputError(path, f"reports cycle {metrics['cycle']}, not {k}")
     rows, summary = build_report(cycle_metrics)
     write_text(curve_csv, _to_csv(rows))
     write_json(summary_json, summary)
@@ -133,15 +141,6 @@ def _read_metrics(path: Path) -> dict:
     except ValueError as exc:
         raise InputError(path, str(exc)) from exc
     return metrics
-
-
-def _check_unique_cycles_in_files(paths: list[Path], cycle_metrics: list[dict]) -> None:
-    seen: dict[int, Path] = {}
-    for path, metrics in zip(paths, cycle_metrics):
-        cycle = metrics["cycle"]
-        if cycle in seen:
-            raise InputError(path, f"cycle {cycle} is also reported by {seen[cycle]}")
-        seen[cycle] = path
 
 
 def _to_csv(rows: list[dict]) -> str:

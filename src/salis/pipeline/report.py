@@ -15,8 +15,9 @@ from salis.params import Params
 
 
 def stage_report(params: Params, layout: Layout) -> None:
-    write_report(layout.metrics_dir, layout.curve, layout.summary)
-    last = max(c.k for c in params.cycles.values())
+    cycles = sorted(c.k for c in params.cycles.values())
+    write_report(layout.metrics_dir, layout.curve, layout.summary, cycles)
+    last = cycles[-1]
     source = layout.iou_pairs(last)
     if not source.is_file():
         raise InputError(source, f"missing; it is written by evaluate@c{last}")
