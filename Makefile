@@ -26,8 +26,12 @@ demo: install
 repro: install
 	$(BIN)/dvc repro
 
+# test files run TEST_WORKERS at a time (pytest-xdist), each file whole in one worker so that its
+# module fixtures (a two-cycle pipeline, a Label Studio server) are built once; one torch thread
+# per worker (tests/conftest.py), so the workers share the cores instead of oversubscribing them
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Label Studio in its own environment (it pins pyarrow < 25 and Django): for `salis labels
 # push/pull` against a local server and for the real-server test

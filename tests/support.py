@@ -164,6 +164,7 @@ def imported_modules(path: Path) -> frozenset[str]:
 
 # A DVC project of the default model at 64 px: 24 pool images, 4 iterations a cycle, two cycles
 DVC_TINY = {
+    "runtime": {"threads": 1},  # its stages share the cores with another test worker
     "data": {"synthetic": {"pool_images": 24, "test_images": 6, "image_size": 64, "max_instances": 4}},
     "model": {"min_size": 64, "max_size": 64, "rpn_post_nms_top_n_test": 50, "detections_per_image": 20},
     "train": {"min_iterations": 4, "max_iterations": 4, "batch_size": 2, "pseudo_batch_size": 1, "warmup_iterations": 2},

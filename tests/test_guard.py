@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from salis.artifacts.atomic import remove_stale_temp
 from salis.errors import SalisError
 from salis.pipeline.guard import stage_lock
+from support import new_project, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,3 +135,33 @@ def test_stage_warnings_print_as_one_clean_line(tmp_path: Path):
                           capture_output=True, text=True)
     assert done.returncode == 0
     assert done.stderr == "salis prepare: warning: data/x.json: dropped 4 annotation(s)\n"
+
+
+@pytest.mark.slow
+def test_killing_dvc_mid_stage_leaves_no_orphan_writer(tmp_path: Path):
+    """kill -9 of `dvc repro` during train@c1: the trainer ends with it, nothing half-written
+    stays, and the next `dvc repro` finishes the cycle."""
+    work = new_project(tmp_path, {"train": {"min_iterations": 400, "max_iterations": 400},
+                                  "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cycle_dir = work / "models" / "cycle_1"
+    deadline = time.monotonic() + 300
+    while not list(cycle_dir.glob(".live.*.tmp")):  # train@c1 is writing its dvclive folder
+        assert dvc.poll() is None and time.monotonic() < deadline, "train@c1 never started"
+        time.sleep(0.2)
+    trainer = int(next(cycle_dir.glob(".live.*.tmp")).name.split(".")[2])
+    os.kill(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    deadline = time.monotonic() + 30
+    while _state(trainer) != "Z":
+        assert time.monotonic() < deadline, "the trainer outlived dvc"
+        time.sleep(0.2)
+    assert not (cycle_dir / "model.pt").exists() and not list(cycle_dir.glob(".*.tmp"))
+    # the rerun need not train 400 iterations again to show that nothing blocks it
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"].update(min_iterations=4, max_iterations=4)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], work)
+    assert (cycle_dir / "model.pt").is_file() and not list(work.rglob(".*.tmp"))

@@ -1,13 +1,10 @@
-"""One small real pipeline: `dvc repro` over 2 cycles on tiny synthetic data, then an experiment."""
+"""One small real pipeline: `dvc repro` over 2 cycles on tiny synthetic data, then experiments on it.
+The human loop (test_human_loop.py), a compare grid (test_compare_grid.py) and a killed repro
+(test_guard.py) build their own projects, so they sit in files of their own and run beside this one."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -87,107 +84,3 @@ def test_pretraining_reruns_only_what_it_feeds_and_serves_every_seed(project: Pa
     # another seed: init_model draws other heads, the pretraining is the same one
     out = run(["dvc", "exp", "run", "-n", "try-pretrain-s1", "-S", "seed=1", *quick, "init_model"], project)
     assert "Running stage 'pretrain'" not in out and "Running stage 'init_model'" in out, out
-
-
-def label_like_an_annotator(work: Path, batch: int, out: Path) -> set[int]:
-    """A COCO export answering request batch `batch` with the dataset's hidden ground truth,
-    numbered as an annotation tool would (its own category ids)."""
-    request = json.loads((work / "data" / "requests" / f"cycle_{batch}" / "request.json").read_text())
-    pool = json.loads((work / "data" / "prepared" / "pool.json").read_text())
-    wanted = {im["id"] for im in request["images"]}
-    export = {
-        "images": request["images"],
-        "categories": [{"id": c["id"] + 10, "name": c["name"]} for c in pool["categories"]],
-        "annotations": [
-            dict(a, category_id=a["category_id"] + 10) for a in pool["annotations"] if a["image_id"] in wanted
-        ],
-    }
-    out.write_text(json.dumps(export))
-    return wanted
-
-
-def test_human_annotators_in_the_loop(tmp_path):
-    """A test plays the annotator: dvc repro waits for labels, an import lets it go on, and
-    while batch k awaits its labels the model of cycle k has been evaluated."""
-    (tmp_path / "p").mkdir()
-    work = new_project(tmp_path / "p", {"oracle": "human"})
-    out = run(["dvc", "repro"], work, expect_ok=False)
-    assert "waiting for the labels of request batch 0" in out and "salis labels import --cycle 0" in out
-    assert not (work / "models" / "cycle_1").exists()
-    readme = (work / "data" / "requests" / "cycle_0" / "README.txt").read_text()
-    assert "no model exists yet, so the images come without" in readme
-
-    wanted = label_like_an_annotator(work, 0, tmp_path / "export0.json")
-    out = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export0.json")], work)
-    assert "cycle 0: 4 images" in out
-    again = run(["salis", "labels", "import", "--cycle", "0", str(tmp_path / "export0.json")], work, expect_ok=False)
-    assert "already imported" in again
-
-    out = run(["dvc", "repro"], work, expect_ok=False)  # cycle 1 runs, then batch 1 awaits labels
-    assert "waiting for the labels of request batch 1" in out
-    labeled = pd.read_parquet(work / "data" / "cycles" / "1" / "labeled.parquet")
-    assert sorted(labeled["image_id"]) == sorted(wanted) and (labeled["source"] == "human").all()
-    metrics = json.loads((work / "metrics" / "cycles" / "1.json").read_text())  # evaluate@1 ran before the stop
-    status = " ".join(run(["salis", "status"], work).split())
-    assert f"current model: cycle 1, mask AP50 {metrics['mask_AP50']:.3f}" in status
-    assert "awaiting labels: request batch 1, 3 images" in status
-    readme = (work / "data" / "requests" / "cycle_1" / "README.txt").read_text()
-    assert f"scores mask AP50 {metrics['mask_AP50']:.3f} on the test split" in readme
-
-    label_like_an_annotator(work, 1, tmp_path / "export1.json")
-    run(["salis", "labels", "import", "--cycle", "1", str(tmp_path / "export1.json")], work)
-    run(["dvc", "repro"], work)
-    status = " ".join(run(["salis", "status"], work).split())  # status wraps its prose at the terminal
-    assert "batch 2 (3 images" in status and "add c3: {k: 3, prev: 2, next: 4}" in status
-
-
-def test_compare_runs_a_grid_of_experiments_and_reports_it(tmp_path: Path):
-    """salis compare: 2 samplers x 2 seeds as DVC experiments (train@c1 shared per seed), the
-    report from them, a rerun that resumes instead of repeating, and `dvc plots show`."""
-    work = new_project(tmp_path, {"cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
-    salis = str(Path(sys.executable).parent / "salis")
-    out = run([salis, "compare", "--samplers", "random,entropy", "--seeds", "0,1"], work)
-    exps = run(["git", "for-each-ref", "--format=%(refname:short)", "refs/exps"], work)
-    for name in ("cmp-random-s0", "cmp-random-s1", "cmp-entropy-s0", "cmp-entropy-s1"):
-        assert name in exps
-    summary = pd.read_csv(work / "metrics" / "compare" / "summary.csv").set_index("sampler")
-    assert summary.loc["random", "runs"] == 2 and summary.loc["entropy", "runs"] == 2
-    assert summary.loc["random", "aulc_diff_mean"] == 0.0  # random against itself, seed by seed
-    assert "| entropy | 2 |" in out
-    again = run([salis, "compare", "--samplers", "random,entropy", "--seeds", "0,1"], work)
-    assert again.count("already present, not rerun") == 4
-    plots = run(["dvc", "plots", "show", "--json"], work)
-    assert "vs labeled images (mean and 95% CI over seeds)" in plots and "curves.png" in plots
-
-
-def test_killing_dvc_mid_stage_leaves_no_orphan_writer(tmp_path: Path):
-    """kill -9 of `dvc repro` during train@c1: the trainer ends with it, nothing half-written
-    stays, and the next `dvc repro` finishes the cycle."""
-    work = new_project(tmp_path, {"train": {"min_iterations": 400, "max_iterations": 400},
-                                  "cycles": {"c1": {"k": 1, "prev": 0, "next": 2}}})
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("PYTHONPATH", None)
-    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cycle_dir = work / "models" / "cycle_1"
-    deadline = time.monotonic() + 300
-    while not list(cycle_dir.glob(".live.*.tmp")):  # train@c1 is writing its dvclive folder
-        assert dvc.poll() is None and time.monotonic() < deadline, "train@c1 never started"
-        time.sleep(0.2)
-    trainer = int(next(cycle_dir.glob(".live.*.tmp")).name.split(".")[2])
-    os.kill(dvc.pid, signal.SIGKILL)
-    dvc.wait()
-    deadline = time.monotonic() + 30
-    while _running(trainer):
-        assert time.monotonic() < deadline, "the trainer outlived dvc"
-        time.sleep(0.2)
-    assert not (cycle_dir / "model.pt").exists() and not list(cycle_dir.glob(".*.tmp"))
-    run(["dvc", "repro"], work)
-    assert (cycle_dir / "model.pt").is_file() and not list(work.rglob(".*.tmp"))
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
