@@ -191,6 +191,10 @@ class SelectParams:
     # how the initial set is chosen: random | typical (TypiClust on the cycle-0 model's embeddings
     # of the pool: one image per k-means cluster, its most typical)
     initial_strategy: Literal["random", "typical"] = "random"
+    # what the initial images are labeled with: mask (drawn: the dearest hours of a loop, with no
+    # model to correct from) | box (tight boxes, ~7 s an instance against 79; cycle 1 learns its
+    # masks from them through BoxInst's losses). Points and image labels need a model's detections
+    initial_label: Literal["mask", "box"] = "mask"
     budget: int = 20
     beta: float = 0.5
     tsp_components: tuple[Literal["class", "box", "mask"], ...] = ("class", "box", "mask")

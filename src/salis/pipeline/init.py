@@ -1,5 +1,5 @@
 """Stage `init`: the initial batch (request batch 0: random, or typical images of the cycle-0
-model's embeddings) and the empty cycle-0 tables."""
+model's embeddings; full masks, or boxes with select.initial_label) and the empty cycle-0 tables."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ def stage_init(params: Params, layout: Layout) -> pd.DataFrame:
         selected = _typical_initial(params, layout, prepared, pool_ids)
     else:
         selected = initial_selection(pool_ids, params.select.initial, params.seed)
+    selected["label_type"] = params.select.initial_label
     write_table(layout.selected(0), selected, SELECTED)
     write_table(layout.labeled(0), LABELED.empty(), LABELED)
     write_json(layout.annotations(0), empty_store(prepared.categories))
     write_table(layout.instances(0), INSTANCES.empty(), INSTANCES)  # no model has scored anything yet
-    write_request_batch(layout.requests(0), prepared, selected["image_id"].tolist(), INSTANCES.empty(), cycle=0)
+    write_request_batch(layout.requests(0), prepared, selected["image_id"].tolist(), INSTANCES.empty(), cycle=0,
+                        label_types=selected["label_type"].tolist())
     return selected
 
 
