@@ -193,7 +193,8 @@ class SelectParams:
     initial_strategy: Literal["random", "typical"] = "random"
     # what the initial images are labeled with: mask (drawn: the dearest hours of a loop, with no
     # model to correct from) | box (tight boxes, ~7 s an instance against 79; cycle 1 learns its
-    # masks from them through BoxInst's losses). Points and image labels need a model's detections
+    # masks from them through BoxInst's losses alone: unreliable from scratch, see
+    # docs/annotators.md). Points and image labels need a model's detections
     initial_label: Literal["mask", "box"] = "mask"
     budget: int = 20
     beta: float = 0.5
