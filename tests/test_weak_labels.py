@@ -306,6 +306,55 @@ def test_a_box_labeled_image_trains_the_mask_head_through_boxinst_only():
     assert "loss_mask_box" not in seeded_model(SMALL, 2, seed=0).train()([image], [target])
 
 
+def test_pairwise_ramp_by_hand():
+    from salis.model.heads import pairwise_ramp
+
+    assert [pairwise_ramp(it, 4) for it in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert pairwise_ramp(0, 0) == 1.0  # no warm-up: full weight from the first step
+
+
+def test_the_ramp_scales_the_pairwise_term_only():
+    import dataclasses
+
+    from salis.engine.datasets import box_target_arrays
+    from salis.model.build import seeded_model
+    from salis.model.heads import set_pairwise_ramp
+    from support import SMALL, sample
+
+    full = sample(0, False)
+    anns = [{"category_id": 1, "bbox": [8.0, 8.0, 16.0, 16.0]}, {"category_id": 2, "bbox": [34.0, 30.0, 26.0, 20.0]}]
+    boxed = dataclasses.replace(full, masks=box_target_arrays(anns, 64, 64, lambda c: c)["masks"], mask_from_box=True)
+    model = seeded_model(SMALL, 2, seed=0).train()
+    image, target = boxed.to_model_input(torch.device("cpu"))
+
+    def box_loss(ramp: float) -> float:
+        set_pairwise_ramp(model, ramp)
+        torch.manual_seed(0)  # the same RoIs sampled each time
+        with torch.no_grad():
+            return model([image], [target])["loss_mask_box"].item()
+
+    projection_only, half, whole = box_loss(0.0), box_loss(0.5), box_loss(1.0)
+    assert whole > projection_only  # an untrained mask head pays the pairwise term
+    assert half == pytest.approx((projection_only + whole) / 2, rel=1e-5)  # projection + ramp x pairwise
+
+
+def test_training_ramps_the_pairwise_weight_over_its_warmup(monkeypatch):
+    import salis.engine.training as training
+    from salis.engine.training import train_model
+    from salis.model.build import seeded_model
+    from salis.params import TrainParams
+    from support import SMALL, sample
+
+    seen = []
+    real = training.set_pairwise_ramp
+    monkeypatch.setattr(training, "set_pairwise_ramp", lambda model, ramp: (seen.append(ramp), real(model, ramp)))
+    model = seeded_model(SMALL, 2, seed=0)
+    params = TrainParams(min_iterations=4, max_iterations=4, batch_size=2, warmup_iterations=1, box_pairwise_warmup=0.5)
+    train_model(model, [sample(0), sample(1)], [], params, seed=0, device=torch.device("cpu"), amp=False)
+    assert seen == [0.5, 1.0, 1.0, 1.0, 1.0]  # 2 warm-up steps of 4, then full weight left in place
+    assert model.roi_heads.pairwise_ramp == 1.0
+
+
 def test_no_target_without_a_mask_and_empty_images_are_reported():
     empty = np.zeros((12, 12), dtype=bool)
     pred = prediction([empty, square(12, 12, 0, 4, 0, 4)], [0.95, 0.9], [1, 1])

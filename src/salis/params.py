@@ -110,6 +110,9 @@ class TrainParams:
     box_projection_weight: float = 1.0
     box_pairwise_weight: float = 1.0
     box_pairwise_color_tau: float = 0.3
+    # the pairwise weight ramps linearly from 0 to box_pairwise_weight over this fraction of each
+    # cycle's iterations (AdelaiDet's BoxInst: 10,000 of 90,000); 0: full weight from the first step
+    box_pairwise_warmup: float = 0.0
     # > 0: after each cycle's training, fresh IoU heads are fitted for this many iterations on
     # the finished model's frozen features (salis.engine.iou_refit); 0: jointly trained heads only
     iou_refit_iterations: int = 0
@@ -654,6 +657,7 @@ def _check_ranges(p: Params) -> None:
         "weak.point_min_score": p.weak.point_min_score,
         "weak.image_score_thresh": p.weak.image_score_thresh,
         "train.box_pairwise_color_tau": p.train.box_pairwise_color_tau,
+        "train.box_pairwise_warmup": p.train.box_pairwise_warmup,
     }.items():
         if not 0.0 <= value <= 1.0:
             raise ParamsError(f"{name} must lie in [0, 1], got {value}")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from salis.engine.device import autocast
 from salis.errors import SalisError
+from salis.model.heads import pairwise_ramp, set_pairwise_ramp
 from salis.model.learning_loss import stop_loss_prediction_gradient
 from salis.engine.augment import Augmenter, AugmentSettings, skip_model_resize
 from salis.engine.datasets import Sample, sample_sizes
@@ -336,11 +337,13 @@ def train_model(
 
     window = LossWindow()
     stop_grad_at = int(params.learning_loss_stop_grad_after * iterations)
+    pairwise_warmup = int(params.box_pairwise_warmup * iterations)
     bar = tqdm(total=iterations, desc="train", unit="it", mininterval=2.0, leave=False, disable=rank != 0)
     with skip_model_resize(model, settings.resizes):  # scaled (and cropped) by the Augmenter
         for it, (labeled_batch, pseudo_batch) in enumerate(loader):
             # learning loss: late in training the ranking loss stops shaping the backbone (Yoo & Kweon)
             stop_loss_prediction_gradient(model, it >= stop_grad_at)
+            set_pairwise_ramp(model, pairwise_ramp(it, pairwise_warmup))
             if mean_teacher is not None:
                 made = mean_teacher.pseudo_label(pseudo_batch or [], device, trainer.amp, iteration=it + 1)
                 pseudo_batch = [strong_view(s, derive_seed(seed, it, "augment strong", index=s.image_id))
@@ -368,6 +371,7 @@ def train_model(
                                            refit_seed)
     bar.close()
     stop_loss_prediction_gradient(model, False)
+    set_pairwise_ramp(model, 1.0)
     model.eval()
     check_finite_weights(model, trainer.lr)
     result = dict(window.last)

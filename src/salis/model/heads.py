@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
     fastrcnn_loss,
@@ -151,6 +151,9 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         self.mc_settings = MCDropout()  # an inference setting: see mc_dropout()
         self.mask_settings = MaskOutput()  # an inference setting: see masks_from()
         self.box_supervision = parts.box_supervision
+        # set by the training loop each iteration (train.box_pairwise_warmup): the share of the
+        # pairwise weight in force, ramping 0 -> 1 as AdelaiDet's BoxInst does
+        self.pairwise_ramp = 1.0
 
     @classmethod
     def from_torchvision(cls, stock: RoIHeads, parts: RoIHeadsParts | None = None) -> SalisRoIHeads:
@@ -340,6 +343,7 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
         logits = mask.logits.split(counts, 0)
         size = mask.logits.shape[-1]
         settings = self.box_supervision
+        pairwise_weight = settings.pairwise_weight * self.pairwise_ramp
         out = []
         for i, target in enumerate(targets):
             if not from_box[i] or counts[i] == 0:
@@ -349,10 +353,10 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
             chosen = logits[i][torch.arange(len(labels), device=labels.device), labels]
             boxes = (project_masks_on_boxes(target["masks"], rois, matched, size) >= 0.5).to(chosen.dtype)
             colors = None
-            if settings.pairwise_weight > 0 and IMAGE_RGB in target:
+            if pairwise_weight > 0 and IMAGE_RGB in target:
                 colors = roi_colors(rgb_to_lab(target[IMAGE_RGB].float()), rois.float(), size)
             out.append(box_mask_losses(chosen.float(), boxes.float(), colors, settings.projection_weight,
-                                       settings.pairwise_weight, settings.color_tau))
+                                       pairwise_weight, settings.color_tau))
         return torch.cat(out) if out else mask.logits.new_zeros(0)
 
     # --- IoU branch ----------------------------------------------------------------------
@@ -512,3 +516,20 @@ class SalisRoIHeads(PositiveOnlyTargets, RoIHeads):
             {"mc_class_var": class_var, "mc_box_disagreement": box_dis, "mc_mask_disagreement": mask_dis}
             for class_var, box_dis, mask_dis in mc_disagreement(self, self.mc_settings, sources)
         ]
+
+
+def pairwise_ramp(iteration: int, warmup_iterations: int) -> float:
+    """The share of BoxInst's pairwise weight in force at 0-based `iteration`: linear from 1 /
+    warmup_iterations at the first step to 1 once `warmup_iterations` steps have run (AdelaiDet:
+    min(iter / 10,000, 1)); 1 throughout without a warm-up. Early on the pairwise term, which a
+    mask of all background satisfies, outweighs the projection term that makes the mask fill its box."""
+    if warmup_iterations <= 0:
+        return 1.0
+    return min(1.0, (iteration + 1) / warmup_iterations)
+
+
+def set_pairwise_ramp(model: nn.Module, ramp: float) -> None:
+    """Scale the pairwise weight of every SalisRoIHeads in `model` by `ramp` from now on."""
+    for module in model.modules():
+        if isinstance(module, SalisRoIHeads):
+            module.pairwise_ramp = ramp
