@@ -83,6 +83,7 @@ def test_acquisition_params_defaults_and_ranges():
         parse_params({"score": {"mc_dropout_p": 1.0}})
     with pytest.raises(ParamsError, match=r"train\.learning_loss_stop_grad_after must lie in \[0, 1\]"):
         parse_params({"train": {"learning_loss_stop_grad_after": 1.5}})
+    assert params.train.box_pairwise_warmup == 0.5  # measured: without it no mask from boxes alone (docs/annotators.md)
     with pytest.raises(ParamsError, match=r"train\.box_pairwise_warmup must lie in \[0, 1\]"):
         parse_params({"train": {"box_pairwise_warmup": -0.1}})
     with pytest.raises(ParamsError, match=r"model\.learning_loss_weight must be >= 0"):
