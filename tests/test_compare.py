@@ -316,6 +316,27 @@ def test_params_of_a_switched_off_part_do_not_tell_runs_apart():
     assert sorted(r.params["pseudo.background_score"] for r in kept) == [0.05, 0.3]
 
 
+def test_boxinst_weights_count_only_where_boxes_are_labeled_and_old_runs_had_no_warmup():
+    """train.box_pairwise_warmup came with default 0.5; runs recorded before it ran at 0 (the
+    pairwise term at full weight). Without box labels the BoxInst knobs change nothing."""
+    old_masks = run("random", 0, [0.2, 0.4])  # no warm-up key, mask labels
+    new_masks = run("tsp", 0, [0.3, 0.5], **{"train.box_pairwise_warmup": 0.5})
+    kept, _ = select_runs([old_masks, new_masks])
+    assert [r.params["train.box_pairwise_warmup"] for r in kept] == [0.5, 0.5]  # inert: today's default
+    old_boxes = run("random", 1, [0.0, 0.3], **{"select.initial_label": "box"})
+    new_boxes = run("random", 1, [0.3, 0.4], **{"select.initial_label": "box", "train.box_pairwise_warmup": 0.5})
+    kept, _ = select_runs([old_boxes, new_boxes], by=["train.box_pairwise_warmup"])
+    assert sorted(r.params["train.box_pairwise_warmup"] for r in kept) == [0.0, 0.5]  # what each ran
+    with pytest.raises(SalisError, match=r"train\.box_pairwise_warmup \(0\.0 in cmp-random-s1, 0\.5 in"):
+        select_runs([old_boxes, run("tsp", 1, [0.3, 0.4], **{"select.initial_label": "box", "train.box_pairwise_warmup": 0.5})])
+    mixed = run("tsp", 2, [0.3, 0.4], **{"annotation.policy": "mixed", "annotation.cheap": "box",
+                                          "train.box_pairwise_weight": 2.0})
+    points = run("random", 2, [0.3, 0.4], **{"annotation.policy": "mixed", "annotation.cheap": "point",
+                                             "train.box_pairwise_weight": 2.0})
+    kept, _ = select_runs([mixed, points], by=["annotation.cheap"])
+    assert sorted(r.params["train.box_pairwise_weight"] for r in kept) == [1.0, 2.0]  # counts with boxes only
+
+
 def test_arms_that_spend_other_hours_are_compared_at_equal_hours():
     """Reference: hours 2, 4, 6 -> AP50 0.2, 0.4, 0.6 (both seeds). The cheap arm spends 3, 5, 7 h:
     at 3 h the reference is at 0.3, at 5 h at 0.5, at 7 h beyond what it spans (no pair)."""

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -122,28 +123,46 @@ def _current_defaults() -> dict[str, object]:
 
 # Params that change nothing while a switch is off: a run with pretraining disabled is the same
 # run whatever pretrain.vflip says, so they read as their defaults there (and old runs, recorded
-# before the group existed, compare with new ones). (keys or prefixes, the switch, its "on" test)
-INERT_UNLESS: tuple[tuple[tuple[str, ...], str, Callable[[object], bool]], ...] = (
-    (("pretrain.",), "pretrain.enabled", lambda on: on is True),
-    (("pseudo.ema_decay", "pseudo.strong_augment"), "pseudo.mode", lambda mode: mode == "teacher"),
-    (("pseudo.background_score",), "pseudo.background", lambda background: background == "confident"),
+# before the group existed, compare with new ones).
+class Inert(NamedTuple):
+    keys: tuple[str, ...]  # keys or prefixes
+    switches: tuple[str, ...]  # the params the test reads (never inert themselves)
+    is_on: Callable[[dict[str, object]], bool]
+
+
+INERT_UNLESS: tuple[Inert, ...] = (
+    Inert(("pretrain.",), ("pretrain.enabled",), lambda p: p.get("pretrain.enabled") is True),
+    Inert(("pseudo.ema_decay", "pseudo.strong_augment"), ("pseudo.mode",), lambda p: p.get("pseudo.mode") == "teacher"),
+    Inert(("pseudo.background_score",), ("pseudo.background",), lambda p: p.get("pseudo.background") == "confident"),
+    # BoxInst's weights act on box-labeled images only
+    Inert(("train.box_",), ("select.initial_label", "annotation.policy", "annotation.cheap"),
+          lambda p: p.get("select.initial_label") == "box" or p.get("annotation.policy") == "box"
+          or (p.get("annotation.policy") == "mixed" and p.get("annotation.cheap") == "box")),
 )
+
+# Params added with a default other than what the code before them did: a run recorded before
+# the key existed ran with this value, not with today's default.
+BEFORE_IT_EXISTED: dict[str, object] = {
+    "train.box_pairwise_warmup": 0.0,  # the pairwise term at full weight from the first step
+}
 
 
 def _inert(params: dict[str, object]) -> set[str]:
     """The params whose switch is off in these params (INERT_UNLESS)."""
-    return {k for keys, switch, is_on in INERT_UNLESS if not is_on(params.get(switch))
-            for k in _current_defaults() if k.startswith(keys) and k != switch}
+    return {k for rule in INERT_UNLESS if not rule.is_on(params)
+            for k in _current_defaults() if k.startswith(rule.keys) and k not in rule.switches}
 
 
 def with_current_params(run: Run) -> Run:
     """The run's params as the current code reads them. A key the run lacks was added after it
-    ran, and its default is what that code did (a new param defaults to the old behaviour), so
-    a run recorded before `annotation.policy` existed is a `mask` run; a key the code no longer
+    ran, and its default is what that code did (a new param defaults to the old behaviour, or
+    BEFORE_IT_EXISTED says what the old code did), so a run recorded before `annotation.policy`
+    existed is a `mask` run; a key the code no longer
     knows (renamed: params.py's MOVED_KEYS) is dropped, since it cannot tell runs apart today;
     a param its switch leaves inert (INERT_UNLESS) reads as its default."""
     defaults = _current_defaults()
-    params = {**defaults, **{k: v for k, v in run.params.items() if k in defaults or k in VARYING}}
+    recorded = {k: v for k, v in run.params.items() if k in defaults or k in VARYING}
+    params = {**defaults, **{k: v for k, v in BEFORE_IT_EXISTED.items() if k not in recorded}, **recorded}
     params.update({k: defaults[k] for k in _inert(params)})
     if params == run.params:
         return run
