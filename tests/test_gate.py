@@ -104,10 +104,11 @@ def _project(tmp_path, calibration_mask: np.ndarray) -> Layout:
     layout = Layout(tmp_path)
     labeled = pd.DataFrame({"image_id": [1, 2, 3], "cycle": [0, 0, 1], "source": "simulated_oracle",
                             "sampler": ["initial_random", "initial_random", "random"], "rank": [0, 1, 0],
-                            "label_type": "mask", "seconds": 1.0})
+                            "label_type": "mask", "forecast_seconds": [float("nan"), float("nan"), 1.0],
+                            "seconds": 1.0})
     write_table(layout.labeled(2), labeled, LABELED)
     write_table(layout.selected(1), pd.DataFrame({"image_id": [3], "cycle": 1, "sampler": "random", "rank": [0],
-                                                  "label_type": "mask"}), SELECTED)
+                                                  "label_type": "mask", "forecast_seconds": [1.0]}), SELECTED)
     square = _rle(_square(2, 2, 10, 10))
     store = {"images": [{"id": i, "label_type": "mask"} for i in (1, 2, 3)], "categories": [{"id": 1, "name": "a"}],
              "annotations": [{"id": 1, "image_id": 3, "category_id": 1,

@@ -8,7 +8,7 @@ from salis.acquisition.samplers import get_sampler
 from salis.annotation.cost import CostModel
 from salis.artifacts.tables import INSTANCES, write_table
 from salis.errors import SalisError
-from salis.loop.budget import CycleBudget, spend_forecast_hours
+from salis.loop.budget import CycleBudget, batch_forecast, spend_forecast_hours
 from salis.loop.cycle import add_labeled, empty_labeled, selected_frame
 from salis.loop.selection import select_batch
 from salis.loop.value_per_hour import DetectionForecast, per_hour_order, predicted_seconds
@@ -116,5 +116,27 @@ def test_select_per_hour_prefers_cheap_images_and_spends_the_forecast_hours(tmp_
     spent = select_batch(get_sampler("entropy"), labeled, images.assign(mean_entropy=0.0), pool, hours, 1, 0, 1,
                          instances_path=path, per_hour=True)
     assert len(spent) == 5 and all(i % 2 == 1 for i in spent["image_id"])
+    # each image carries the seconds it was priced at: its own forecast per hour, else the labeled mean's
+    assert cheap["forecast_seconds"].tolist() == pytest.approx([72.1] * 4)
+    assert plain["forecast_seconds"].tolist() == pytest.approx([79 * 45.45 + 1] * 4)
+    assert spent["forecast_seconds"].sum() == pytest.approx(360.5)
     with pytest.raises(SalisError, match="per_hour needs the cycle's detections"):
         select_batch(get_sampler("random"), labeled, images, pool, by_images, 1, 0, 1, per_hour=True)
+
+
+def test_batch_forecast_compares_a_batch_hours_with_what_it_was_priced_at():
+    initial = selected_frame([1, 2], cycle=0, sampler="initial_random")
+    labeled = add_labeled(empty_labeled(), initial, {1, 2}, {1: 100.0, 2: 260.0}, 1, "simulated_oracle")
+    # the initial set was priced at nothing: its hours are known, the forecast is not
+    assert batch_forecast(labeled, 1) == {"batch_hours": 0.1, "batch_forecast_hours": None,
+                                          "batch_hours_over_forecast": None}
+    batch = selected_frame([3, 4, 5], cycle=1, sampler="random", forecast_seconds=[600.0, 1200.0, 1800.0])
+    # image 5 came back unlabeled (a partial import): neither its hours nor its forecast count
+    labeled = add_labeled(labeled, batch, {3, 4}, {3: 1800.0, 4: 3600.0}, 2, "human")
+    assert labeled.loc[labeled["image_id"] == 4, "forecast_seconds"].item() == 1200.0
+    assert batch_forecast(labeled, 2) == {"batch_hours": pytest.approx(1.5), "batch_forecast_hours": pytest.approx(0.5),
+                                          "batch_hours_over_forecast": pytest.approx(3.0)}
+    assert batch_forecast(labeled, 3) == {"batch_hours": 0.0, "batch_forecast_hours": None,
+                                          "batch_hours_over_forecast": None}
+    with pytest.raises(ValueError, match="3 images but 2 forecasts"):
+        selected_frame([3, 4, 5], cycle=1, sampler="random", forecast_seconds=[1.0, 2.0])

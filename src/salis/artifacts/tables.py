@@ -134,6 +134,9 @@ _SELECTED_FIELDS = [
     ("sampler", pa.string()),  # what picked it (initial_random for the initial set)
     ("rank", pa.int64()),  # its place in that pick
     ("label_type", pa.string()),  # what the annotator is asked for: mask | box | point | image
+    # the annotation seconds the selection priced it at before labeling (value per hour: its own
+    # forecast from the detections; else the labeled images' mean); NaN for the initial set
+    ("forecast_seconds", pa.float64()),
 ]
 SELECTED = Table("selected", pa.schema(_SELECTED_FIELDS), "select (init for cycle 0)")
 

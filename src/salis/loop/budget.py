@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from salis.annotation.cost import CostModel
 from salis.errors import SalisError
@@ -134,3 +135,16 @@ def spend_forecast_hours(
         left[current] -= seconds(current)[image_id]
         out.append((image_id, current))
     return out
+
+
+def batch_forecast(labeled: pd.DataFrame, cycle: int) -> dict[str, float | None]:
+    """The batch first trained on at `cycle`: its annotation hours against the hours the selection
+    priced it at (None where it priced nothing: the initial set, or no batch)."""
+    batch = labeled[labeled["cycle"] == cycle]
+    hours = float(batch["seconds"].sum()) / 3600.0
+    forecast = batch["forecast_seconds"]
+    if batch.empty or forecast.isna().any():
+        return {"batch_hours": hours, "batch_forecast_hours": None, "batch_hours_over_forecast": None}
+    forecast_hours = float(forecast.sum()) / 3600.0
+    return {"batch_hours": hours, "batch_forecast_hours": forecast_hours,
+            "batch_hours_over_forecast": hours / forecast_hours if forecast_hours > 0 else None}

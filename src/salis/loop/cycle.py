@@ -29,10 +29,14 @@ def check_budget(pool_size: int, initial: int, budget: int, num_cycles: int) -> 
         )
 
 
-def selected_frame(ids: Sequence[int], cycle: int, sampler: str, label_types: Sequence[str] | None = None) -> pd.DataFrame:
-    """A selected table: the images in ranking order, each with the label type asked for (masks by default)."""
+def selected_frame(ids: Sequence[int], cycle: int, sampler: str, label_types: Sequence[str] | None = None,
+                   forecast_seconds: Sequence[float] | None = None) -> pd.DataFrame:
+    """A selected table: the images in ranking order, each with the label type asked for (masks by
+    default) and the seconds it was priced at (NaN: not priced)."""
     if label_types is not None and len(label_types) != len(ids):
         raise ValueError(f"{len(ids)} images but {len(label_types)} label types")
+    if forecast_seconds is not None and len(forecast_seconds) != len(ids):
+        raise ValueError(f"{len(ids)} images but {len(forecast_seconds)} forecasts")
     return pd.DataFrame(
         {
             "image_id": np.asarray(ids, dtype=np.int64),
@@ -40,6 +44,8 @@ def selected_frame(ids: Sequence[int], cycle: int, sampler: str, label_types: Se
             "sampler": [sampler] * len(ids),
             "rank": np.arange(len(ids), dtype=np.int64),
             "label_type": list(label_types) if label_types is not None else ["mask"] * len(ids),
+            "forecast_seconds": (np.asarray(forecast_seconds, dtype=np.float64) if forecast_seconds is not None
+                                 else np.full(len(ids), np.nan)),
         }
     )
 

@@ -68,15 +68,18 @@ def select_batch(
         ranked = per_hour_order(ranked, seconds(policy.mixed_masks if policy.policy == "mixed" else policy.policy))
         chosen = (spend_forecast_hours(ranked, policy, budget, seconds, ious) if budget.hours
                   else assign_label_types(ranked, policy, budget, ious))
+        forecast = [seconds(label_type)[image_id] for image_id, label_type in chosen]
     else:
         ranked = sampler.select(ctx, ranking_depth(policy, budget, len(unlabeled)))
         chosen = assign_label_types(ranked, policy, budget, ious)
+        # the planning estimate from the labeled images' mean (none without a labeled mean to go on)
+        forecast = [budget.seconds(label_type) if budget.mean_instances > 0 else float("nan") for _, label_type in chosen]
     if not chosen:
         cheapest = policy.cheap if policy.policy == "mixed" else policy.policy
         raise SalisError(f"cycle {cycle}: the budget buys no image (select.budget_hours {budget.hours} h; an image "
                          f"is estimated at {budget.seconds(cheapest) / 3600:.3f} h with {cheapest} labels)")
     ids, types = zip(*chosen)
-    return selected_frame(ids, cycle=cycle, sampler=sampler.name, label_types=types)
+    return selected_frame(ids, cycle=cycle, sampler=sampler.name, label_types=types, forecast_seconds=forecast)
 
 
 def _forecast_seconds(instances_path: Path | None, image_ids: Sequence[int], budget: CycleBudget,

@@ -31,6 +31,7 @@ from salis.engine import distributed as dist
 from salis.engine.device import configure_runtime, pick_device
 from salis.engine.inference import predict
 from salis.geometry import rle
+from salis.loop.budget import batch_forecast
 from salis.loop.gate import GateReport
 from salis.loop.labels import instance_counts, read_store
 from salis.model.checkpoint import load_model
@@ -104,6 +105,7 @@ def stage_evaluate(params: Params, layout: Layout, cycle: int) -> dict:
     weak_summary["weak_empty_images"] = len(weak_summary.pop("weak_empty_image_ids", []))
     metrics.update(weak_summary)
     metrics.update(labels_by_type(labeled, store))
+    metrics.update(batch_forecast(labeled, cycle))
     metrics.update(outcome_metrics(store, set(labeled.loc[labeled["cycle"] == cycle, "image_id"].tolist())))
     seconds = float(labeled["seconds"].sum())
     metrics.update(
