@@ -129,7 +129,7 @@ def test_label_savings_other_metric_and_reference():
 def test_savings_and_compare_give_the_same_numbers_on_the_same_runs():
     """One crossing for both commands: a curve with a NaN cycle and one reaching the target in
     its first cycle get the same labels and hours from `salis savings` and `salis compare`."""
-    from salis.analysis.compare import compare
+    from salis.analysis.compare import compare, sampler_table
     from salis.analysis.experiments import Run
 
     def run(sampler, rows):
@@ -147,4 +147,9 @@ def test_savings_and_compare_give_the_same_numbers_on_the_same_runs():
         assert row["hours_to_target_mean"] == pytest.approx(savings[sampler]["annotation_hours"])
     # entropy: the NaN cycle is skipped, 0.4 lies 0.15/0.2 of the way from 10 to 30 images
     assert savings["entropy"]["labeled_images"] == pytest.approx(10 + 20 * 0.75)
+    # the share of random's final hours (3.0): entropy 1.1 + 0.75 * 2.2 = 2.75 h, tsp 0.5 h at cycle 1
+    assert per_sampler.loc["entropy", "hours_fraction_mean"] == pytest.approx(2.75 / 3.0)
+    assert per_sampler.loc["tsp", "hours_fraction_mean"] == pytest.approx(0.5 / 3.0)
+    table = "\n".join(sampler_table(compare(runs)))
+    assert "| 0.50 (0.17x) |" in table and "| 2.75 (0.92x) |" in table
     assert savings["tsp"]["labeled_images"] == 10.0 and not math.isnan(per_sampler.loc["tsp", "labels_to_target_mean"])

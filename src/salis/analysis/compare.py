@@ -317,7 +317,7 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
         mine = sorted((r for r in runs if r.arm == sampler), key=lambda r: r.seed)
         finals = [float(r.curve[metric].iloc[-1]) for r in mine]
         aulcs = [normalized_aulc(r.curve, metric) for r in mine]
-        aulc_diffs, labels, hours, saved, reached, final_at_hours = [], [], [], [], 0, []
+        aulc_diffs, labels, hours, saved, reached, final_at_hours, hours_fraction = [], [], [], [], 0, [], []
         for run in mine:
             ref = refs.get(run.seed)
             if ref is None:
@@ -336,9 +336,13 @@ def _per_sampler(runs: list[Run], refs: dict[int, Run], metric: str, reference: 
                 labels.append(x)
                 hours.append(h)
                 saved.append(1.0 - x / float(ref.curve["labeled_images"].iloc[-1]))
+                if "annotation_hours" in ref.curve and float(ref.curve["annotation_hours"].iloc[-1]) > 0:
+                    # per seed: the share of the reference's hours this run needed for its final
+                    hours_fraction.append(h / float(ref.curve["annotation_hours"].iloc[-1]))
         row: dict[str, object] = {"sampler": sampler, "runs": len(mine), "seeds": " ".join(str(r.seed) for r in mine)}
         for name, values in ((f"final_{metric}", finals), ("aulc", aulcs), ("aulc_diff", aulc_diffs),
                              ("labels_to_target", labels), ("hours_to_target", hours), ("labels_saved", saved),
+                             ("hours_fraction", hours_fraction),
                              (f"final_{metric}_hours_diff", final_at_hours)):
             mean, half, _ = t_interval(values)
             row[f"{name}_mean"], row[f"{name}_ci95"] = mean, half
@@ -360,6 +364,15 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
 
 
+def _hours(row: dict) -> str:
+    """Hours to target, then the share of the reference's hours they are (paired by seed)."""
+    hours = _pm(row["hours_to_target_mean"], row["hours_to_target_ci95"], 2)
+    fraction = row.get("hours_fraction_mean")
+    if hours == "-" or fraction is None or math.isnan(fraction):
+        return hours
+    return f"{hours} ({_pm(fraction, row['hours_fraction_ci95'], 2)}x)"
+
+
 def sampler_table(comparison: Comparison) -> list[str]:
     """The per-sampler table of the report (what `salis compare` prints), as markdown lines."""
     m, ref = comparison.metric, comparison.reference
@@ -370,7 +383,7 @@ def sampler_table(comparison: Comparison) -> list[str]:
             f"| {r['sampler']} | {r['runs']} | {_pm(r[f'final_{m}_mean'], r[f'final_{m}_ci95'])} | "
             f"{_pm(r['aulc_mean'], r['aulc_ci95'])} | {_pm(r['aulc_diff_mean'], r['aulc_diff_ci95'])} | "
             f"{r['aulc_verdict']} | {_pm(r['labels_to_target_mean'], r['labels_to_target_ci95'], 1)} | "
-            f"{_pm(r['hours_to_target_mean'], r['hours_to_target_ci95'], 2)} | {r['reached_target']} | "
+            f"{_hours(r)} | {r['reached_target']} | "
             f"{_pm(r[f'final_{m}_hours_diff_mean'], r[f'final_{m}_hours_diff_ci95'])} ({r['final_hours_verdict']}) |"
         )
     return lines
@@ -381,7 +394,8 @@ def markdown(comparison: Comparison) -> str:
     lines = [f"# Sampler comparison: {m}", "",
              f"Mean ± half width of the 95% Student-t interval over seeds; differences to {ref} are "
              f"paired by seed. Labels / hours to target: to reach the same seed's {ref} final "
-             f"{m} (interpolated between cycles; only the seeds that reach it count). At equal hours: "
+             f"{m} (interpolated between cycles; only the seeds that reach it count); beside the hours, "
+             f"their share of that seed's {ref} final hours (x). At equal hours: "
              f"minus the same seed's {ref} at the hours this run had spent (interpolated, within the "
              f"hours {ref} spans).", "", *sampler_table(comparison)]
     lines += ["", f"| sampler | cycle | labeled | hours | {m} | mask AP | {m} − {ref} | verdict | "
