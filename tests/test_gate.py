@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from salis.artifacts.layout import Layout
 from salis.artifacts.tables import INSTANCES, LABELED, PSEUDO, SELECTED, read_table, write_table
 from salis.errors import ParamsError
-from salis.loop.gate import Gate, GateReport, calibrate, correct_detections, search, wilson_lower
+from salis.loop.gate import Gate, GateReport, calibrate, correct_detections, design_effect, search, wilson_lower
 from salis.params import parse_params
 
 Z2 = 1.6448536269514722 ** 2
@@ -50,6 +50,39 @@ def test_calibration_finds_the_largest_region_of_the_target_precision():
     assert gate.passes(c, b, m).sum() == 30
     # adding the 20 at c 0.5 gives 40 of 50 right: 0.8, but its lower bound is below 0.8
     assert wilson_lower(np.array([40]), np.array([50]))[0] < 0.8
+
+
+def test_design_effect_hand_values():
+    # two images of 10 detections, one all right and one all wrong: p .5, n 20; clustered variance
+    # 2/1 * ((10 - 5)^2 + (0 - 5)^2) / 20^2 = 0.25 against binomial .25/20: 20
+    images = np.repeat([7, 9], 10)
+    assert design_effect(images, np.repeat([True, False], 10)) == pytest.approx(20.0)
+    # each image half right: no spread between images, no widening
+    assert design_effect(images, np.tile([True, False], 10)) == 1.0
+    # 3 images (2, 2, 4 detections) with 2, 0, 2 right: p .5, n 8; 3/2 * (1 + 1 + 0) / 64 over 1/32
+    assert design_effect(np.r_[1, 1, 2, 2, 3, 3, 3, 3], np.array([1, 1, 0, 0, 1, 0, 1, 0], bool)) \
+        == pytest.approx(1.5)
+    assert design_effect(np.zeros(5), np.array([1, 0, 1, 1, 0], bool)) == 5.0  # one image: one draw
+    assert design_effect(images, np.ones(20, bool)) == 1.0  # no variance to compare
+    assert design_effect(np.array([]), np.array([], bool)) == 1.0
+
+
+def test_by_image_each_region_counts_as_its_design_effect_makes_it():
+    # 30 detections alike (c .95, b .8, m .8) on 3 images: 10 right, 7 of 10, 10 right: p .9;
+    # clustered variance 3/2 * (1 + 4 + 1) / 30^2 = 0.01 against binomial .09 / 30: design 10/3,
+    # so the 27 of 30 count as 8.1 of 9
+    c, b, m = np.full(30, 0.95), np.full(30, 0.8), np.full(30, 0.8)
+    correct = np.ones(30, bool)
+    correct[[10, 11, 12]] = False
+    images = np.repeat([4, 5, 6], 10)
+    assert design_effect(images, correct) == pytest.approx(10 / 3)
+    gate, passing, precision, lower, _, design = search(c, b, m, correct, 0.5, 0.3, images)
+    assert (passing, precision, design) == (30, 0.9, pytest.approx(10 / 3))
+    assert lower == pytest.approx(wilson_lower(np.array([8.1]), np.array([9.0]))[0])
+    assert lower < search(c, b, m, correct, 0.5, 0.3)[3] == pytest.approx(wilson_lower(np.array([27]), np.array([30]))[0])
+    # the detections' bound (0.77) passes 0.75, the images' (0.64) does not
+    assert calibrate(c, b, m, correct, 0.75, 0.3)[0] is not None
+    assert calibrate(c, b, m, correct, 0.75, 0.3, images) == (None, 0, None, None)
 
 
 def test_calibration_closes_the_gate_when_no_region_is_precise_enough():
@@ -145,6 +178,18 @@ def test_the_gate_stays_closed_when_the_model_was_wrong_on_its_batch(tmp_path):
     # the fixed gate ignores the batch: TSP's thresholds pass c .98, b .95, m .9
     stage_pseudo_label(parse_params({"pseudo": {"gate": "fixed"}}), layout, 2)
     assert read_table(layout.pseudo(2), PSEUDO)["image_id"].tolist() == [4, 5, 5]
+
+
+def test_by_image_one_calibration_image_is_one_draw_and_closes_the_gate(tmp_path):
+    from salis.pipeline.pseudo_label import stage_pseudo_label
+
+    layout = _project(tmp_path, _square(2, 2, 10, 10))  # 30 right detections, all on image 3
+    stage_pseudo_label(parse_params({"pseudo": {"gate": "calibrated", "calibration_unit": "image"}}), layout, 2)
+    assert read_table(layout.pseudo(2), PSEUDO).empty
+    report = GateReport.from_json(json.loads(layout.pseudo_gate(2).read_text()))
+    assert report.gate is None and report.calibration_design_effect == 30.0
+    assert "bound widened by the region's design effect 30.00 over images" in report.reason
+    assert report.metrics()["pseudo_gate_calibration_design_effect"] == 30.0
 
 
 def test_a_params_file_without_the_gate_keeps_the_fixed_thresholds():

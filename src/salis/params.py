@@ -270,6 +270,10 @@ class PseudoParams:
     # params.yaml sets calibrated
     gate: Literal["fixed", "calibrated"] = "fixed"
     target_precision: float = 0.9
+    # calibrated: what the precision's lower bound counts as independent: detection (Wilson over
+    # detections) | image (widened by the design effect over images: detections of one image are
+    # right or wrong together)
+    calibration_unit: Literal["detection", "image"] = "detection"
     score_thresh: float = 0.9
     box_iou_thresh: float = 0.9
     mask_iou_thresh: float = 0.8

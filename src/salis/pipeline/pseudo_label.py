@@ -69,4 +69,5 @@ def _gate(params: Params, layout: Layout, cycle: int, scored, labeled: pd.DataFr
             if int(ann["image_id"]) in ids:
                 truth[int(ann["image_id"])].append(ann)
     detections = INSTANCES.read_rows(scored, filters=[("image_id", "in", sorted(ids))]) if ids else INSTANCES.empty()
-    return calibrated_gate(detections, truth.__getitem__, p.target_precision, params.score.mask_min_score, len(ids))
+    return calibrated_gate(detections, truth.__getitem__, p.target_precision, params.score.mask_min_score, len(ids),
+                           p.calibration_unit)
