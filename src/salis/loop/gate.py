@@ -172,11 +172,10 @@ def search(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, tar
     c_sorted, correct_sorted = c[order], correct[order]
     # detections with c > t are a prefix of the descending order: its length per score threshold
     prefix = np.searchsorted(-c_sorted, -score_grid, side="left")
-    by_image = None
+    at = None  # each sorted detection's image, as 0..images-1
     if image_ids is not None and len(c):
         _, at = np.unique(np.asarray(image_ids)[order], return_inverse=True)
-        by_image = np.zeros((len(c), int(at.max()) + 1))
-        by_image[np.arange(len(c)), at] = 1.0
+        images = int(at.max()) + 1
     best: tuple | None = None
     closest: tuple | None = None
     for tb in iou_grid:
@@ -185,11 +184,10 @@ def search(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, tar
             passing = np.concatenate([[0], np.cumsum(keep)])[prefix]
             right = np.concatenate([[0], np.cumsum(keep & correct_sorted)])[prefix]
             design = np.ones(len(prefix))
-            if by_image is not None:  # each region's counts per image: cumulative sums at the prefixes
-                zero = np.zeros((1, by_image.shape[1]))
-                per_image = np.concatenate([zero, np.cumsum(by_image * keep[:, None], axis=0)])[prefix]
-                right_per_image = np.concatenate([zero, np.cumsum(by_image * (keep & correct_sorted)[:, None],
-                                                                  axis=0)])[prefix]
+            if at is not None:  # each region's counts per image (memory: thresholds x images)
+                per_image = np.stack([np.bincount(at[:k][keep[:k]], minlength=images) for k in prefix])
+                right_per_image = np.stack([np.bincount(at[:k][(keep & correct_sorted)[:k]], minlength=images)
+                                            for k in prefix])
                 design = design_effects(per_image, right_per_image)
             # counts / design in Wilson's bound = z * sqrt(design)
             lower = wilson_lower(right, passing, Z_ONE_SIDED_95 * np.sqrt(design))
