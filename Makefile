@@ -28,10 +28,11 @@ repro: install
 
 # test files run TEST_WORKERS at a time (pytest-xdist), each file whole in one worker so that its
 # module fixtures (a two-cycle pipeline, a Label Studio server) are built once; one torch thread
-# per worker (tests/conftest.py), so the workers share the cores instead of oversubscribing them
+# per worker (tests/conftest.py), so the workers share the cores instead of oversubscribing them;
+# the 15 slowest tests are listed at the end, to see where the 15-minute CI budget goes
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Label Studio in its own environment (it pins pyarrow < 25 and Django): for `salis labels
 # push/pull` against a local server and for the real-server test

@@ -29,7 +29,9 @@ in seconds. Reported:
   a one-dimensional family instead of 8,400 regions (fewer comparisons, a smaller winner's
   curse): the top detections by c*b*m (or by c alone) with the image-widened bound, the largest
   passing prefix, or, product_sequence, walking down from 30 detections and stopping at the first
-  prefix that fails (fixed-sequence testing as in Learn-then-Test).
+  prefix that fails (fixed-sequence testing as in Learn-then-Test). --resplit-images draws
+  calibration sets of another size: what a larger batch would give; --target-precision above
+  --land-at: a gate that aims above the precision it needs.
 
 No project file is written; --out writes the JSON.
 """
@@ -171,9 +173,12 @@ def top_precision(rest: pd.DataFrame) -> dict:
     return out
 
 
-def resplit(candidates: pd.DataFrame, calibration_images: int, target: float, floor: float, seed: int) -> dict:
+def resplit(candidates: pd.DataFrame, calibration_images: int, target: float, floor: float, seed: int,
+            land: float | None = None) -> dict:
     """Every rule over RESPLITS random draws of calibration_images of the candidates (the random
-    sampler's batch is one such draw), applied to the others."""
+    sampler's batch is one such draw), applied to the others; an opening lands when its precision
+    on the others is >= land (default: the target; below it: a gate aiming above what it needs)."""
+    land = target if land is None else land
     rng = np.random.default_rng(seed)
     images = np.array(sorted(candidates["image_id"].unique()))
     draws: dict[str, list[dict]] = {name: [] for name in RULES}
@@ -186,13 +191,14 @@ def resplit(candidates: pd.DataFrame, calibration_images: int, target: float, fl
         for name, rule in RULES.items():
             keep_of = rule(calib, target, floor)
             draws[name].append(realised(rest, None if keep_of is None else keep_of(rest)))
-    summary: dict = {"draws": RESPLITS, "batch_design_effect_median": float(np.median(designs))}
+    summary: dict = {"draws": RESPLITS, "landing_precision": land,
+                     "batch_design_effect_median": float(np.median(designs))}
     for name, results in draws.items():
         opened = [r for r in results if r["passing"] > 0]
         precisions = np.array([r["precision"] for r in opened])
         summary[name] = {
             "opened": len(opened),
-            "at_target": int((precisions >= target).sum()),
+            "at_target": int((precisions >= land).sum()),
             "passing_median": float(np.median([r["passing"] for r in opened])) if opened else 0.0,
             "precision_mean": float(precisions.mean()) if opened else None,
             "precision_min": float(precisions.min()) if opened else None,
@@ -200,7 +206,8 @@ def resplit(candidates: pd.DataFrame, calibration_images: int, target: float, fl
     return summary
 
 
-def analyse(candidates: pd.DataFrame, target: float, floor: float, seed: int) -> dict:
+def analyse(candidates: pd.DataFrame, target: float, floor: float, seed: int,
+            resplit_images: int | None = None, land: float | None = None) -> dict:
     calib = candidates[candidates["in_batch"]].reset_index(drop=True)
     rest = candidates[~candidates["in_batch"]].reset_index(drop=True)
     calibrated = {}
@@ -222,7 +229,9 @@ def analyse(candidates: pd.DataFrame, target: float, floor: float, seed: int) ->
         "calibrated": calibrated,
         "ceiling": ceiling(rest, calib, target, floor),
         "top": top_precision(rest),
-        "resplits": resplit(candidates, int(calib["image_id"].nunique()), target, floor, seed),
+        "resplit_images": resplit_images or int(calib["image_id"].nunique()),
+        "resplits": resplit(candidates, resplit_images or int(calib["image_id"].nunique()), target, floor, seed,
+                              land),
     }
 
 
@@ -264,6 +273,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="the resplits' seed (default: the params' seed)")
     parser.add_argument("--target-precision", type=float, help="default: the params' pseudo.target_precision")
     parser.add_argument("--score-floor", type=float, help="default: the params' score.mask_min_score")
+    parser.add_argument("--resplit-images", type=int,
+                        help="images in each resplit's calibration set (default: the batch's): what a larger batch would give")
+    parser.add_argument("--land-at", type=float,
+                        help="resplits count an opening as landing at this precision (default: the target)")
     parser.add_argument("--save-candidates", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -280,7 +293,7 @@ def main() -> None:
     seed = args.seed if args.seed is not None else params.seed
     target = args.target_precision if args.target_precision is not None else params.pseudo.target_precision
     floor = args.score_floor if args.score_floor is not None else params.score.mask_min_score
-    text = json.dumps({"cycle": args.cycle, **analyse(candidates, target, floor, seed)}, indent=1)
+    text = json.dumps({"cycle": args.cycle, **analyse(candidates, target, floor, seed, args.resplit_images, args.land_at)}, indent=1)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
