@@ -212,14 +212,13 @@ def analyse(candidates: pd.DataFrame, target: float, floor: float, seed: int,
     rest = candidates[~candidates["in_batch"]].reset_index(drop=True)
     calibrated = {}
     for unit in ("detection", "image"):
-        keep_of = RULES[unit](calib, target, floor)
         image_ids = calib["image_id"].to_numpy() if unit == "image" else None
         gate, passing, precision, lower = calibrate(*triplet(calib), calib["correct"].to_numpy(), target,
                                                     floor, image_ids)
         calibrated[unit] = {"gate": None if gate is None else [gate.score, gate.box_iou, gate.mask_iou],
                             "calibration_passing": passing, "calibration_precision": precision,
                             "calibration_lower_bound": lower,
-                            **realised(rest, None if keep_of is None else keep_of(rest))}
+                            **realised(rest, None if gate is None else passes(rest, gate))}
     return {
         "seed": seed, "target_precision": target, "score_floor": floor,
         "calibration": {"images": int(calib["image_id"].nunique()), "detections": len(calib),
@@ -255,6 +254,8 @@ def candidates_from_project(cycle: int, params) -> pd.DataFrame:
 
 
 def read_candidates(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (bench/gate_ceiling.py --save-candidates writes one)")
     try:
         table = pd.read_parquet(path)
     except (OSError, ValueError) as err:
