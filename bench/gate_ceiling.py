@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salis.loop.gate import IOU_GRID, Z_ONE_SIDED_95, Gate, calibrate, design_effect, wilson_lower
+from salis.loop.gate import (IOU_GRID, Z_ONE_SIDED_95, Gate, calibrate, design_effect, score_thresholds,
+                             wilson_lower)
 
 MIN_REGION = 50
 RESPLITS = 200
@@ -57,12 +58,8 @@ CANDIDATE_COLUMNS = ("image_id", "category_id", "score", "box_iou", "mask_iou", 
 Rule = Callable[[pd.DataFrame, float, float], "Callable[[pd.DataFrame], np.ndarray] | None"]
 
 
-def score_grid(floor: float) -> np.ndarray:
-    return np.unique(np.round(np.concatenate([[floor], IOU_GRID[IOU_GRID > floor], [0.99]]), 4))
-
-
 def regions(floor: float):
-    for tc in score_grid(floor):
+    for tc in score_thresholds(floor):
         for tb in IOU_GRID:
             for tm in IOU_GRID:
                 yield Gate(float(tc), float(tb), float(tm))
@@ -107,8 +104,9 @@ def prefix_rule(value: Callable[[pd.DataFrame], np.ndarray], sequential: bool) -
     sequential: the prefixes are tested in order and the first failure stops the walk."""
     def rule(calib: pd.DataFrame, target: float, floor: float):
         calib = calib[calib["score"] > floor]
-        order = np.argsort(-value(calib), kind="stable")
-        values, correct = value(calib)[order], calib["correct"].to_numpy()[order]
+        ranked = value(calib)
+        order = np.argsort(-ranked, kind="stable")
+        values, correct = ranked[order], calib["correct"].to_numpy()[order]
         images = calib["image_id"].to_numpy()[order]
         chosen = None
         for k in range(FIRST_PREFIX, len(values) + 1, PREFIX_STEP):

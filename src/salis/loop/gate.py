@@ -156,6 +156,11 @@ def calibrate(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, 
     return gate, passing, precision, lower
 
 
+def score_thresholds(score_floor: float) -> np.ndarray:
+    """The class-score thresholds the calibrated gate tries: the floor, the 0.05 grid above it, 0.99."""
+    return np.unique(np.round(np.concatenate([[score_floor], IOU_GRID[IOU_GRID > score_floor], [0.99]]), 4))
+
+
 def search(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, target_precision: float,
            score_floor: float, image_ids: np.ndarray | None = None,
            ) -> tuple[Gate | None, int, float | None, float | None, tuple | None, float]:
@@ -165,7 +170,7 @@ def search(c: np.ndarray, b: np.ndarray, m: np.ndarray, correct: np.ndarray, tar
     image_ids)."""
     c, b, m = (np.asarray(x, dtype=np.float64) for x in (c, b, m))
     correct = np.asarray(correct, dtype=bool)
-    score_grid = np.unique(np.round(np.concatenate([[score_floor], IOU_GRID[IOU_GRID > score_floor], [0.99]]), 4))
+    score_grid = score_thresholds(score_floor)
     no_heads = bool(np.isnan(b).all() and np.isnan(m).all())
     iou_grid = [0.0] if no_heads else IOU_GRID
     order = np.argsort(-c, kind="stable")
